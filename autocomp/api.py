@@ -1,0 +1,51 @@
+"""The Python API: everything the CLI does, ``import autocomp`` can do."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from autocomp.config import SearchConfig
+from autocomp.errors import ConfigError
+from autocomp.graph import LayerGraph
+from autocomp.models import build_model
+from autocomp.ops import ChannelPruner
+from autocomp.plan import Plan
+
+
+def search(*, resume: bool = False, progress: bool = True, **settings: Any) -> dict[str, Any]:
+    """Run a search and return its summary (the content of ``runs/<name>/summary.json``).
+
+    Example:
+        >>> summary = autocomp.search(budget_flops="0.5", agent="uniform", name="api-demo")  # doctest: +SKIP
+        >>> summary["best"]["flops"] <= summary["budgets"]["flops"]["limit"]  # doctest: +SKIP
+        True
+    """
+    from autocomp.runners import run_search
+
+    return run_search(SearchConfig(**settings), resume=resume, progress=progress).summary
+
+
+def load_compressed(run_dir: str | Path) -> nn.Module:
+    """The best compressed model of a finished run, as a plain ``nn.Module`` in eval mode.
+
+    Example:
+        >>> model = autocomp.load_compressed("runs/r20-ddpg")  # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    needed = [run_dir / "config.yaml", run_dir / "summary.json", run_dir / "best" / "plan.json", run_dir / "best" / "model.pt"]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise ConfigError(f"{run_dir} is not a finished run (missing {missing[0]}): finish it with `autocomp search --name {run_dir.name} --resume`.")
+    config = SearchConfig.from_dict(yaml.safe_load(needed[0].read_text()))
+    summary = json.loads(needed[1].read_text())
+    model = build_model(config.model, num_classes=summary["num_classes"]).eval()
+    graph = LayerGraph.build(model, tuple(summary["input_shape"]))
+    pruned = ChannelPruner(model, graph).apply(Plan.load(needed[2]).kept, copy_model=False)
+    pruned.load_state_dict(torch.load(needed[3], weights_only=True))
+    return pruned.eval()

@@ -1,0 +1,43 @@
+"""Budgets: ``0.5`` (a fraction of the original model) or ``20M`` (an absolute amount).
+
+Example:
+    >>> parse_budget("0.5", baseline=40_000_000, flag="--budget-flops")
+    20000000
+    >>> parse_budget("20M", baseline=40_000_000, flag="--budget-flops")
+    20000000
+"""
+
+from __future__ import annotations
+
+import re
+
+from autocomp.errors import BudgetFormatError
+
+METRICS = {"flops": "macs", "params": "params", "size": "size_bytes"}
+"""Budget name -> the ``Cost`` field it limits ("flops" budgets count MACs)."""
+
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+
+
+def parse_budget(text: str | float, *, baseline: int, flag: str) -> int:
+    """Turn a fraction in (0, 1] or an absolute amount with a K/M/G suffix into an absolute limit."""
+    raw = str(text).strip()
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMgG][bB]?)?", raw)
+    if raw.startswith("-"):
+        raise BudgetFormatError(f"{flag} {raw} is below 0: give a fraction in (0, 1] such as 0.5, or an amount such as 20M.")
+    if not match:
+        raise BudgetFormatError(f"{flag} {raw!r} is not a budget: give a fraction in (0, 1] such as 0.5, or an amount such as 20M.")
+    value, suffix = float(match.group(1)), (match.group(2) or "").upper()
+    if suffix:
+        limit = int(value * _SUFFIX[suffix])
+        if limit <= 0:
+            raise BudgetFormatError(f"{flag} {raw} is not above 0: give a positive amount such as 20M.")
+        return limit
+    if value > 1:
+        raise BudgetFormatError(
+            f"{flag} {raw} is above 1: a bare number is a fraction of the original model in (0, 1]; "
+            f"for an absolute budget add a suffix (e.g. {raw}M)."
+        )
+    if value <= 0:
+        raise BudgetFormatError(f"{flag} {raw} is not above 0: give a fraction in (0, 1] such as 0.5.")
+    return int(value * baseline)

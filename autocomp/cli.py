@@ -1,0 +1,152 @@
+"""``autocomp`` command line: builds a config and calls the Python API, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from autocomp.config import SearchConfig
+from autocomp.errors import AutocompError, ConfigError
+
+
+def _agent_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. warmup_episodes=20)")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+class SearchCommand:
+    help = "search a compression plan under a budget"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        d = SearchConfig()
+        g = p.add_argument_group("model")
+        g.add_argument("--model", default=d.model, help="registry name, torchvision:NAME or path/file.py:factory (default: %(default)s)")
+        g.add_argument("--weights", help="state_dict of the trained model (the default model is trained on the spot)")
+        g.add_argument("--num-classes", type=int, help="classes of the model's output (default: the data's)")
+        g = p.add_argument_group("data")
+        g.add_argument("--data", default=d.data, help="digits, cifar10 or imagefolder:PATH (default: %(default)s)")
+        g.add_argument("--data-dir", help="where cifar10 lives (downloaded there when online)")
+        g.add_argument("--preprocess", help="JSON with normalize: {mean, std}, the preprocessing your model expects")
+        g.add_argument("--mean", help="per-channel mean after scaling to [0,1], e.g. 0.4914,0.4822,0.4465")
+        g.add_argument("--std", help="per-channel std, e.g. 0.247,0.2435,0.2616")
+        g.add_argument("--image-size", type=int, help="resize ImageFolder images to N x N")
+        g.add_argument("--val-size", type=int, help="validation images carved from the training split (digits 300, else 1000)")
+        g = p.add_argument_group("budgets (a fraction such as 0.5, or an amount such as 20M)")
+        g.add_argument("--budget-flops", help="MACs budget")
+        g.add_argument("--budget-params", help="parameter budget")
+        g = p.add_argument_group("search")
+        g.add_argument("--agent", default=d.agent, help="preset from agents/ or a .yaml file (default: %(default)s)")
+        g.add_argument("--agent-opt", action="append", type=_agent_option, default=[], metavar="KEY=VALUE",
+                       help="override one agent setting, e.g. --agent-opt warmup_episodes=20")
+        g.add_argument("--space", default=d.space, help="preset from search_spaces/ or a .yaml file (default: %(default)s)")
+        g.add_argument("--episodes", type=int, help="candidates to evaluate (default: the agent preset's)")
+        g.add_argument("--reward", default=d.reward, choices=["error", "error_log_flops"])
+        g.add_argument("--no-recalibrate", action="store_true", help="score candidates without batch-norm recalibration")
+        g.add_argument("--calib-batches", type=int, default=d.calib_batches)
+        g.add_argument("--calib-batch-size", type=int, default=d.calib_batch_size)
+        g.add_argument("--seed", type=int, default=d.seed)
+        g.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+        g = p.add_argument_group("run")
+        g.add_argument("--name", help="run name: output goes to RUNS_DIR/NAME (default: model-agent-time)")
+        g.add_argument("--runs-dir", default=d.runs_dir)
+        g.add_argument("--resume", action="store_true", help="continue the run NAME from its storage")
+        g.add_argument("--no-progress", action="store_true")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from autocomp.runners import run_search
+
+        config = SearchConfig(
+            model=args.model, weights=args.weights, num_classes=args.num_classes, data=args.data,
+            data_dir=args.data_dir, mean=args.mean, std=args.std, preprocess=args.preprocess,
+            image_size=args.image_size, val_size=args.val_size, budget_flops=args.budget_flops,
+            budget_params=args.budget_params, agent=args.agent, agent_options=dict(args.agent_opt),
+            space=args.space, episodes=args.episodes, reward=args.reward, recalibrate=not args.no_recalibrate,
+            calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size, seed=args.seed,
+            threads=args.threads, name=args.name, runs_dir=args.runs_dir,
+        )
+        if args.resume and not args.name:
+            raise ConfigError("--resume needs --name NAME of the run to continue.")
+        if not args.resume and args.budget_flops is None and args.budget_params is None:
+            raise ConfigError("no budget given: pass --budget-flops (e.g. 0.5) and/or --budget-params (e.g. 0.3 or 100K).")
+        try:
+            result = run_search(config, resume=args.resume, progress=not args.no_progress)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: every finished candidate is stored. Continue with: "
+                  f"autocomp search --name {config.name or '<name>'} --runs-dir {config.runs_dir} --resume", file=sys.stderr)
+            return 130
+        s = result.summary
+        base, best = s["baseline"], s["best"]
+        print(f"best of {s['candidates']} candidates: MACs {best['flops']:,} ({best['flops'] / base['flops']:.3f} of "
+              f"{base['flops']:,}), params {best['params']:,}, val acc {best['val_accuracy']:.4f} "
+              f"(original {base['val_accuracy']:.4f}), test acc {best['test_accuracy']:.4f} (original {base['test_accuracy']:.4f})")
+        print(f"run saved in {result.run_dir}/ ; dashboard: optuna-dashboard sqlite:///{result.run_dir}/study.db")
+        return 0
+
+
+class ListCommand:
+    help = "list models, datasets, agents or spaces"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("what", choices=["models", "datasets", "agents", "spaces"])
+        p.add_argument("pattern", nargs="?", default="*")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from autocomp.data import list_datasets
+        from autocomp.models import MODELS, list_models
+        from autocomp.presets import list_presets, load_preset
+
+        if args.what == "models":
+            for name in list_models(args.pattern):
+                print(f"{name:28s} {MODELS.help(name) if name in MODELS else ''}".rstrip())
+        elif args.what == "datasets":
+            for name in list_datasets(args.pattern):
+                print(name)
+        else:
+            kind = "agent" if args.what == "agents" else "space"
+            import fnmatch
+
+            for name in list_presets(kind):
+                if fnmatch.fnmatch(name, args.pattern):
+                    print(f"{name:16s} {str(load_preset(kind, name).get('description', '')).strip()}")
+        return 0
+
+
+COMMANDS = {"search": SearchCommand, "list": ListCommand}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="autocomp", description="Search compression plans for PyTorch models under a budget.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        command.add_arguments(p)
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except AutocompError as exc:
+        if args.debug:
+            raise
+        print(f"autocomp: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+        if args.debug:
+            raise
+        print(f"autocomp: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Scoring a candidate: batch-norm recalibration (EagleEye, Li et al. 2020) and accuracy."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from autocomp.data import Split
+
+
+@dataclass
+class ForwardTimer:
+    """Wall seconds spent inside the model's own forward passes."""
+
+    seconds: float = 0.0
+
+    def run(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        out = model(x)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def recalibrate_batchnorm(model: nn.Module, split: Split, *, batches: int, batch_size: int,
+                          seed: int = 0, timer: ForwardTimer | None = None) -> None:
+    """Re-estimate every batch-norm's running statistics on ``batches`` training batches.
+
+    Pruning changes the inputs each batch norm sees, so the stored statistics are stale; a
+    cumulative average over a few batches restores them without any gradient step.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return
+    timer = timer or ForwardTimer()
+    model.eval()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average over the recalibration batches
+        bn.train()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, generator=generator)):
+            if i >= batches:
+                break
+            timer.run(model, x)
+    model.eval()
+
+
+def accuracy(model: nn.Module, split: Split, *, batch_size: int = 500, timer: ForwardTimer | None = None) -> float:
+    """Top-1 accuracy of ``model`` on ``split``."""
+    timer = timer or ForwardTimer()
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for x, y in split.batches(batch_size):
+            correct += int((timer.run(model, x).argmax(1) == y).sum())
+    return correct / max(1, len(split))

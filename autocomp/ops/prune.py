@@ -1,0 +1,69 @@
+"""Channel pruning: physically remove the least important channels of every unit.
+
+Importance is the L1 norm of each channel over its whole coupled group (Torch-Pruning's
+``GroupMagnitudeImportance(p=1)``), ranked once on the original model.
+
+Example:
+    >>> from autocomp.models import build_model
+    >>> from autocomp.graph import LayerGraph
+    >>> model = build_model("resnet20")
+    >>> pruner = ChannelPruner(model, LayerGraph.build(model, (3, 32, 32)))
+    >>> small = pruner.apply({"conv1": 8})
+    >>> small.conv1.out_channels
+    8
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from autocomp.graph import LayerGraph, dependency_graph
+
+
+def _out_group(dg: tp.DependencyGraph, module: nn.Module, idxs: list[int]) -> tp.Group:
+    pruner = dg.get_pruner_of_module(module)
+    return dg.get_pruning_group(module, pruner.prune_out_channels, idxs)
+
+
+class ChannelPruner:
+    """Prunes copies of one model; channel rankings are computed once."""
+
+    def __init__(self, model: nn.Module, graph: LayerGraph) -> None:
+        self.model = model
+        self.graph = graph
+        self._ranking: dict[str, torch.Tensor] = {}
+
+    def ranking(self, unit: str) -> torch.Tensor:
+        """Channel indices of ``unit`` from least to most important."""
+        if not self._ranking:
+            dg = dependency_graph(self.model, self.graph.input_shape)
+            modules = dict(self.model.named_modules())
+            importance = tp.importance.GroupMagnitudeImportance(p=1)
+            with torch.no_grad():
+                for u in self.graph.units:
+                    group = _out_group(dg, modules[u.name], list(range(u.channels)))
+                    self._ranking[u.name] = torch.argsort(importance(group), stable=True)
+        return self._ranking[unit]
+
+    def apply(self, kept: dict[str, int], *, copy_model: bool = True) -> nn.Module:
+        """Return a model where unit ``name`` keeps ``kept[name]`` channels (others untouched)."""
+        model = copy.deepcopy(self.model) if copy_model else self.model
+        todo = {name: k for name, k in kept.items() if k < self.graph.unit(name).channels}
+        if not todo:
+            return model
+        rankings = {name: self.ranking(name) for name in todo}
+        dg = dependency_graph(model, self.graph.input_shape)
+        modules = dict(model.named_modules())
+        for name, k in todo.items():
+            remove = rankings[name][: self.graph.unit(name).channels - k].tolist()
+            _out_group(dg, modules[name], remove).prune()
+        return model
+
+
+def prune_model(model: nn.Module, graph: LayerGraph, kept: dict[str, int]) -> nn.Module:
+    """Prune a copy of ``model`` so that each unit keeps ``kept[unit]`` channels."""
+    return ChannelPruner(model, graph).apply(kept)

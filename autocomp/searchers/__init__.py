@@ -1,0 +1,14 @@
+"""Searchers, by the name agent presets give in ``searcher:``. Heavy backends load lazily."""
+
+from __future__ import annotations
+
+from autocomp.registry import Registry
+from autocomp.searchers.base import Searcher
+
+SEARCHERS: Registry[type[Searcher]] = Registry("searcher")
+SEARCHERS.add("ddpg", "autocomp.searchers.ddpg:DDPGSearcher", help="AMC's DDPG agent (stable-baselines3)")
+SEARCHERS.add("optuna", "autocomp.searchers.optuna_search:OptunaSearcher", help="Optuna TPE / NSGA-II")
+SEARCHERS.add("random", "autocomp.searchers.baselines:RandomSearcher", help="random plans")
+SEARCHERS.add("uniform", "autocomp.searchers.baselines:UniformSearcher", help="one keep ratio for all units")
+
+__all__ = ["SEARCHERS", "Searcher"]

@@ -1,0 +1,51 @@
+"""Baselines every paper compares with: random plans and one uniform keep ratio."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from autocomp.searchers.base import Searcher
+
+
+class RandomSearcher(Searcher):
+    """Uniform random actions per unit, clipped to the budget like the environment does."""
+
+    defaults = {}
+
+    def run(self, n_candidates: int) -> None:
+        rng = np.random.default_rng([self.seed, len(self.recorder.history)])
+        for _ in range(n_candidates):
+            actions = rng.uniform(-1, 1, len(self.problem.units))
+            plan = self.problem.decode(actions)
+            self.recorder.record(plan, self.problem.evaluate(plan), actions=list(actions))
+
+
+class UniformSearcher(Searcher):
+    """One keep ratio for every unit: the largest that meets the budgets. One candidate."""
+
+    defaults = {}
+
+    def kept_for_ratio(self, ratio: float) -> np.ndarray:
+        kept = []
+        for unit, choices in zip(self.problem.units, self.problem.choices):
+            fit = choices[choices <= ratio * unit.channels + 1e-9]
+            kept.append(fit[-1] if len(fit) else choices[0])
+        return np.array(kept, dtype=np.int64)
+
+    def best_ratio(self) -> float:
+        lo, hi = 0.0, 1.0  # kept_for_ratio(0) is the space's minimum, feasible by the up-front check
+        if self.problem.feasible(self.problem.cost.predict_kept(self.kept_for_ratio(hi))):
+            return hi
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if self.problem.feasible(self.problem.cost.predict_kept(self.kept_for_ratio(mid))):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def run(self, n_candidates: int) -> None:
+        if n_candidates <= 0 or self.recorder.history:
+            return
+        plan = self.problem.plan(self.kept_for_ratio(self.best_ratio()))
+        self.recorder.record(plan, self.problem.evaluate(plan))

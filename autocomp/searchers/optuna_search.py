@@ -1,0 +1,47 @@
+"""Optuna searchers: TPE (default) or NSGA-II for accuracy-vs-MACs Pareto fronts.
+
+Each trial suggests one raw action per unit in [-1, 1]; the problem decodes them unit by
+unit with the same budget clipping as the environment, so every trial is feasible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from autocomp.errors import ConfigError
+from autocomp.searchers.base import Searcher
+
+
+class OptunaSearcher(Searcher):
+    defaults = {"sampler": "tpe", "n_startup_trials": 20, "population_size": 20, "multivariate": True}
+
+    @classmethod
+    def directions(cls, settings: dict[str, Any]) -> list[str]:
+        return ["maximize", "minimize"] if cls.resolve(settings)["sampler"] == "nsga2" else ["maximize"]
+
+    @classmethod
+    def sampler(cls, settings: dict[str, Any], seed: int) -> optuna.samplers.BaseSampler:
+        s = cls.resolve(settings)
+        if s["sampler"] == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(s["n_startup_trials"]),
+                                              multivariate=bool(s["multivariate"]))
+        if s["sampler"] == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=int(s["population_size"]))
+        if s["sampler"] == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        raise ConfigError(f"sampler={s['sampler']!r} is not one of tpe, nsga2, random: fix --agent-opt sampler=...")
+
+    def run(self, n_candidates: int) -> None:
+        study = self.recorder.study
+        for _ in range(n_candidates):
+            trial = study.ask()
+            try:
+                actions = [trial.suggest_float(u.name, -1.0, 1.0) for u in self.problem.units]
+                plan = self.problem.decode(actions)
+                metrics = self.problem.evaluate(plan)
+            except BaseException:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
+            self.recorder.record(plan, metrics, actions=actions, trial=trial)

@@ -1,0 +1,92 @@
+"""Every evaluated candidate becomes a trial in an Optuna study (so optuna-dashboard shows it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from autocomp.plan import Plan
+from autocomp.problem import CompressionProblem, Metrics, reward
+
+ACTION = FloatDistribution(-1.0, 1.0)
+
+
+@dataclass
+class Candidate:
+    plan: Plan
+    metrics: Metrics
+    actions: list[float]
+    number: int
+
+
+class TrialRecorder:
+    """Writes candidates to ``study`` and keeps the best one; ``on_record`` drives progress bars."""
+
+    def __init__(self, study: optuna.Study, problem: CompressionProblem, *, searcher: str,
+                 reward_kind: str = "error", on_record: Callable[[Candidate, Candidate], None] | None = None) -> None:
+        self.study = study
+        self.problem = problem
+        self.searcher = searcher
+        self.reward_kind = reward_kind
+        self.on_record = on_record
+        self.history: list[Candidate] = [self._from_trial(t) for t in completed_trials(study)]
+        for c in self.history:
+            problem.remember(c.plan, c.metrics)
+        self.best: Candidate | None = max(self.history, key=lambda c: c.metrics.val_accuracy, default=None)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.study.directions) > 1
+
+    def values(self, metrics: Metrics) -> list[float]:
+        return [metrics.val_accuracy, float(metrics.macs)] if self.multi_objective else [metrics.val_accuracy]
+
+    def record(self, plan: Plan, metrics: Metrics, *, actions: Sequence[float] | None = None,
+               trial: optuna.Trial | None = None) -> Candidate:
+        """Store one evaluated candidate; ``trial`` is an asked trial to tell, else a new one is added."""
+        if actions is None:
+            actions = [self.problem.kept_to_action(i, plan.kept[u.name]) for i, u in enumerate(self.problem.units)]
+        attrs: dict[str, Any] = {
+            "kept": plan.kept,
+            "keep_ratio": {n: round(plan.keep_ratio(n), 4) for n in plan.kept},
+            "reward": reward(metrics, self.reward_kind),
+            "searcher": self.searcher,
+            **metrics.to_dict(),
+        }
+        values = self.values(metrics)
+        if trial is not None:
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+            frozen = self.study.tell(trial, values)
+            number = frozen.number
+        else:
+            created = optuna.trial.create_trial(
+                params={u.name: float(a) for u, a in zip(self.problem.units, actions)},
+                distributions={u.name: ACTION for u in self.problem.units},
+                values=values, user_attrs=attrs,
+            )
+            self.study.add_trial(created)
+            number = len(self.study.get_trials(deepcopy=False)) - 1
+        candidate = Candidate(plan, metrics, [float(a) for a in actions], number)
+        self.history.append(candidate)
+        if self.best is None or metrics.val_accuracy > self.best.metrics.val_accuracy:
+            self.best = candidate
+        if self.on_record is not None:
+            self.on_record(candidate, self.best)
+        return candidate
+
+    def _from_trial(self, trial: FrozenTrial) -> Candidate:
+        attrs = trial.user_attrs
+        plan = self.problem.plan(self.problem.cost.kept_vector(Plan(kept=dict(attrs["kept"]))))
+        metrics = Metrics(**{k: attrs[k] for k in Metrics.__dataclass_fields__ if k in attrs})
+        actions = [float(trial.params.get(u.name, 0.0)) for u in self.problem.units]
+        return Candidate(plan, metrics, actions, trial.number)
+
+
+def completed_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "kept" in t.user_attrs]

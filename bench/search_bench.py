@@ -1,0 +1,93 @@
+"""Search benchmark: shared CIFAR-10 ResNet-20 at --budget-flops 0.5 with every searcher.
+
+    python bench/search_bench.py --episodes 300            # full run (about 40 minutes on 2 cores)
+    python bench/search_bench.py --episodes 300 --report   # only re-render RESULTS.md
+
+Writes runs/bench-search/<agent>/ (full runs), bench/results/search_resnet20.json and the
+``search`` section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESNET20, cifar_dir, commit, machine, save_json, write_section  # noqa: E402
+
+from autocomp.config import SearchConfig  # noqa: E402
+from autocomp.runners import run_search  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "search_resnet20.json"
+
+
+def run(args: argparse.Namespace) -> dict:
+    data = cifar_dir(args.data_dir)
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    results.setdefault("runs", {})
+    for agent in args.agents:
+        episodes = 1 if agent == "uniform" else args.episodes
+        config = SearchConfig(
+            **RESNET20, data=f"imagefolder:{data}", budget_flops=str(args.budget), agent=agent,
+            episodes=episodes, seed=args.seed, name=f"{agent}-s{args.seed}", runs_dir=args.runs_dir,
+            threads=args.threads,
+        )
+        run_dir = Path(args.runs_dir) / config.name
+        resume = (run_dir / "config.yaml").is_file()
+        start = time.perf_counter()
+        summary = run_search(config, resume=resume, progress=not args.no_progress).summary
+        print(f"{agent}: best val {summary['best']['val_accuracy']:.4f} in {time.perf_counter() - start:.0f}s", flush=True)
+        results["runs"][agent] = summary
+        results.update(machine=machine(), commit=commit(), budget=args.budget, episodes=args.episodes,
+                       command=" ".join(["python", "bench/search_bench.py", *sys.argv[1:]]))
+        save_json(RESULTS, results)
+    return results
+
+
+def report(results: dict) -> None:
+    runs = results["runs"]
+    lines = [
+        "## Search: CIFAR-10 ResNet-20, `--budget-flops 0.5` (before fine-tuning)",
+        "",
+        f"Command: `{results['command']}` on {results['machine']}, commit {results['commit']}.",
+        "Validation: 1,000 training images held out from the search's training pool; batch-norm "
+        "recalibration on 4 batches of 128 training images per candidate; test: the 10,000 test images.",
+        "",
+        "| searcher | candidates | best val acc | its test acc | MACs kept | candidates / min | time outside forward passes |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = next(iter(runs.values()))["baseline"]
+    for agent, s in runs.items():
+        t = s["search_seconds"]
+        per_min = 60 * t["candidates"] / t["total"] if t["total"] else float("nan")
+        outside = 1 - t["forward_passes"] / t["total"] if t["total"] else float("nan")
+        lines.append(
+            f"| {agent} | {s['candidates']} | {s['best']['val_accuracy']:.4f} | {s['best']['test_accuracy']:.4f} | "
+            f"{s['best']['flops'] / base['flops']:.3f} | {per_min:.1f} | {outside:.1%} |"
+        )
+    lines += ["", f"Original model: val acc {base['val_accuracy']:.4f}, test acc {base['test_accuracy']:.4f}, "
+              f"{base['flops']:,} MACs."]
+    write_section("search", "\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agents", nargs="+", default=["uniform", "random", "optuna", "ddpg"])
+    p.add_argument("--episodes", type=int, default=300)
+    p.add_argument("--budget", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data-dir", default="/tmp/cifar10")
+    p.add_argument("--runs-dir", default="runs/bench-search")
+    p.add_argument("--report", action="store_true", help="only re-render RESULTS.md from the results file")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args()
+    results = json.loads(RESULTS.read_text()) if args.report else run(args)
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
