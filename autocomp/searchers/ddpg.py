@@ -131,11 +131,12 @@ class DDPGSearcher(Searcher):
 
     def replay_history(self, model: DDPG) -> None:
         """Put every earlier episode from storage back into the replay buffer (resume)."""
+        env = LayerCompressEnv(self.problem, reward_kind=self.reward_kind)  # SB3 owns self.env's episode
         for candidate in self.recorder.history:
-            obs, _ = self.env.reset()
+            obs, _ = env.reset()
             reward_value = None
             for action in candidate.actions[: self.steps]:
-                next_obs, r, terminated, _, info = self.env.step(np.array([action], dtype=np.float32))
+                next_obs, r, terminated, _, info = env.step(np.array([action], dtype=np.float32))
                 reward_value = r if terminated else reward_value
                 model.replay_buffer.add(obs[None], next_obs[None], np.array([[action]]), np.array([0.0]),
                                         np.array([terminated]), [info])

@@ -1,0 +1,81 @@
+"""Bad input: one line naming the fix, exit 2, no traceback (unless --debug)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from autocomp.cli import main
+from autocomp.models import build_model
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def search(tmp_path: Path, *args: str) -> list[str]:
+    return ["search", "--runs-dir", str(tmp_path), "--no-progress", "--agent", "uniform", *args]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "resnet2O", "--budget-flops", "0.5"], "unknown model `resnet2O`. Did you mean `resnet20`?"),
+    (["--data", "digit", "--budget-flops", "0.5"], "unknown dataset `digit`. Did you mean `digits`?"),
+    (["--model", "torchvision:resnet19", "--budget-flops", "0.5"], "Did you mean `torchvision:resnet18`?"),
+    (["--budget-flops", "1.5"], "--budget-flops 1.5 is above 1"),
+    (["--budget-flops", "-0.2"], "--budget-flops -0.2 is below 0"),
+    (["--budget-params", "0.001"], "budget_params=0.001 (131 params) is infeasible: the smallest model"),
+    (["--budget-flops", "0.01"], "Raise --budget-flops to at least"),
+    (["--data", "imagefolder:/no/such/dir", "--budget-flops", "0.5"], "data directory /no/such/dir does not exist"),
+    ([], "no budget given"),
+    (["--budget-flops", "0.5", "--resume"], "--resume needs --name"),
+    (["--budget-flops", "0.5", "--weights", "/no/such.pt"], "weights file /no/such.pt does not exist"),
+    (["--budget-flops", "0.5", "--model", "resnet20"], "needs --weights"),
+])
+def test_bad_input_gives_one_line(capsys, tmp_path: Path, args: list[str], message: str) -> None:
+    code, err = run_cli(capsys, *search(tmp_path, *args))
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unknown_agent_and_space(capsys, tmp_path: Path) -> None:
+    code, err = run_cli(capsys, *search(tmp_path, "--budget-flops", "0.5", "--agent", "dpg"))
+    assert code == 2 and "Did you mean `ddpg`?" in err
+    code, err = run_cli(capsys, *search(tmp_path, "--budget-flops", "0.5", "--space", "prun"))
+    assert code == 2 and "Did you mean `prune`?" in err
+
+
+def test_weights_that_do_not_fit(capsys, tmp_path: Path) -> None:
+    weights = tmp_path / "r20.pt"
+    torch.save(build_model("resnet20").state_dict(), weights)
+    code, err = run_cli(capsys, *search(tmp_path, "--budget-flops", "0.5", "--weights", str(weights)))
+    assert code == 2
+    assert "do not fit the model" in err and "Pass the --model these weights were saved from" in err
+
+
+def test_ddpg_episodes_must_exceed_warmup(capsys, tmp_path: Path) -> None:
+    code, err = run_cli(capsys, "search", "--runs-dir", str(tmp_path), "--budget-flops", "0.5", "--agent", "ddpg",
+                        "--episodes", "50")
+    assert code == 2 and "warmup_episodes=100" in err
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "autocomp.cli", "--debug", *search(tmp_path, "--budget-flops", "2")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "BudgetFormatError" in proc.stderr
+
+
+def test_list(capsys) -> None:
+    assert main(["list", "agents"]) == 0
+    out = capsys.readouterr().out
+    assert {"ddpg", "optuna", "nsga2", "random", "uniform"} <= {line.split()[0] for line in out.splitlines()}
+    assert main(["list", "models"]) == 0
+    assert "resnet20" in capsys.readouterr().out
+    assert main(["list", "spaces"]) == 0
+    assert "prune" in capsys.readouterr().out

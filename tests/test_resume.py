@@ -1,0 +1,69 @@
+"""An interrupted search loses nothing: --resume keeps every stored trial and finishes the rest."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+
+def completed(db: Path) -> int:
+    if not db.is_file():
+        return 0
+    try:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+
+
+def snapshot(db: Path, name: str) -> dict[int, dict]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    return {t.number: dict(t.user_attrs, params=t.params) for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+
+
+@pytest.mark.parametrize(("agent", "episodes", "extra"), [
+    ("optuna", 60, []),
+    ("ddpg", 60, ["--agent-opt", "warmup_episodes=5"]),
+])
+def test_interrupt_then_resume(tmp_path: Path, agent: str, episodes: int, extra: list[str]) -> None:
+    cmd = [sys.executable, "-m", "autocomp.cli", "search", "--budget-flops", "0.5", "--agent", agent,
+           "--episodes", str(episodes), "--name", "run", "--runs-dir", str(tmp_path), "--no-progress", *extra]
+    db = tmp_path / "run" / "study.db"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.time() + 240
+    while completed(db) < 12 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, f"search ended before it could be interrupted: {proc.communicate()}"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "--resume" in err and "Traceback" not in err
+    before = snapshot(db, "run")
+    assert 12 <= len(before) < episodes
+
+    resumed = subprocess.run([*cmd[:4], "--name", "run", "--runs-dir", str(tmp_path), "--resume", "--no-progress"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    after = snapshot(db, "run")
+    assert len(after) == episodes
+    for number, attrs in before.items():  # every earlier trial is kept, unchanged
+        assert after[number] == attrs
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_existing_run_is_never_overwritten(tmp_path: Path) -> None:
+    from autocomp.cli import main
+
+    args = ["search", "--budget-flops", "0.5", "--agent", "uniform", "--name", "r", "--runs-dir", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    mtime = (tmp_path / "r" / "study.db").stat().st_mtime
+    assert main(args) == 2
+    assert (tmp_path / "r" / "study.db").stat().st_mtime == mtime
