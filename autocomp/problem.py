@@ -147,6 +147,14 @@ class CompressionProblem:
     def min_kept(self) -> np.ndarray:
         return np.array([c[0] for c in self.choices], dtype=np.int64)
 
+    def uniform_kept(self, ratio: float) -> np.ndarray:
+        """Every unit keeps the largest allowed count not above ``ratio`` of its channels."""
+        kept = []
+        for unit, choices in zip(self.units, self.choices):
+            fit = choices[choices <= ratio * unit.channels + 1e-9]
+            kept.append(fit[-1] if len(fit) else choices[0])
+        return np.array(kept, dtype=np.int64)
+
     def plan(self, kept: np.ndarray) -> Plan:
         return Plan(kept={u.name: int(k) for u, k in zip(self.units, kept)},
                     channels={u.name: u.channels for u in self.units})

@@ -47,6 +47,33 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
+def throughput(args: argparse.Namespace) -> None:
+    """Candidates per minute and time outside forward passes, each searcher alone on the machine."""
+    data = cifar_dir(args.data_dir)
+    rows = {}
+    for agent in ("random", "optuna", "ddpg"):
+        options = {"warmup_episodes": args.throughput // 3} if agent == "ddpg" else {}
+        config = SearchConfig(**RESNET20, data=f"imagefolder:{data}", budget_flops=str(args.budget), agent=agent,
+                              episodes=args.throughput, agent_options=options, seed=args.seed,
+                              name=f"throughput-{agent}-{int(time.time())}", runs_dir=args.runs_dir, threads=args.threads)
+        rows[agent] = run_search(config, progress=not args.no_progress).summary["search_seconds"]
+    lines = [
+        "## Search throughput: CIFAR-10 ResNet-20 on this machine, nothing else running",
+        "",
+        f"Command: `python bench/search_bench.py --throughput {args.throughput}` on {machine()}, commit {commit()}.",
+        f"{args.throughput} candidates per searcher (DDPG: {args.throughput // 3} warm-up episodes, then learning). "
+        "'Outside forward passes' is the share of search time not spent in the candidates' own forward passes "
+        "(pruning the copy, the searcher, the agent's updates, storage).",
+        "",
+        "| searcher | candidates | seconds | candidates / min | outside forward passes |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for agent, t in rows.items():
+        lines.append(f"| {agent} | {t['candidates']} | {t['total']:.1f} | {60 * t['candidates'] / t['total']:.1f} | "
+                     f"{1 - t['forward_passes'] / t['total']:.1%} |")
+    write_section("throughput", "\n".join(lines))
+
+
 def report(results: dict) -> None:
     runs = results["runs"]
     lines = [
@@ -84,7 +111,11 @@ def main() -> None:
     p.add_argument("--runs-dir", default="runs/bench-search")
     p.add_argument("--report", action="store_true", help="only re-render RESULTS.md from the results file")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--throughput", type=int, metavar="N", help="only measure throughput with N candidates per searcher")
     args = p.parse_args()
+    if args.throughput:
+        throughput(args)
+        return
     results = json.loads(RESULTS.read_text()) if args.report else run(args)
     report(results)
 

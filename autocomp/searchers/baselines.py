@@ -25,20 +25,13 @@ class UniformSearcher(Searcher):
 
     defaults = {}
 
-    def kept_for_ratio(self, ratio: float) -> np.ndarray:
-        kept = []
-        for unit, choices in zip(self.problem.units, self.problem.choices):
-            fit = choices[choices <= ratio * unit.channels + 1e-9]
-            kept.append(fit[-1] if len(fit) else choices[0])
-        return np.array(kept, dtype=np.int64)
-
     def best_ratio(self) -> float:
-        lo, hi = 0.0, 1.0  # kept_for_ratio(0) is the space's minimum, feasible by the up-front check
-        if self.problem.feasible(self.problem.cost.predict_kept(self.kept_for_ratio(hi))):
+        lo, hi = 0.0, 1.0  # uniform_kept(0) is the space's minimum, feasible by the up-front check
+        if self.problem.feasible(self.problem.cost.predict_kept(self.problem.uniform_kept(hi))):
             return hi
         for _ in range(40):
             mid = (lo + hi) / 2
-            if self.problem.feasible(self.problem.cost.predict_kept(self.kept_for_ratio(mid))):
+            if self.problem.feasible(self.problem.cost.predict_kept(self.problem.uniform_kept(mid))):
                 lo = mid
             else:
                 hi = mid
@@ -47,5 +40,5 @@ class UniformSearcher(Searcher):
     def run(self, n_candidates: int) -> None:
         if n_candidates <= 0 or self.recorder.history:
             return
-        plan = self.problem.plan(self.kept_for_ratio(self.best_ratio()))
+        plan = self.problem.plan(self.problem.uniform_kept(self.best_ratio()))
         self.recorder.record(plan, self.problem.evaluate(plan))
