@@ -57,6 +57,10 @@ class SearchCommand:
         g.add_argument("--name", help="run name: output goes to RUNS_DIR/NAME (default: model-agent-time)")
         g.add_argument("--runs-dir", default=d.runs_dir)
         g.add_argument("--resume", action="store_true", help="continue the run NAME from its storage")
+        g.add_argument("--storage", default=d.storage, help="sqlite (default), journal (many writers on one host) or a database URL")
+        g = p.add_argument_group("parallel (Ray; pip install 'autocomp[ray]')")
+        g.add_argument("--workers", type=int, default=d.workers, help="Ray workers evaluating candidates in parallel")
+        g.add_argument("--address", help="Ray cluster to use: auto or HOST:PORT (default: a local Ray instance)")
         g.add_argument("--no-progress", action="store_true")
 
     @staticmethod
@@ -70,7 +74,8 @@ class SearchCommand:
             budget_params=args.budget_params, agent=args.agent, agent_options=dict(args.agent_opt),
             space=args.space, episodes=args.episodes, reward=args.reward, recalibrate=not args.no_recalibrate,
             calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size, seed=args.seed,
-            threads=args.threads, name=args.name, runs_dir=args.runs_dir,
+            threads=args.threads, name=args.name, runs_dir=args.runs_dir, storage=args.storage,
+            workers=args.workers, address=args.address,
         )
         if args.resume and not args.name:
             raise ConfigError("--resume needs --name NAME of the run to continue.")
@@ -87,7 +92,7 @@ class SearchCommand:
         print(f"best of {s['candidates']} candidates: MACs {best['flops']:,} ({best['flops'] / base['flops']:.3f} of "
               f"{base['flops']:,}), params {best['params']:,}, val acc {best['val_accuracy']:.4f} "
               f"(original {base['val_accuracy']:.4f}), test acc {best['test_accuracy']:.4f} (original {base['test_accuracy']:.4f})")
-        print(f"run saved in {result.run_dir}/ ; dashboard: optuna-dashboard sqlite:///{result.run_dir}/study.db")
+        print(f"run saved in {result.run_dir}/ ; dashboard: autocomp dashboard {result.run_dir}")
         return 0
 
 
@@ -121,7 +126,55 @@ class ListCommand:
         return 0
 
 
-COMMANDS = {"search": SearchCommand, "list": ListCommand}
+class SweepCommand:
+    help = "run a grid of searches as Ray Tune trials (pip install 'autocomp[ray]')"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("sweep_file", help="YAML with name, base (search settings) and grid")
+        p.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray instance)")
+        p.add_argument("--runs-dir", default="runs")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from autocomp.runners.sweep import run_sweep
+
+        sweep_dir = run_sweep(args.sweep_file, runs_dir=args.runs_dir, address=args.address)
+        print((sweep_dir / "summary.md").read_text())
+        print(f"sweep saved in {sweep_dir}/ (summary.md, summary.csv, accuracy_vs_budget.png)")
+        return 0
+
+
+class DashboardCommand:
+    help = "open optuna-dashboard on a run (pip install 'autocomp[dashboard]')"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run_dir")
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8080)
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from autocomp.runners.storage import dashboard_target, open_storage
+
+        run_dir = Path(args.run_dir)
+        config_file = run_dir / "config.yaml"
+        if not config_file.is_file():
+            raise ConfigError(f"{run_dir} is not a run directory (no config.yaml): pass runs/<name>.")
+        kind = SearchConfig.from_dict(yaml.safe_load(config_file.read_text())).storage
+        try:
+            import optuna_dashboard
+        except ImportError:
+            raise ConfigError("optuna-dashboard is not installed: pip install 'autocomp[dashboard]'") from None
+        print(f"optuna-dashboard on {dashboard_target(run_dir, kind)}: http://{args.host}:{args.port}/")
+        optuna_dashboard.run_server(open_storage(run_dir, kind), host=args.host, port=args.port)
+        return 0
+
+
+COMMANDS = {"search": SearchCommand, "sweep": SweepCommand, "dashboard": DashboardCommand, "list": ListCommand}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,12 +43,19 @@ class SearchConfig:
     threads: int | None = None
     name: str | None = None
     runs_dir: str = "runs"
+    storage: str = "sqlite"
+    workers: int = 1
+    address: str | None = None
 
     def __post_init__(self) -> None:
         if self.reward not in ("error", "error_log_flops"):
             raise ConfigError(f"--reward {self.reward} is not one of error, error_log_flops.")
         if self.episodes is not None and self.episodes < 1:
             raise ConfigError(f"--episodes {self.episodes} must be at least 1.")
+        if self.workers < 1:
+            raise ConfigError(f"--workers {self.workers} must be at least 1.")
+        if self.storage not in ("sqlite", "journal") and "://" not in self.storage:
+            raise ConfigError(f"--storage {self.storage} is not sqlite, journal or a database URL (postgresql://...).")
         if self.calib_batches < 0 or self.calib_batch_size < 1:
             raise ConfigError("--calib-batches must be >= 0 and --calib-batch-size >= 1.")
 

@@ -24,15 +24,15 @@ class ForwardTimer:
         return out
 
 
-def recalibrate_batchnorm(model: nn.Module, split: Split, *, batches: int, batch_size: int,
-                          seed: int = 0, timer: ForwardTimer | None = None) -> None:
-    """Re-estimate every batch-norm's running statistics on ``batches`` training batches.
+def recalibrate_batchnorm(model: nn.Module, split: Split, *, batch_size: int,
+                          timer: ForwardTimer | None = None) -> None:
+    """Re-estimate every batch-norm's running statistics on ``split`` (a few training batches).
 
     Pruning changes the inputs each batch norm sees, so the stored statistics are stale; a
     cumulative average over a few batches restores them without any gradient step.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or batches <= 0:
+    if not norms or len(split) == 0:
         return
     timer = timer or ForwardTimer()
     model.eval()
@@ -40,11 +40,8 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, *, batches: int, batch
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average over the recalibration batches
         bn.train()
-    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, generator=generator)):
-            if i >= batches:
-                break
+        for x, _ in split.batches(batch_size):
             timer.run(model, x)
     model.eval()
 

@@ -20,8 +20,10 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import numpy as np
+import torch
 from torch import nn
 
 from autocomp.budget import METRICS, parse_budget
@@ -43,6 +45,14 @@ class EvalSettings:
     calib_batches: int = 4
     calib_batch_size: int = 128
     eval_batch_size: int = 500
+
+
+class EvaluationBackend(Protocol):
+    """Evaluates many plans at once elsewhere (see ``autocomp.runners.ray_backend``)."""
+
+    workers: int
+
+    def evaluate(self, plans: Sequence[Plan]) -> list[Metrics]: ...
 
 
 @dataclass(frozen=True)
@@ -88,8 +98,10 @@ class CompressionProblem:
             for name, value in budgets.items() if value is not None
         }
         self.budgets = {name: value for name, value in budgets.items() if value is not None}
+        self.calibration = self._calibration_split()
         self.choices = [self._choices(u) for u in self.units]
         self._cache: dict[str, Metrics] = {}
+        self.backend: EvaluationBackend | None = None
         self._check_feasible()
 
     # ---- the action space -------------------------------------------------------------
@@ -173,12 +185,22 @@ class CompressionProblem:
                 )
 
     # ---- scoring ----------------------------------------------------------------------
+    def _calibration_split(self) -> Split:
+        """The same random training images recalibrate every candidate (seed 0)."""
+        count = self.evaluation.calib_batches * self.evaluation.calib_batch_size if self.evaluation.recalibrate else 0
+        train = self.data.train
+        if count >= len(train):
+            return train
+        idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count]
+        return Split(train.x[idx], train.y[idx])
+
+    def _recalibrate(self, model: nn.Module, timer: ForwardTimer | None = None) -> None:
+        recalibrate_batchnorm(model, self.calibration, batch_size=self.evaluation.calib_batch_size, timer=timer)
+
     def build(self, plan: Plan) -> nn.Module:
         """The physically compressed model of ``plan`` with recalibrated batch norm."""
         model = self.pruner.apply(plan.kept)
-        if self.evaluation.recalibrate:
-            recalibrate_batchnorm(model, self.data.train, batches=self.evaluation.calib_batches,
-                                  batch_size=self.evaluation.calib_batch_size)
+        self._recalibrate(model)
         return model
 
     def evaluate(self, plan: Plan) -> Metrics:
@@ -189,15 +211,26 @@ class CompressionProblem:
         start = time.perf_counter()
         timer = ForwardTimer()
         model = self.pruner.apply(plan.kept)
-        if self.evaluation.recalibrate:
-            recalibrate_batchnorm(model, self.data.train, batches=self.evaluation.calib_batches,
-                                  batch_size=self.evaluation.calib_batch_size, timer=timer)
+        self._recalibrate(model, timer)
         acc = accuracy(model, self.data.val, batch_size=self.evaluation.eval_batch_size, timer=timer)
         cost = self.cost.predict(plan)
         metrics = Metrics(cost.macs, cost.params, cost.size_bytes, acc,
                           time.perf_counter() - start, timer.seconds)
         self._cache[key] = metrics
         return metrics
+
+    @property
+    def parallelism(self) -> int:
+        """How many candidates a searcher should propose at once (the backend's workers)."""
+        return self.backend.workers if self.backend is not None else 1
+
+    def evaluate_many(self, plans: Sequence[Plan]) -> list[Metrics]:
+        """Evaluate several plans, in parallel when a backend (e.g. Ray workers) is attached."""
+        todo = list({p.key(): p for p in plans if p.key() not in self._cache}.values())
+        if self.backend is not None and len(todo) > 1:
+            for plan, metrics in zip(todo, self.backend.evaluate(todo)):
+                self._cache[plan.key()] = metrics
+        return [self.evaluate(p) for p in plans]
 
     def remember(self, plan: Plan, metrics: Metrics) -> None:
         """Seed the cache with an evaluation done earlier (e.g. read back from storage)."""

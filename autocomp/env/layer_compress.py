@@ -48,6 +48,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from autocomp.plan import Plan
 from autocomp.problem import CompressionProblem, reward
 
 
@@ -102,6 +103,16 @@ class LayerCompressEnv(gymnasium.Env):
         self._kept = self.problem.full_kept()
         self._prev_ratio = 1.0
         return self._observation(), {}
+
+    def final_plan(self, action: np.ndarray) -> Plan | None:
+        """The plan this action would complete, or None if the episode goes on (lets a vectorised
+        env evaluate the final plans of several episodes in parallel before stepping)."""
+        i = self._step
+        if i != len(self.problem.units) - 1:
+            return None
+        kept = self._kept.copy()
+        kept[i] = self.problem.clip(i, kept, self.problem.action_to_kept(i, float(np.asarray(action).reshape(-1)[0])))
+        return self.problem.plan(kept)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         i = self._step

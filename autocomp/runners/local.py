@@ -29,6 +29,7 @@ from autocomp.errors import ConfigError
 from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem, EvalSettings, Metrics
 from autocomp.runners.setup import load_config_data, prepare_model
+from autocomp.runners.storage import open_storage
 from autocomp.searchers import SEARCHERS
 from autocomp.searchers.record import Candidate, TrialRecorder
 from autocomp.space import SearchSpace
@@ -57,7 +58,7 @@ def resolve_run(config: SearchConfig, *, resume: bool) -> tuple[SearchConfig, Pa
             raise ConfigError(f"--resume: {run_dir} holds no earlier run (no config.yaml): check --name and --runs-dir.")
         saved = SearchConfig.from_dict(yaml.safe_load(stored.read_text()))
         return saved.replace(episodes=config.episodes or saved.episodes, name=name, runs_dir=config.runs_dir), run_dir
-    if (run_dir / "study.db").exists():
+    if stored.is_file():
         raise ConfigError(f"run {run_dir} already exists: pass --resume to continue it, or another --name.")
     return config.replace(name=name), run_dir
 
@@ -98,8 +99,13 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
+    if config.workers > 1 or config.address:
+        from autocomp.runners.ray_backend import RayBackend, connect
+
+        connect(config.address, num_cpus=None)
+        problem.backend = RayBackend(problem, config, workers=config.workers, threads=config.threads or 1)
     study = optuna.create_study(
-        storage=f"sqlite:///{run_dir / 'study.db'}", study_name=config.name,
+        storage=open_storage(run_dir, config.storage), study_name=config.name,
         directions=searcher_cls.directions(settings), sampler=searcher_cls.sampler(settings, config.seed),
         load_if_exists=True,
     )
@@ -125,6 +131,9 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
         searcher.run(max(0, episodes - done_before))
     finally:
         bar.close()
+        if problem.backend is not None:
+            problem.backend.close()  # type: ignore[attr-defined]
+            problem.backend = None
     new = recorder.history[done_before:]
     timing = {
         "total": round(time.perf_counter() - search_start, 2),

@@ -14,10 +14,13 @@ class RandomSearcher(Searcher):
 
     def run(self, n_candidates: int) -> None:
         rng = np.random.default_rng([self.seed, len(self.recorder.history)])
-        for _ in range(n_candidates):
-            actions = rng.uniform(-1, 1, len(self.problem.units))
-            plan = self.problem.decode(actions)
-            self.recorder.record(plan, self.problem.evaluate(plan), actions=list(actions))
+        while n_candidates > 0:
+            batch = min(n_candidates, self.problem.parallelism)
+            actions = [rng.uniform(-1, 1, len(self.problem.units)) for _ in range(batch)]
+            plans = [self.problem.decode(a) for a in actions]
+            for plan, metrics, a in zip(plans, self.problem.evaluate_many(plans), actions):
+                self.recorder.record(plan, metrics, actions=list(a))
+            n_candidates -= batch
 
 
 class UniformSearcher(Searcher):

@@ -21,7 +21,8 @@ import torch
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from autocomp.env import LayerCompressEnv
 from autocomp.errors import ConfigError
@@ -64,6 +65,18 @@ class AMCDDPG(DDPG):
             group["lr"] = self.critic_lr
 
 
+class ParallelEpisodesVecEnv(DummyVecEnv):
+    """Several episodes in lockstep; their final plans are evaluated together, in parallel when
+    the problem has a backend (Ray workers), before the envs step."""
+
+    def step_wait(self) -> Any:
+        finals = [env.final_plan(action) for env, action in zip(self.envs, self.actions)]  # type: ignore[attr-defined]
+        plans = [p for p in finals if p is not None]
+        if plans:
+            self.envs[0].problem.evaluate_many(plans)  # type: ignore[attr-defined]
+        return super().step_wait()
+
+
 class EpisodeCallback(BaseCallback):
     """Copies each episode's reward to all its transitions, decays noise, records candidates."""
 
@@ -73,7 +86,7 @@ class EpisodeCallback(BaseCallback):
         self.n_episodes = n_episodes
         self.done_episodes = 0
         self._episode_start: int | None = None
-        self._actions: list[float] = []
+        self._actions: list[np.ndarray] = []
 
     def _on_training_start(self) -> None:
         self.searcher.replay_history(self.model)
@@ -82,16 +95,21 @@ class EpisodeCallback(BaseCallback):
         buffer = self.model.replay_buffer
         if self._episode_start is None:
             self._episode_start = buffer.pos  # this step's transition is stored at pos, after on_step
-        self._actions.append(float(np.asarray(self.locals["actions"]).reshape(-1)[0]))
-        if not self.locals["dones"][0]:
+        self._actions.append(np.asarray(self.locals["actions"]).reshape(len(self.locals["dones"]), -1)[:, 0])
+        dones = self.locals["dones"]
+        if not dones.any():
             return True
-        final = float(self.locals["rewards"][0])
-        buffer.rewards[self._episode_start:buffer.pos, 0] = final
-        info = self.locals["infos"][0]
-        self.searcher.recorder.record(info["plan"], info["metrics"], actions=self._actions)
-        self.searcher.end_episode(self.model)
+        # every env runs the same number of steps, so all episodes end together; each env's
+        # column of the buffer gets its own episode's reward
+        for env_index in np.flatnonzero(dones):
+            buffer.rewards[self._episode_start:buffer.pos, env_index] = float(self.locals["rewards"][env_index])
+            info = self.locals["infos"][env_index]
+            if self.done_episodes < self.n_episodes:
+                actions = [float(a[env_index]) for a in self._actions]
+                self.searcher.recorder.record(info["plan"], info["metrics"], actions=actions)
+                self.searcher.end_episode(self.model)
+                self.done_episodes += 1
         self._episode_start, self._actions = None, []
-        self.done_episodes += 1
         return self.done_episodes < self.n_episodes
 
 
@@ -113,15 +131,25 @@ class DDPGSearcher(Searcher):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.env = LayerCompressEnv(self.problem, reward_kind=self.reward_kind)
         self.steps = len(self.problem.units)
-        self.noise = TruncatedNormalNoise(float(self.settings["noise_sigma"]), 1, seed=self.seed)
+        self.n_envs = max(1, self.problem.parallelism)
+        self._noises = [TruncatedNormalNoise(float(self.settings["noise_sigma"]), 1, seed=self.seed * 1000 + i)
+                        for i in range(self.n_envs)]
+        self.noise: ActionNoise = self._noises[0]
+        if self.n_envs > 1:
+            self.noise = VectorizedActionNoise(self._noises[0], self.n_envs)
+            self.noise.noises = self._noises
         self._episodes_seen = len(self.recorder.history)
         self._decay_noise(self._episodes_seen)
 
+    @property
+    def sigma(self) -> float:
+        return self._noises[0].sigma
+
     def _decay_noise(self, episodes: int) -> None:
         after_warmup = max(0, episodes - int(self.settings["warmup_episodes"]))
-        self.noise.sigma = float(self.settings["noise_sigma"]) * float(self.settings["noise_decay"]) ** after_warmup
+        for noise in self._noises:
+            noise.sigma = float(self.settings["noise_sigma"]) * float(self.settings["noise_decay"]) ** after_warmup
 
     def end_episode(self, model: DDPG) -> None:
         self._episodes_seen += 1
@@ -131,18 +159,25 @@ class DDPGSearcher(Searcher):
 
     def replay_history(self, model: DDPG) -> None:
         """Put every earlier episode from storage back into the replay buffer (resume)."""
-        env = LayerCompressEnv(self.problem, reward_kind=self.reward_kind)  # SB3 owns self.env's episode
-        for candidate in self.recorder.history:
-            obs, _ = env.reset()
-            reward_value = None
-            for action in candidate.actions[: self.steps]:
-                next_obs, r, terminated, _, info = env.step(np.array([action], dtype=np.float32))
-                reward_value = r if terminated else reward_value
-                model.replay_buffer.add(obs[None], next_obs[None], np.array([[action]]), np.array([0.0]),
-                                        np.array([terminated]), [info])
+        history = self.recorder.history
+        buffer = model.replay_buffer
+        # the buffer stores one transition per env per step: replay earlier episodes n_envs at a
+        # time (with several workers, up to n_envs - 1 of them stay in storage only)
+        for first in range(0, len(history) - self.n_envs + 1, self.n_envs):
+            group = history[first:first + self.n_envs]
+            envs = [LayerCompressEnv(self.problem, reward_kind=self.reward_kind) for _ in group]
+            obs = np.stack([env.reset()[0] for env in envs])
+            start = buffer.pos
+            rewards = np.zeros(len(group))
+            for step in range(self.steps):
+                actions = np.array([[c.actions[step]] for c in group], dtype=np.float32)
+                results = [env.step(a) for env, a in zip(envs, actions)]
+                next_obs = np.stack([r[0] for r in results])
+                done = np.array([r[2] for r in results])
+                rewards = np.where(done, [r[1] for r in results], rewards)
+                buffer.add(obs, next_obs, actions, np.zeros(len(group)), done, [r[4] for r in results])
                 obs = next_obs
-            if reward_value is not None:
-                model.replay_buffer.rewards[model.replay_buffer.pos - self.steps:model.replay_buffer.pos, 0] = reward_value
+            buffer.rewards[start:buffer.pos] = rewards[None, :]
         policy_file = self.settings["policy_file"]
         if self.recorder.history and policy_file and Path(policy_file).is_file():
             model.policy.load_state_dict(torch.load(policy_file, weights_only=True))
@@ -153,14 +188,16 @@ class DDPGSearcher(Searcher):
         s = self.settings
         done = len(self.recorder.history)
         warmup_steps = max(0, int(s["warmup_episodes"]) - done) * self.steps
+        env = ParallelEpisodesVecEnv([lambda: LayerCompressEnv(self.problem, reward_kind=self.reward_kind)
+                                      for _ in range(self.n_envs)])
         model = AMCDDPG(
-            "MlpPolicy", self.env,
+            "MlpPolicy", env,
             actor_lr=float(s["actor_lr"]), critic_lr=float(s["critic_lr"]),
-            buffer_size=(done + n_candidates + 1) * self.steps,
+            buffer_size=(done + n_candidates + 2 * self.n_envs) * self.steps,
             learning_starts=warmup_steps, batch_size=int(s["batch_size"]), tau=float(s["tau"]),
-            gamma=float(s["gamma"]), train_freq=(1, "step"), gradient_steps=1,
+            gamma=float(s["gamma"]), train_freq=(1, "step"), gradient_steps=-1,
             action_noise=self.noise, policy_kwargs={"net_arch": list(s["hidden"])},
             seed=self.seed, device="cpu", verbose=0,
         )
         callback = EpisodeCallback(self, n_candidates)
-        model.learn(total_timesteps=(n_candidates + 1) * self.steps, callback=callback)
+        model.learn(total_timesteps=(n_candidates + 2 * self.n_envs) * self.steps, callback=callback)

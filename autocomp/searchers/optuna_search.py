@@ -35,13 +35,17 @@ class OptunaSearcher(Searcher):
 
     def run(self, n_candidates: int) -> None:
         study = self.recorder.study
-        for _ in range(n_candidates):
-            trial = study.ask()
+        while n_candidates > 0:
+            # with several workers, ask for a batch of trials and evaluate them concurrently
+            trials = [study.ask() for _ in range(min(n_candidates, self.problem.parallelism))]
             try:
-                actions = [trial.suggest_float(u.name, -1.0, 1.0) for u in self.problem.units]
-                plan = self.problem.decode(actions)
-                metrics = self.problem.evaluate(plan)
+                actions = [[t.suggest_float(u.name, -1.0, 1.0) for u in self.problem.units] for t in trials]
+                plans = [self.problem.decode(a) for a in actions]
+                results = self.problem.evaluate_many(plans)
             except BaseException:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                for t in trials:
+                    study.tell(t, state=optuna.trial.TrialState.FAIL)
                 raise
-            self.recorder.record(plan, metrics, actions=actions, trial=trial)
+            for trial, plan, metrics, a in zip(trials, plans, results, actions):
+                self.recorder.record(plan, metrics, actions=a, trial=trial)
+            n_candidates -= len(trials)
