@@ -221,13 +221,19 @@ class CompressionProblem:
 
     @property
     def parallelism(self) -> int:
-        """How many candidates a searcher should propose at once (the backend's workers)."""
+        """How many candidates can be scored at the same time (the backend's workers)."""
         return self.backend.workers if self.backend is not None else 1
+
+    @property
+    def batch_size(self) -> int:
+        """How many candidates a batch searcher should propose at once: two per worker, so a
+        worker that finishes a cheap plan early takes the next one instead of waiting."""
+        return 1 if self.backend is None else 2 * self.backend.workers
 
     def evaluate_many(self, plans: Sequence[Plan]) -> list[Metrics]:
         """Evaluate several plans, in parallel when a backend (e.g. Ray workers) is attached."""
         todo = list({p.key(): p for p in plans if p.key() not in self._cache}.values())
-        if self.backend is not None and len(todo) > 1:
+        if self.backend is not None and todo:
             for plan, metrics in zip(todo, self.backend.evaluate(todo)):
                 self._cache[plan.key()] = metrics
         return [self.evaluate(p) for p in plans]

@@ -49,7 +49,20 @@ def test_digits_search_within_budget(agent: str, tmp_path, digits_data) -> None:
     assert all(0.2 - 1e-9 <= u["keep_ratio"] <= 1.0 for u in plan["units"])  # the prune space's range
 
 
-def test_ddpg_rewrites_episode_reward_to_every_step(tmp_path, digits_problem) -> None:
+def spy_on_episode_end(monkeypatch, capture) -> None:
+    """Call ``capture(searcher, model)`` right after each episode's rewards are rewritten."""
+    from autocomp.searchers.ddpg import DDPGSearcher
+
+    original = DDPGSearcher.end_episode
+
+    def spy(self, model):
+        capture(self, model)
+        original(self, model)
+
+    monkeypatch.setattr(DDPGSearcher, "end_episode", spy)
+
+
+def test_ddpg_rewrites_episode_reward_to_every_step(monkeypatch, digits_problem) -> None:
     from autocomp.searchers.ddpg import DDPGSearcher
     from autocomp.searchers.record import TrialRecorder
 
@@ -57,18 +70,13 @@ def test_ddpg_rewrites_episode_reward_to_every_step(tmp_path, digits_problem) ->
     recorder = TrialRecorder(study, digits_problem, searcher="ddpg")
     searcher = DDPGSearcher(digits_problem, recorder, settings={"warmup_episodes": 3}, seed=0)
     captured = {}
-    original = DDPGSearcher.end_episode
 
-    def spy(self, model):  # inspect the replay buffer right after each episode's rewrite
+    def capture(self, model):
         captured["rewards"] = model.replay_buffer.rewards[: model.replay_buffer.pos, 0].copy()
-        captured["noise"] = self.noise.sigma
-        original(self, model)
+        captured["noise"] = self.sigma
 
-    DDPGSearcher.end_episode = spy
-    try:
-        searcher.run(5)
-    finally:
-        DDPGSearcher.end_episode = original
+    spy_on_episode_end(monkeypatch, capture)
+    searcher.run(5)
     steps = len(digits_problem.units)
     rewards = torch.tensor(captured["rewards"]).view(-1)
     # before the last step of the 5th episode is stored, its earlier steps carry its final reward
@@ -81,7 +89,7 @@ def test_ddpg_rewrites_episode_reward_to_every_step(tmp_path, digits_problem) ->
     assert captured["noise"] == pytest.approx(0.5 * 0.95 ** 1)  # decayed once: 4 episodes seen, 3 warm-up
 
 
-def test_ddpg_resume_refills_replay_buffer(digits_problem, tmp_path) -> None:
+def test_ddpg_resume_refills_replay_buffer(monkeypatch, digits_problem, tmp_path) -> None:
     from autocomp.searchers.ddpg import DDPGSearcher
     from autocomp.searchers.record import TrialRecorder
 
@@ -91,21 +99,65 @@ def test_ddpg_resume_refills_replay_buffer(digits_problem, tmp_path) -> None:
     recorder = TrialRecorder(study, digits_problem, searcher="ddpg")  # as a resumed run sees the storage
     assert len(recorder.history) == 5
     resumed = DDPGSearcher(digits_problem, recorder, settings=settings, seed=0)
-    assert resumed.noise.sigma == pytest.approx(0.5 * 0.95 ** 2)
+    assert resumed.sigma == pytest.approx(0.5 * 0.95 ** 2)
     captured = {}
 
     def capture(self, model):
         captured.setdefault("pos", model.replay_buffer.pos)
         captured.setdefault("rewards", model.replay_buffer.rewards[: 5 * len(self.problem.units), 0].copy())
 
-    original = DDPGSearcher.end_episode
-    DDPGSearcher.end_episode = lambda self, model: (capture(self, model), original(self, model))
-    try:
-        resumed.run(1)
-    finally:
-        DDPGSearcher.end_episode = original
+    spy_on_episode_end(monkeypatch, capture)
+    resumed.run(1)
     steps = len(digits_problem.units)
     assert captured["pos"] == 5 * steps + steps - 1  # 5 replayed episodes + the new one's first steps
     expected = torch.tensor([c.metrics.val_accuracy - 1.0 for c in recorder.history[:5]]).repeat_interleave(steps)
     assert torch.allclose(torch.tensor(captured["rewards"]), expected.to(torch.float32))
     assert len(study.get_trials()) == 6
+
+
+class SequentialBackend:
+    """An evaluation backend that declares two workers but scores plans here, one by one."""
+
+    workers = 2
+
+    def __init__(self, problem) -> None:
+        self.problem = problem
+        self.calls: list[int] = []
+
+    def evaluate(self, plans):
+        self.calls.append(len(plans))
+        return [self.problem.evaluate(p) for p in plans]
+
+
+def test_ddpg_parallel_episodes_keep_their_own_rewards(monkeypatch, digits_model, digits_data) -> None:
+    from autocomp.problem import CompressionProblem
+    from autocomp.searchers.ddpg import DDPGSearcher
+    from autocomp.searchers.record import TrialRecorder
+    from autocomp.space import SearchSpace
+
+    def make() -> CompressionProblem:
+        return CompressionProblem(model=digits_model, data=digits_data, space=SearchSpace.load("prune"),
+                                  budgets={"flops": "0.5"})
+
+    problem = make()
+    backend = SequentialBackend(make())
+    problem.backend = backend
+    recorder = TrialRecorder(optuna.create_study(directions=["maximize"]), problem, searcher="ddpg")
+    searcher = DDPGSearcher(problem, recorder, settings={"warmup_episodes": 2}, seed=0)
+    assert searcher.n_envs == 2
+    captured = {}
+
+    def capture(self, model):
+        captured["rewards"] = model.replay_buffer.rewards[: model.replay_buffer.pos].copy()
+
+    spy_on_episode_end(monkeypatch, capture)
+    searcher.run(6)
+    assert len(recorder.history) == 6
+    assert backend.calls and all(n == 2 for n in backend.calls)  # both episodes' final plans scored together
+    steps = len(problem.units)
+    rewards = torch.tensor(captured["rewards"])  # (positions, envs)
+    for round_ in range(2):  # the first two rounds are fully stored
+        for env in range(2):
+            chunk = rewards[round_ * steps:(round_ + 1) * steps, env]
+            expected = recorder.history[2 * round_ + env].metrics.val_accuracy - 1.0
+            assert torch.allclose(chunk, torch.full_like(chunk, expected))

@@ -119,8 +119,21 @@ class RayBackend:
         self.ray.get([a.pid.remote() for a in self.actors])  # fail here, not mid-search, if workers cannot start
 
     def evaluate(self, plans: Sequence[Plan]) -> list[Metrics]:
-        futures = [self.actors[i % self.workers].evaluate.remote(p.kept) for i, p in enumerate(plans)]
-        return [Metrics(**m) for m in self.ray.get(futures)]
+        """Hand each plan to whichever worker is free first (plans differ in cost)."""
+        queue = list(enumerate(plans))
+        results: list[Metrics | None] = [None] * len(plans)
+        idle = list(self.actors)
+        pending: dict[Any, tuple[int, Any]] = {}
+        while queue or pending:
+            while idle and queue:
+                actor = idle.pop()
+                index, plan = queue.pop(0)
+                pending[actor.evaluate.remote(plan.kept)] = (index, actor)
+            done, _ = self.ray.wait(list(pending), num_returns=1)
+            index, actor = pending.pop(done[0])
+            results[index] = Metrics(**self.ray.get(done[0]))
+            idle.append(actor)
+        return [m for m in results if m is not None]
 
     def close(self) -> None:
         for actor in self.actors:

@@ -15,7 +15,7 @@ class RandomSearcher(Searcher):
     def run(self, n_candidates: int) -> None:
         rng = np.random.default_rng([self.seed, len(self.recorder.history)])
         while n_candidates > 0:
-            batch = min(n_candidates, self.problem.parallelism)
+            batch = min(n_candidates, self.problem.batch_size)
             actions = [rng.uniform(-1, 1, len(self.problem.units)) for _ in range(batch)]
             plans = [self.problem.decode(a) for a in actions]
             for plan, metrics, a in zip(plans, self.problem.evaluate_many(plans), actions):

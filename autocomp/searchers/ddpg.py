@@ -5,7 +5,8 @@ AMC-faithful details (He et al. 2018), set in ``agents/ddpg.yaml``:
 - truncated-normal exploration noise whose sigma decays per episode after warm-up;
 - discount 1, and the episode's final reward copied to every transition of that episode
   (rewritten in the replay buffer when the episode ends);
-- separate actor and critic learning rates, 300x300 hidden units, tau 0.01, batch 64.
+- separate actor and critic learning rates, 300x300 hidden units, tau 0.01, batch 64;
+- sampled rewards centred on a moving average of batch means (AMC's ``moving_average``).
 
 On ``--resume`` the replay buffer is rebuilt from the trials in storage and the last saved
 policy weights are reloaded, so no earlier episode is lost to the agent either.
@@ -20,7 +21,9 @@ import numpy as np
 import torch
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -42,6 +45,29 @@ class TruncatedNormalNoise(ActionNoise):
         if self.sigma <= 0:
             return np.zeros(self.size)
         return truncnorm.rvs(-2, 2, scale=self.sigma, size=self.size, random_state=self._rng)
+
+
+class BaselineReplayBuffer(ReplayBuffer):
+    """AMC's reward normalisation: sampled rewards minus a moving average of batch means.
+
+    With discount 1 and the episode's reward on every step, raw rewards (about -0.1 to -0.9)
+    pile up along the episode; centring them keeps the critic's targets near zero.
+    """
+
+    moving_alpha = 0.5
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.moving_average: float | None = None
+
+    def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> ReplayBufferSamples:
+        data = super()._get_samples(batch_inds, env)
+        mean = float(data.rewards.mean())
+        if self.moving_average is None:
+            self.moving_average = mean
+        else:
+            self.moving_average += self.moving_alpha * (mean - self.moving_average)
+        return data._replace(rewards=data.rewards - self.moving_average)
 
 
 class AMCDDPG(DDPG):
@@ -116,7 +142,8 @@ class EpisodeCallback(BaseCallback):
 class DDPGSearcher(Searcher):
     defaults = {
         "warmup_episodes": 100, "hidden": [300, 300], "actor_lr": 1e-4, "critic_lr": 1e-3, "tau": 0.01,
-        "gamma": 1.0, "batch_size": 64, "noise_sigma": 0.5, "noise_decay": 0.95, "policy_file": None,
+        "gamma": 1.0, "batch_size": 64, "noise_sigma": 0.5, "noise_decay": 0.95, "reward_baseline": True,
+        "policy_file": None,
     }
 
     @classmethod
@@ -197,6 +224,7 @@ class DDPGSearcher(Searcher):
             learning_starts=warmup_steps, batch_size=int(s["batch_size"]), tau=float(s["tau"]),
             gamma=float(s["gamma"]), train_freq=(1, "step"), gradient_steps=-1,
             action_noise=self.noise, policy_kwargs={"net_arch": list(s["hidden"])},
+            replay_buffer_class=BaselineReplayBuffer if s["reward_baseline"] else ReplayBuffer,
             seed=self.seed, device="cpu", verbose=0,
         )
         callback = EpisodeCallback(self, n_candidates)

@@ -37,7 +37,7 @@ class OptunaSearcher(Searcher):
         study = self.recorder.study
         while n_candidates > 0:
             # with several workers, ask for a batch of trials and evaluate them concurrently
-            trials = [study.ask() for _ in range(min(n_candidates, self.problem.parallelism))]
+            trials = [study.ask() for _ in range(min(n_candidates, self.problem.batch_size))]
             try:
                 actions = [[t.suggest_float(u.name, -1.0, 1.0) for u in self.problem.units] for t in trials]
                 plans = [self.problem.decode(a) for a in actions]
