@@ -2,7 +2,8 @@
 
 AMC-faithful details (He et al. 2018), set in ``agents/ddpg.yaml``:
 - ``warmup_episodes`` of random actions before any update (SB3's ``learning_starts``);
-- truncated-normal exploration noise whose sigma decays per episode after warm-up;
+- exploration by truncated-normal noise around the policy's action, kept within the action
+  bounds, its sigma (0.5 in keep-ratio units) decaying x0.95 per episode after warm-up;
 - discount 1, and the episode's final reward copied to every transition of that episode
   (rewritten in the replay buffer when the episode ends);
 - separate actor and critic learning rates, 300x300 hidden units, tau 0.01, batch 64;
@@ -24,27 +25,12 @@ from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
-from stable_baselines3.common.noise import ActionNoise, VectorizedActionNoise
+from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from autocomp.env import LayerCompressEnv
 from autocomp.errors import ConfigError
 from autocomp.searchers.base import Searcher
-
-
-class TruncatedNormalNoise(ActionNoise):
-    """Gaussian noise truncated at +-2 sigma; ``sigma`` is changed in place to decay it."""
-
-    def __init__(self, sigma: float, size: int, seed: int = 0) -> None:
-        super().__init__()
-        self.sigma = sigma
-        self.size = size
-        self._rng = np.random.default_rng(seed)
-
-    def __call__(self) -> np.ndarray:
-        if self.sigma <= 0:
-            return np.zeros(self.size)
-        return truncnorm.rvs(-2, 2, scale=self.sigma, size=self.size, random_state=self._rng)
 
 
 class BaselineReplayBuffer(ReplayBuffer):
@@ -71,12 +57,31 @@ class BaselineReplayBuffer(ReplayBuffer):
 
 
 class AMCDDPG(DDPG):
-    """SB3's DDPG with AMC's separate actor (1e-4) and critic (1e-3) learning rates."""
+    """SB3's DDPG with AMC's exploration and separate actor (1e-4) / critic (1e-3) learning rates.
 
-    def __init__(self, *args: Any, actor_lr: float, critic_lr: float, **kwargs: Any) -> None:
+    Exploration (AMC): the policy's action plus truncated-normal noise kept inside the action
+    bounds (resampled, not clipped, so no probability piles up at the bounds). ``noise_sigma``
+    is in keep-ratio units, as in AMC, where the action range [0, 1] is half of SB3's [-1, 1].
+    """
+
+    def __init__(self, *args: Any, actor_lr: float, critic_lr: float, noise_sigma: float, **kwargs: Any) -> None:
         self.actor_lr = actor_lr
         self.critic_lr = critic_lr
+        self.noise_sigma = noise_sigma
         super().__init__(*args, learning_rate=critic_lr, **kwargs)
+        self._noise_rng = np.random.default_rng(self.seed)
+
+    def _sample_action(self, learning_starts: int, action_noise: ActionNoise | None = None,
+                       n_envs: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        action, buffer_action = super()._sample_action(learning_starts, None, n_envs)
+        if self.num_timesteps < learning_starts or self.noise_sigma <= 0:
+            return action, buffer_action  # warm-up: uniform random actions
+        scale = 2.0 * self.noise_sigma  # keep-ratio units -> [-1, 1] action units
+        low, high = (-1.0 - buffer_action) / scale, (1.0 - buffer_action) / scale
+        noisy = truncnorm.rvs(low, high, loc=buffer_action, scale=scale, size=buffer_action.shape,
+                              random_state=self._noise_rng)
+        noisy = np.clip(noisy, -1.0, 1.0).astype(np.float32)
+        return noisy, noisy
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -160,27 +165,17 @@ class DDPGSearcher(Searcher):
         super().__init__(*args, **kwargs)
         self.steps = len(self.problem.units)
         self.n_envs = max(1, self.problem.parallelism)
-        self._noises = [TruncatedNormalNoise(float(self.settings["noise_sigma"]), 1, seed=self.seed * 1000 + i)
-                        for i in range(self.n_envs)]
-        self.noise: ActionNoise = self._noises[0]
-        if self.n_envs > 1:
-            self.noise = VectorizedActionNoise(self._noises[0], self.n_envs)
-            self.noise.noises = self._noises
         self._episodes_seen = len(self.recorder.history)
-        self._decay_noise(self._episodes_seen)
 
     @property
     def sigma(self) -> float:
-        return self._noises[0].sigma
+        """Exploration noise (keep-ratio units) for the next episode: decays after warm-up."""
+        after_warmup = max(0, self._episodes_seen - int(self.settings["warmup_episodes"]))
+        return float(self.settings["noise_sigma"]) * float(self.settings["noise_decay"]) ** after_warmup
 
-    def _decay_noise(self, episodes: int) -> None:
-        after_warmup = max(0, episodes - int(self.settings["warmup_episodes"]))
-        for noise in self._noises:
-            noise.sigma = float(self.settings["noise_sigma"]) * float(self.settings["noise_decay"]) ** after_warmup
-
-    def end_episode(self, model: DDPG) -> None:
+    def end_episode(self, model: AMCDDPG) -> None:
         self._episodes_seen += 1
-        self._decay_noise(self._episodes_seen)
+        model.noise_sigma = self.sigma
         if self.settings["policy_file"]:
             torch.save(model.policy.state_dict(), self.settings["policy_file"])
 
@@ -219,11 +214,11 @@ class DDPGSearcher(Searcher):
                                       for _ in range(self.n_envs)])
         model = AMCDDPG(
             "MlpPolicy", env,
-            actor_lr=float(s["actor_lr"]), critic_lr=float(s["critic_lr"]),
+            actor_lr=float(s["actor_lr"]), critic_lr=float(s["critic_lr"]), noise_sigma=self.sigma,
             buffer_size=(done + n_candidates + 2 * self.n_envs) * self.steps,
             learning_starts=warmup_steps, batch_size=int(s["batch_size"]), tau=float(s["tau"]),
             gamma=float(s["gamma"]), train_freq=(1, "step"), gradient_steps=-1,
-            action_noise=self.noise, policy_kwargs={"net_arch": list(s["hidden"])},
+            policy_kwargs={"net_arch": list(s["hidden"])},
             replay_buffer_class=BaselineReplayBuffer if s["reward_baseline"] else ReplayBuffer,
             seed=self.seed, device="cpu", verbose=0,
         )
