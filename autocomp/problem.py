@@ -55,6 +55,20 @@ class EvaluationBackend(Protocol):
     def evaluate(self, plans: Sequence[Plan]) -> list[Metrics]: ...
 
 
+@dataclass
+class EvalStats:
+    """Work actually done (cache hits excluded): fresh evaluations and their seconds."""
+
+    evaluations: int = 0
+    seconds: float = 0.0
+    forward_seconds: float = 0.0
+
+    def add(self, metrics: Metrics) -> None:
+        self.evaluations += 1
+        self.seconds += metrics.eval_seconds
+        self.forward_seconds += metrics.forward_seconds
+
+
 @dataclass(frozen=True)
 class Metrics:
     macs: int
@@ -102,6 +116,7 @@ class CompressionProblem:
         self.choices = [self._choices(u) for u in self.units]
         self._cache: dict[str, Metrics] = {}
         self.backend: EvaluationBackend | None = None
+        self.stats = EvalStats()
         self._check_feasible()
 
     # ---- the action space -------------------------------------------------------------
@@ -217,6 +232,7 @@ class CompressionProblem:
         metrics = Metrics(cost.macs, cost.params, cost.size_bytes, acc,
                           time.perf_counter() - start, timer.seconds)
         self._cache[key] = metrics
+        self.stats.add(metrics)
         return metrics
 
     @property
@@ -236,6 +252,7 @@ class CompressionProblem:
         if self.backend is not None and todo:
             for plan, metrics in zip(todo, self.backend.evaluate(todo)):
                 self._cache[plan.key()] = metrics
+                self.stats.add(metrics)
         return [self.evaluate(p) for p in plans]
 
     def remember(self, plan: Plan, metrics: Metrics) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -161,3 +162,19 @@ def test_ddpg_parallel_episodes_keep_their_own_rewards(monkeypatch, digits_model
             chunk = rewards[round_ * steps:(round_ + 1) * steps, env]
             expected = recorder.history[2 * round_ + env].metrics.val_accuracy - 1.0
             assert torch.allclose(chunk, torch.full_like(chunk, expected))
+
+
+def test_ddpg_exploration_stays_in_bounds_and_centres_on_policy(digits_problem) -> None:
+    from autocomp.env import LayerCompressEnv
+    from autocomp.searchers.ddpg import AMCDDPG
+
+    model = AMCDDPG("MlpPolicy", LayerCompressEnv(digits_problem), actor_lr=1e-4, critic_lr=1e-3, noise_sigma=0.5,
+                    learning_starts=0, seed=0, device="cpu")
+    model._last_obs = model.env.reset()
+    policy_action, _ = model.predict(model._last_obs, deterministic=True)
+    samples = np.array([model._sample_action(0)[0] for _ in range(400)]).reshape(-1)
+    assert samples.min() >= -1.0 and samples.max() <= 1.0
+    assert np.mean(np.abs(samples) > 0.999) < 0.02  # resampled inside the bounds, not piled up by clipping
+    assert samples.std() > 0.3
+    model.noise_sigma = 0.0
+    assert np.allclose(model._sample_action(0)[0], policy_action)

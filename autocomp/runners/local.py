@@ -134,12 +134,12 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
         if problem.backend is not None:
             problem.backend.close()  # type: ignore[attr-defined]
             problem.backend = None
-    new = recorder.history[done_before:]
-    timing = {
+    timing = {  # this invocation only; a repeated plan is a candidate but not a new evaluation
         "total": round(time.perf_counter() - search_start, 2),
-        "candidates": len(new),
-        "evaluation": round(sum(c.metrics.eval_seconds for c in new), 2),
-        "forward_passes": round(sum(c.metrics.forward_seconds for c in new), 2),
+        "candidates": len(recorder.history) - done_before,
+        "evaluations": problem.stats.evaluations,
+        "evaluation": round(problem.stats.seconds, 2),
+        "forward_passes": round(problem.stats.forward_seconds, 2),
     }
     summary = finish(run_dir, config, problem, recorder, settings, start, timing)
     return SearchResult(run_dir, summary)
@@ -176,7 +176,7 @@ def finish(run_dir: Path, config: SearchConfig, problem: CompressionProblem, rec
                        "calib_batch_size": config.calib_batch_size},
         "baseline": _metrics_dict(baseline, problem.score(problem.model, problem.data.test)),
         "best": {**_metrics_dict(best.metrics, problem.score(model, problem.data.test)), "trial": best.number},
-        "search_seconds": timing,  # this invocation only (a resumed run counts its new candidates)
+        "search_seconds": timing,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
