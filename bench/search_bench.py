@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         summary = run_search(config, resume=resume, progress=not args.no_progress).summary
         print(f"{agent}: best val {summary['best']['val_accuracy']:.4f} in {time.perf_counter() - start:.0f}s", flush=True)
-        results["runs"][agent] = summary
+        results["runs"][agent] = {**summary, "_commit": commit(), "_run_dir": str(run_dir)}
         results.update(machine=machine(), commit=commit(), budget=args.budget, episodes=args.episodes, runs_dir=args.runs_dir,
-                       command=" ".join(["python", "bench/search_bench.py", *sys.argv[1:]]))
+                       command=f"python bench/search_bench.py --episodes {args.episodes}")
         save_json(RESULTS, results)
     return results
 
@@ -75,11 +75,11 @@ def throughput(args: argparse.Namespace) -> None:
     write_section("throughput", "\n".join(lines))
 
 
-def distinct_plans(runs_dir: Path, name: str) -> int | str:
+def distinct_plans(run_dir: Path, name: str) -> int | str:
     """Distinct plans among a run's stored trials (repeats are answered from the cache)."""
     import optuna
 
-    db = runs_dir / name / "study.db"
+    db = run_dir / "study.db"
     if not db.is_file():
         return "n/a"
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
@@ -91,22 +91,26 @@ def report(results: dict) -> None:
     lines = [
         "## Search: CIFAR-10 ResNet-20, `--budget-flops 0.5` (before fine-tuning)",
         "",
-        f"Command: `{results['command']}` on {results['machine']}, commit {results['commit']}.",
+        f"Command: `{results['command']}` (one row per searcher; `--agents NAME` re-runs one) on {results['machine']}.",
         "Validation: 1,000 training images held out from the search's training pool; batch-norm "
         "recalibration on 4 batches of 128 training images per candidate; test: the 10,000 test images.",
         "",
-        "| searcher | candidates | distinct plans | best val acc | its test acc | MACs kept |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| searcher | commit | candidates | distinct plans | best val acc | its test acc | MACs kept |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     base = next(iter(runs.values()))["baseline"]
     for agent, s in runs.items():
-        distinct = distinct_plans(Path(results.get("runs_dir", "runs/bench-search")), s["name"])
+        run_dir = Path(s.get("_run_dir", Path(results.get("runs_dir", "runs/bench-search")) / s["name"]))
         lines.append(
-            f"| {agent} | {s['candidates']} | {distinct} | {s['best']['val_accuracy']:.4f} | {s['best']['test_accuracy']:.4f} | "
-            f"{s['best']['flops'] / base['flops']:.3f} |"
+            f"| {agent} | {s.get('_commit', results['commit'])} | {s['candidates']} | {distinct_plans(run_dir, s['name'])} | "
+            f"{s['best']['val_accuracy']:.4f} | {s['best']['test_accuracy']:.4f} | {s['best']['flops'] / base['flops']:.3f} |"
         )
     lines += ["", f"Original model: val acc {base['val_accuracy']:.4f}, test acc {base['test_accuracy']:.4f}, "
-              f"{base['flops']:,} MACs."]
+              f"{base['flops']:,} MACs. The validation images come from the training split the model was trained "
+              "on, so validation accuracy runs above test accuracy; searchers are compared on the same images.",
+              "Earlier DDPG rows are kept for the record: exploration noise then was SB3-style (clipped at the "
+              "bounds, half AMC's width) and, in the first, without AMC's reward baseline. Candidates/min: see "
+              "the throughput section (these runs shared the machine with other work)."]
     write_section("search", "\n".join(lines))
 
 
