@@ -31,17 +31,20 @@ def search(*, resume: bool = False, progress: bool = True, **settings: Any) -> d
     return run_search(SearchConfig(**settings), resume=resume, progress=progress).summary
 
 
-def load_compressed(run_dir: str | Path) -> nn.Module:
-    """The best compressed model of a finished run, as a plain ``nn.Module`` in eval mode.
+def load_compressed(run_dir: str | Path, *, finetuned: bool = False) -> nn.Module:
+    """The best compressed model of a finished run, as a plain ``nn.Module`` in eval mode
+    (``finetuned=True``: the weights written by ``autocomp finetune``).
 
     Example:
         >>> model = autocomp.load_compressed("runs/r20-ddpg")  # doctest: +SKIP
     """
     run_dir = Path(run_dir)
-    needed = [run_dir / "config.yaml", run_dir / "summary.json", run_dir / "best" / "plan.json", run_dir / "best" / "model.pt"]
+    weights = run_dir / ("finetuned" if finetuned else "best") / "model.pt"
+    needed = [run_dir / "config.yaml", run_dir / "summary.json", run_dir / "best" / "plan.json", weights]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
-        raise ConfigError(f"{run_dir} is not a finished run (missing {missing[0]}): finish it with `autocomp search --name {run_dir.name} --resume`.")
+        fix = f"autocomp finetune {run_dir}" if finetuned and missing == [str(weights)] else f"autocomp search --name {run_dir.name} --resume"
+        raise ConfigError(f"{run_dir} is not a finished run (missing {missing[0]}): finish it with `{fix}`.")
     config = SearchConfig.from_dict(yaml.safe_load(needed[0].read_text()))
     summary = json.loads(needed[1].read_text())
     model = build_model(config.model, num_classes=summary["num_classes"]).eval()

@@ -62,6 +62,7 @@ class SearchCommand:
         g.add_argument("--workers", type=int, default=d.workers, help="Ray workers evaluating candidates in parallel")
         g.add_argument("--address", help="Ray cluster to use: auto or HOST:PORT (default: a local Ray instance)")
         g.add_argument("--no-progress", action="store_true")
+        g.add_argument("--finetune-epochs", type=int, default=0, help="then fine-tune the best model with distillation")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -92,6 +93,11 @@ class SearchCommand:
         print(f"best of {s['candidates']} candidates: MACs {best['flops']:,} ({best['flops'] / base['flops']:.3f} of "
               f"{base['flops']:,}), params {best['params']:,}, val acc {best['val_accuracy']:.4f} "
               f"(original {base['val_accuracy']:.4f}), test acc {best['test_accuracy']:.4f} (original {base['test_accuracy']:.4f})")
+        if args.finetune_epochs > 0:
+            from autocomp.finetune import finetune_run
+
+            r = finetune_run(result.run_dir, epochs=args.finetune_epochs, progress=not args.no_progress)
+            print(f"fine-tuned {r['epochs']} epochs with distillation: test acc {r['test_accuracy']:.4f}")
         print(f"run saved in {result.run_dir}/ ; dashboard: autocomp dashboard {result.run_dir}")
         return 0
 
@@ -174,7 +180,69 @@ class DashboardCommand:
         return 0
 
 
-COMMANDS = {"search": SearchCommand, "sweep": SweepCommand, "dashboard": DashboardCommand, "list": ListCommand}
+class ExportCommand:
+    help = "export a run's best model (torchscript, onnx or state_dict) with its size and latency"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run_dir")
+        p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "state_dict"])
+        p.add_argument("--threads", type=int, default=1, help="threads for the latency measurement")
+        p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from autocomp.export import export_run
+
+        info = export_run(args.run_dir, fmt=args.format, threads=args.threads, out_dir=args.out)
+        print(f"{info['file']}: {info['size_bytes']:,} bytes, {info['latency_s'] * 1e3:.3f} ms per sample "
+              f"({info['threads']} thread), max |output - PyTorch| = {info['max_abs_diff']:.2e}")
+        return 0
+
+
+class FinetuneCommand:
+    help = "fine-tune a run's best model with knowledge distillation from the original"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run_dir")
+        p.add_argument("--epochs", type=int, default=5)
+        p.add_argument("--lr", type=float, default=0.01)
+        p.add_argument("--batch-size", type=int, default=128)
+        p.add_argument("--temperature", type=float, default=4.0)
+        p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation loss")
+        p.add_argument("--no-kd", action="store_true", help="plain cross-entropy, no distillation")
+        p.add_argument("--no-progress", action="store_true")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from autocomp.finetune import finetune_run
+
+        r = finetune_run(args.run_dir, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                         temperature=args.temperature, alpha=args.alpha, kd=not args.no_kd, progress=not args.no_progress)
+        print(f"fine-tuned {r['epochs']} epochs{' with distillation' if r['distillation'] else ''}: "
+              f"val acc {r['val_accuracy']:.4f}, test acc {r['test_accuracy']:.4f} -> {args.run_dir}/finetuned/")
+        return 0
+
+
+class ReportCommand:
+    help = "write report.html with plots of a finished run"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("run_dir")
+        p.add_argument("--no-uniform", action="store_true", help="skip evaluating the uniform baseline")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        from autocomp.report import write_report
+
+        print(f"report written to {write_report(args.run_dir, uniform=not args.no_uniform)}")
+        return 0
+
+
+COMMANDS = {"search": SearchCommand, "sweep": SweepCommand, "dashboard": DashboardCommand,
+            "finetune": FinetuneCommand, "export": ExportCommand, "report": ReportCommand, "list": ListCommand}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -200,4 +200,5 @@ def _out_width(module: nn.Module) -> int:
 
 def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
     """Trace ``model`` once with a batch of one into a Torch-Pruning dependency graph."""
-    return tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, *input_shape), verbose=False)
+    with torch.inference_mode(False), torch.enable_grad():  # tracing follows autograd, even if the caller disabled it
+        return tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, *input_shape), verbose=False)

@@ -182,6 +182,19 @@ class CompressionProblem:
             kept.append(fit[-1] if len(fit) else choices[0])
         return np.array(kept, dtype=np.int64)
 
+    def largest_uniform_ratio(self) -> float:
+        """The largest single keep ratio for every unit that meets the budgets (bisection)."""
+        lo, hi = 0.0, 1.0  # uniform_kept(0) is the space's minimum, feasible by the up-front check
+        if self.feasible(self.cost.predict_kept(self.uniform_kept(hi))):
+            return hi
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if self.feasible(self.cost.predict_kept(self.uniform_kept(mid))):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
     def plan(self, kept: np.ndarray) -> Plan:
         return Plan(kept={u.name: int(k) for u, k in zip(self.units, kept)},
                     channels={u.name: u.channels for u in self.units})

@@ -28,20 +28,8 @@ class UniformSearcher(Searcher):
 
     defaults = {}
 
-    def best_ratio(self) -> float:
-        lo, hi = 0.0, 1.0  # uniform_kept(0) is the space's minimum, feasible by the up-front check
-        if self.problem.feasible(self.problem.cost.predict_kept(self.problem.uniform_kept(hi))):
-            return hi
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            if self.problem.feasible(self.problem.cost.predict_kept(self.problem.uniform_kept(mid))):
-                lo = mid
-            else:
-                hi = mid
-        return lo
-
     def run(self, n_candidates: int) -> None:
         if n_candidates <= 0 or self.recorder.history:
             return
-        plan = self.problem.plan(self.problem.uniform_kept(self.best_ratio()))
+        plan = self.problem.plan(self.problem.uniform_kept(self.problem.largest_uniform_ratio()))
         self.recorder.record(plan, self.problem.evaluate(plan))

@@ -1,0 +1,107 @@
+"""Export a run's best model so it runs without autocomp, and measure what was exported.
+
+Formats:
+- ``torchscript``: ``torch.jit.trace`` -> ``model.torchscript.pt`` (``torch.jit.load`` needs only torch);
+- ``onnx``: ``torch.onnx.export`` -> ``model.onnx`` (checked with onnxruntime; ``pip install 'autocomp[export]'``);
+- ``state_dict``: ``model.state_dict.pt`` + ``plan.json`` (rebuild with ``autocomp.load_compressed``).
+
+Each export writes ``export.json`` beside the file: file size, measured latency (batch 1, fixed
+threads, ``torch.utils.benchmark`` or onnxruntime), and the largest output difference from
+the PyTorch model on a fixed random batch.
+
+Example:
+    >>> info = export_run("runs/r20-ddpg", fmt="onnx")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autocomp.errors import ConfigError
+
+FORMATS = ("torchscript", "onnx", "state_dict")
+
+
+def measure_latency(model: nn.Module, example: torch.Tensor, *, threads: int = 1) -> float:
+    """Median seconds of one forward pass (``torch.utils.benchmark``, ``threads`` threads)."""
+    from torch.utils import benchmark
+
+    model = model.eval()
+    with torch.inference_mode():
+        timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": example}, num_threads=threads)
+        return float(timer.blocked_autorange(min_run_time=1.0).median)
+
+
+def _onnx_latency(session: Any, feed: dict[str, Any], repeats: int = 50) -> float:
+    session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt: str, threads: int = 1) -> dict[str, Any]:
+    """Write ``model`` in ``fmt`` to ``out_dir``; return (and write) its size, latency and output check."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt} is not one of {', '.join(FORMATS)}.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    with torch.inference_mode():
+        reference = model(example)
+    info: dict[str, Any] = {"format": fmt, "threads": threads, "input_shape": list(example.shape)}
+    if fmt == "torchscript":
+        path = out_dir / "model.torchscript.pt"
+        with torch.no_grad():
+            torch.jit.save(torch.jit.trace(model, example), str(path))
+        loaded = torch.jit.load(str(path)).eval()
+        with torch.inference_mode():
+            info["max_abs_diff"] = float((loaded(example) - reference).abs().max())
+        info["latency_s"] = measure_latency(loaded, example, threads=threads)
+    elif fmt == "onnx":
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ConfigError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'autocomp[export]'") from None
+        path = out_dir / "model.onnx"
+        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                          dynamo=True, external_data=False)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: example.numpy()}
+        info["max_abs_diff"] = float(abs(session.run(None, feed)[0] - reference.numpy()).max())
+        info["latency_s"] = _onnx_latency(session, feed)
+    else:
+        path = out_dir / "model.state_dict.pt"
+        torch.save(model.state_dict(), path)
+        info["max_abs_diff"] = 0.0
+        info["latency_s"] = measure_latency(model, example, threads=threads)
+    info["file"] = path.name
+    info["size_bytes"] = path.stat().st_size
+    (out_dir / f"export-{fmt}.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def export_run(run_dir: str | Path, *, fmt: str, threads: int = 1, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Export the best model of a finished run to ``run_dir/export/`` (or ``out_dir``)."""
+    from autocomp.api import load_compressed
+
+    run_dir = Path(run_dir)
+    model = load_compressed(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    example = torch.randn(1, *summary["input_shape"], generator=torch.Generator().manual_seed(0))
+    target = Path(out_dir) if out_dir else run_dir / "export"
+    info = export_model(model, example, target, fmt=fmt, threads=threads)
+    if fmt == "state_dict":
+        shutil.copy(run_dir / "best" / "plan.json", target / "plan.json")
+    return info

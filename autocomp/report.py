@@ -1,0 +1,154 @@
+"""``autocomp report runs/<name>``: an HTML page with PNG plots of a finished run.
+
+- ``accuracy_vs_flops.png``: every candidate's validation accuracy against its MACs, the Pareto
+  front, the budget, and the uniform baseline (one keep ratio for all layers at the budget);
+- ``best_plan.png``: the best plan's keep ratio per channel group, like AMC's figures;
+- ``best_so_far.png``: the best validation accuracy as the search went on.
+
+Example:
+    >>> path = write_report("runs/r20-ddpg")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from autocomp.config import SearchConfig
+from autocomp.errors import ConfigError
+from autocomp.plan import Plan
+
+
+def _trials(run_dir: Path, config: SearchConfig) -> list[dict[str, Any]]:
+    from autocomp.runners.storage import open_storage
+    from autocomp.searchers.record import completed_trials
+
+    study = optuna.load_study(study_name=config.name, storage=open_storage(run_dir, config.storage))
+    return [dict(t.user_attrs, number=t.number) for t in sorted(completed_trials(study), key=lambda t: t.number)]
+
+
+def uniform_baseline(run_dir: Path, config: SearchConfig, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The uniform plan at the run's budget: from the run itself, else evaluated now."""
+    own = [t for t in trials if t.get("searcher") == "uniform"]
+    if own:
+        return own[0]
+    from autocomp.problem import CompressionProblem, EvalSettings
+    from autocomp.runners.setup import load_config_data, prepare_model
+    from autocomp.space import SearchSpace
+
+    data = load_config_data(config)
+    problem = CompressionProblem(model=prepare_model(config, data, progress=False), data=data,
+                                 space=SearchSpace.load(config.space), budgets=config.budgets(),
+                                 evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size))
+    ratio = problem.largest_uniform_ratio()
+    return {**problem.evaluate(problem.plan(problem.uniform_kept(ratio))).to_dict(), "keep_ratio_all": ratio}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points (cost, accuracy) that no cheaper-or-equal point beats in accuracy."""
+    front: list[tuple[float, float]] = []
+    for cost, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or acc > front[-1][1]:
+            front.append((cost, acc))
+    return front
+
+
+def _plots(run_dir: Path, summary: dict[str, Any], trials: list[dict[str, Any]], uniform: dict[str, Any] | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = summary["baseline"]
+    macs = [t["macs"] / base["flops"] for t in trials]
+    accs = [t["val_accuracy"] for t in trials]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax.scatter(macs, accs, s=12, alpha=0.5, label=f"candidates ({len(trials)})")
+    front = pareto_front(list(zip(macs, accs)))
+    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="C3", label="Pareto front")
+    if uniform is not None:
+        ax.scatter([uniform["macs"] / base["flops"]], [uniform["val_accuracy"]], marker="s", s=60, color="C2",
+                   label="uniform keep ratio", zorder=3)
+    best = summary["best"]
+    ax.scatter([best["flops"] / base["flops"]], [best["val_accuracy"]], marker="*", s=160, color="gold",
+               edgecolor="k", label="best", zorder=4)
+    if "flops" in summary["budgets"]:
+        ax.axvline(summary["budgets"]["flops"]["limit"] / base["flops"], color="gray", linestyle=":", label="MACs budget")
+    ax.axhline(base["val_accuracy"], color="gray", linestyle="--", label="original model")
+    ax.set_xlabel("MACs (fraction of the original)")
+    ax.set_ylabel("validation accuracy (no fine-tuning)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(run_dir / "accuracy_vs_flops.png")
+    plt.close(fig)
+
+    plan = Plan.load(run_dir / "best" / "plan.json")
+    names = list(plan.kept)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4), dpi=120)
+    ax.bar(range(len(names)), [plan.keep_ratio(n) for n in names], color="C0")
+    ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("keep ratio")
+    ax.set_title("Best plan: channels kept per group (in forward order)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "best_plan.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    running, best_so_far = 0.0, []
+    for acc in accs:
+        running = max(running, acc)
+        best_so_far.append(running)
+    ax.plot(range(1, len(accs) + 1), accs, ".", alpha=0.3, label="candidate")
+    ax.plot(range(1, len(accs) + 1), best_so_far, color="C3", label="best so far")
+    ax.set_xlabel("candidate")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "best_so_far.png")
+    plt.close(fig)
+
+
+def write_report(run_dir: str | Path, *, uniform: bool = True) -> Path:
+    """Write ``report.html`` and its PNGs into ``run_dir``; return the HTML path."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").is_file():
+        raise ConfigError(f"{run_dir} is not a finished run (no summary.json): run or --resume the search first.")
+    config = SearchConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    trials = _trials(run_dir, config)
+    baseline = uniform_baseline(run_dir, config, trials) if uniform else None
+    _plots(run_dir, summary, trials, baseline)
+    rows = []
+    for label, m in (("original", summary["baseline"]), ("best", summary["best"])):
+        rows.append(f"<tr><td>{label}</td><td>{m['flops']:,}</td><td>{m['params']:,}</td><td>{m['size_bytes']:,}</td>"
+                    f"<td>{m['val_accuracy']:.4f}</td><td>{m['test_accuracy']:.4f}</td></tr>")
+    if baseline is not None:
+        rows.append(f"<tr><td>uniform</td><td>{baseline['macs']:,}</td><td>{baseline['params']:,}</td>"
+                    f"<td>{baseline['size_bytes']:,}</td><td>{baseline['val_accuracy']:.4f}</td><td>-</td></tr>")
+    title = html.escape(f"autocomp run {summary['name']}")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}
+th:first-child,td:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
+<h1>{title}</h1>
+<p>Model <code>{html.escape(summary['model'])}</code> on <code>{html.escape(summary['data'])}</code>, agent
+<code>{html.escape(summary['agent'])}</code>, space <code>{html.escape(summary['space'])}</code>,
+{summary['candidates']} candidates in {summary['wall_seconds']:.0f} s. FLOPs are MACs.</p>
+<table><tr><th></th><th>MACs</th><th>params</th><th>bytes</th><th>val acc</th><th>test acc</th></tr>
+{''.join(rows)}</table>
+<h2>Accuracy vs MACs</h2><img src="accuracy_vs_flops.png" alt="accuracy vs MACs">
+<h2>Best plan per layer group</h2><img src="best_plan.png" alt="best plan">
+<h2>Best so far</h2><img src="best_so_far.png" alt="best so far">
+</body></html>
+"""
+    path = run_dir / "report.html"
+    path.write_text(page)
+    return path

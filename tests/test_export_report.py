@@ -1,0 +1,109 @@
+"""Exported models run without autocomp and agree with PyTorch; the report renders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import autocomp
+from autocomp.config import SearchConfig
+from autocomp.export import export_run
+from autocomp.report import pareto_front, write_report
+from autocomp.runners import run_search
+
+BLOCK_AUTOCOMP = "import sys; sys.modules['autocomp'] = None; "
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    return run_search(SearchConfig(budget_flops="0.5", agent="random", episodes=12, name="r", runs_dir=str(runs)),
+                      progress=False).run_dir
+
+
+def reference(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    model = autocomp.load_compressed(run_dir)
+    with torch.inference_mode():
+        return x, model(x)
+
+
+def test_torchscript_runs_without_autocomp(run_dir: Path, tmp_path: Path) -> None:
+    info = export_run(run_dir, fmt="torchscript", out_dir=tmp_path)
+    assert info["max_abs_diff"] <= 1e-4 and info["latency_s"] > 0
+    x, y = reference(run_dir)
+    torch.save(x, tmp_path / "x.pt")
+    code = (BLOCK_AUTOCOMP + "import torch; m = torch.jit.load(sys.argv[1]).eval(); "
+            "x = torch.load(sys.argv[2]); print(repr(m(x).tolist()))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / info["file"]), str(tmp_path / "x.pt")],
+                         capture_output=True, text=True, check=True).stdout
+    assert torch.allclose(torch.tensor(eval(out)), y, atol=1e-4)
+    assert json.loads((tmp_path / "export-torchscript.json").read_text())["size_bytes"] == (tmp_path / info["file"]).stat().st_size
+
+
+def test_onnx_agrees_with_pytorch_in_onnxruntime(run_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    info = export_run(run_dir, fmt="onnx", out_dir=tmp_path)
+    assert info["max_abs_diff"] <= 1e-4
+    x, y = reference(run_dir)
+    code = (BLOCK_AUTOCOMP + "import numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1]); "
+            "x = np.load(sys.argv[2]); print(repr([s.run(None, {s.get_inputs()[0].name: x[i:i+1]})[0][0].tolist() for i in range(len(x))]))")
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", x.numpy())
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / info["file"]), str(tmp_path / "x.npy")],
+                         capture_output=True, text=True, check=True).stdout
+    assert torch.allclose(torch.tensor(eval(out)), y, atol=1e-4)
+
+
+def test_state_dict_export_reloads(run_dir: Path, tmp_path: Path) -> None:
+    info = export_run(run_dir, fmt="state_dict", out_dir=tmp_path)
+    assert (tmp_path / "plan.json").is_file()
+    state = torch.load(tmp_path / info["file"], weights_only=True)
+    model = autocomp.load_compressed(run_dir)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_report_renders(run_dir: Path) -> None:
+    page = write_report(run_dir).read_text()
+    for png in ("accuracy_vs_flops.png", "best_plan.png", "best_so_far.png"):
+        data = (run_dir / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        assert f'src="{png}"' in page
+    assert "uniform" in page and "best" in page
+
+
+def test_pareto_front() -> None:
+    points = [(0.5, 0.7), (0.4, 0.72), (0.3, 0.6), (0.45, 0.71), (0.5, 0.8)]
+    assert pareto_front(points) == [(0.3, 0.6), (0.4, 0.72), (0.5, 0.8)]
+
+
+def test_bad_format_and_missing_run(capsys, tmp_path: Path) -> None:
+    from autocomp.cli import main
+
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "not a finished run" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope")]) == 2
+    assert "not a finished run" in capsys.readouterr().err
+
+
+def test_finetuning_with_distillation_improves_a_pruned_model(tmp_path: Path, digits_data) -> None:
+    from autocomp.cost import measure_cost
+    from autocomp.evaluate import accuracy
+    from autocomp.finetune import finetune_run
+
+    run = run_search(SearchConfig(budget_flops="0.12", agent="uniform", name="u", runs_dir=str(tmp_path)), progress=False)
+    before = run.summary["best"]
+    result = finetune_run(run.run_dir, epochs=3, progress=False)
+    assert result["val_accuracy"] > before["val_accuracy"] + 0.01
+    assert result["test_accuracy"] > before["test_accuracy"]
+    tuned = autocomp.load_compressed(run.run_dir, finetuned=True)
+    assert measure_cost(tuned, (1, 8, 8)).macs == before["flops"]  # pruned channels stay gone
+    assert accuracy(tuned, digits_data.test) == pytest.approx(result["test_accuracy"])
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["finetuned"]["test_accuracy"] == result["test_accuracy"] and summary["finetuned"]["distillation"]
