@@ -18,55 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
-from torch import nn
-from tqdm.auto import tqdm
 
 from autocomp.config import SearchConfig
-from autocomp.data import Split
-from autocomp.errors import ConfigError
 from autocomp.evaluate import accuracy
-
-
-def distill(student: nn.Module, teacher: nn.Module | None, split: Split, *, epochs: int, lr: float = 0.01,
-            batch_size: int = 128, temperature: float = 4.0, alpha: float = 0.9, seed: int = 0,
-            progress: bool = True) -> list[float]:
-    """Train ``student`` on ``split`` (with soft targets from ``teacher`` when given); returns epoch losses."""
-    if epochs < 1:
-        raise ConfigError(f"--epochs {epochs} must be at least 1.")
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    steps = epochs * ((len(split) + batch_size - 1) // batch_size)
-    optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    if teacher is not None:
-        teacher.eval()
-    losses = []
-    bar = tqdm(total=steps, desc="fine-tune" + (" (KD)" if teacher is not None else ""), disable=not progress)
-    for _ in range(epochs):
-        student.train()
-        total, count, correct = 0.0, 0, 0
-        for x, y in split.batches(batch_size, shuffle=True, generator=generator):
-            logits = student(x)
-            loss = F.cross_entropy(logits, y)
-            if teacher is not None:
-                with torch.no_grad():
-                    soft = F.softmax(teacher(x) / temperature, dim=1)
-                kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean")
-                loss = alpha * temperature**2 * kd + (1 - alpha) * loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(y)
-            count += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            bar.update()
-            bar.set_postfix(loss=f"{total / count:.3f}", acc=f"{correct / count:.3f}")
-        losses.append(total / count)
-    bar.close()
-    return losses
+from autocomp.training import train
 
 
 def finetune_run(run_dir: str | Path, *, epochs: int, lr: float = 0.01, batch_size: int = 128, temperature: float = 4.0,
@@ -83,8 +39,9 @@ def finetune_run(run_dir: str | Path, *, epochs: int, lr: float = 0.01, batch_si
     data = load_config_data(config)
     teacher = prepare_model(config, data, progress=progress) if kd else None
     start = time.perf_counter()
-    losses = distill(student, teacher, data.train, epochs=epochs, lr=lr, batch_size=batch_size,
-                     temperature=temperature, alpha=alpha, seed=config.seed, progress=progress)
+    losses = train(student, data.train, epochs=epochs, lr=lr, batch_size=batch_size, teacher=teacher,
+                   temperature=temperature, alpha=alpha, seed=config.seed, progress=progress,
+                   desc="fine-tune (KD)" if kd else "fine-tune")
     out = run_dir / "finetuned"
     out.mkdir(exist_ok=True)
     torch.save(student.state_dict(), out / "model.pt")

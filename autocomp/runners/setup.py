@@ -13,9 +13,9 @@ from autocomp.data import DataBundle, Preprocess, load_data
 from autocomp.data.sources import DEFAULT_PREPROCESS
 from autocomp.errors import ConfigError, IncompatibleModelError
 from autocomp.models import build_model, load_weights
-from autocomp.training import train_classifier
+from autocomp.training import train
 
-TRAIN_ON_THE_SPOT = {"digits_cnn": {"epochs": 15, "lr": 0.05, "batch_size": 64}}
+TRAIN_ON_THE_SPOT = {"digits_cnn": {"epochs": 15, "lr": 0.05, "batch_size": 64, "schedule": "one_cycle"}}
 
 
 def cache_dir() -> Path:
@@ -43,7 +43,7 @@ def prepare_model(config: SearchConfig, data: DataBundle, *, progress: bool = Tr
         if cached.is_file():
             model.load_state_dict(torch.load(cached, weights_only=True))
         else:
-            train_classifier(model, data.train, progress=progress, **recipe)
+            train(model, data.train, progress=progress, **recipe)
             torch.save(model.state_dict(), cached)
     else:
         raise ConfigError(
