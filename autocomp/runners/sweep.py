@@ -81,7 +81,7 @@ def run_sweep(path: str | Path, *, runs_dir: str = "runs", address: str | None =
     spec = load_sweep(path)
     sweep_dir = (Path(runs_dir) / spec["name"]).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    ray = connect(address)
+    connect(address)
     from ray import tune
 
     base = {**spec["base"], "threads": spec["base"].get("threads") or max(1, int(spec["cpus_per_trial"]))}
@@ -95,7 +95,6 @@ def run_sweep(path: str | Path, *, runs_dir: str = "runs", address: str | None =
     )
     tuner.fit()
     write_summary(sweep_dir, points)
-    del ray
     return sweep_dir
 
 
