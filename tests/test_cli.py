@@ -79,3 +79,18 @@ def test_list(capsys) -> None:
     assert "resnet20" in capsys.readouterr().out
     assert main(["list", "spaces"]) == 0
     assert "prune" in capsys.readouterr().out
+
+
+def test_model_that_cannot_take_the_data(capsys, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label in range(2):
+            (tmp_path / "img" / split / str(label)).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(np.full((8, 8, 3), 40 * i + label, np.uint8)).save(tmp_path / "img" / split / str(label) / f"{i}.png")
+    code, err = run_cli(capsys, *search(tmp_path, "--budget-flops", "0.5", "--data", f"imagefolder:{tmp_path / 'img'}",
+                                        "--val-size", "4"))
+    assert code == 2
+    assert "cannot take this data's inputs of shape [3, 8, 8]" in err and len(err.strip().splitlines()) == 1

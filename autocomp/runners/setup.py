@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -35,11 +36,13 @@ def load_config_data(config: SearchConfig) -> DataBundle:
 def prepare_model(config: SearchConfig, data: DataBundle, *, progress: bool = True) -> nn.Module:
     """The trained model to compress: ``--weights``, or the embedded default trained and cached."""
     model = build_model(config.model, num_classes=config.num_classes or data.num_classes)
+    _check_output(model, data)  # before any loading or training: fail on a shape mismatch at once
     if config.weights is not None:
         load_weights(model, config.weights)
     elif config.model in TRAIN_ON_THE_SPOT:
         recipe = TRAIN_ON_THE_SPOT[config.model]
-        cached = cache_dir() / f"{config.model}-{config.data}-val{len(data.val)}-e{recipe['epochs']}.pt"
+        data_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.data)
+        cached = cache_dir() / f"{config.model}-{data_key}-val{len(data.val)}-e{recipe['epochs']}.pt"
         if cached.is_file():
             model.load_state_dict(torch.load(cached, weights_only=True))
         else:
@@ -50,7 +53,6 @@ def prepare_model(config: SearchConfig, data: DataBundle, *, progress: bool = Tr
             f"--model {config.model} needs --weights: only {sorted(TRAIN_ON_THE_SPOT)} is trained on the spot. "
             "Pass the state_dict of your trained model."
         )
-    _check_output(model, data)
     return model.eval()
 
 
