@@ -49,7 +49,7 @@ def finetune_run(run_dir: str | Path, *, epochs: int, lr: float = 0.01, batch_si
     result = {
         "epochs": epochs, "lr": lr, "batch_size": batch_size, "distillation": kd,
         "temperature": temperature if kd else None, "alpha": alpha if kd else None,
-        "train_images": len(data.train), "epoch_losses": [round(l, 5) for l in losses],
+        "train_images": len(data.train), "epoch_losses": [round(loss, 5) for loss in losses],
         "seconds": round(time.perf_counter() - start, 1),
         "val_accuracy": accuracy(student, data.val), "test_accuracy": accuracy(student, data.test),
     }

@@ -34,7 +34,8 @@ def cifar_dir(target: str | Path = "/tmp/cifar10") -> Path:
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        model = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
         cpu = model
     except (OSError, StopIteration):
         pass

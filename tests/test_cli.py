@@ -35,7 +35,6 @@ def search(tmp_path: Path, *args: str) -> list[str]:
     ([], "no budget given"),
     (["--budget-flops", "0.5", "--resume"], "--resume needs --name"),
     (["--budget-flops", "0.5", "--weights", "/no/such.pt"], "weights file /no/such.pt does not exist"),
-    (["--budget-flops", "0.5", "--model", "resnet20"], "needs --weights"),
 ])
 def test_bad_input_gives_one_line(capsys, tmp_path: Path, args: list[str], message: str) -> None:
     code, err = run_cli(capsys, *search(tmp_path, *args))
@@ -94,3 +93,11 @@ def test_model_that_cannot_take_the_data(capsys, tmp_path: Path) -> None:
                                         "--val-size", "4"))
     assert code == 2
     assert "cannot take this data's inputs of shape [3, 8, 8]" in err and len(err.strip().splitlines()) == 1
+
+
+def test_untrained_user_model_needs_weights(capsys, tmp_path: Path) -> None:
+    model_file = tmp_path / "net.py"
+    model_file.write_text("from torch import nn\n\ndef net(num_classes=10):\n"
+                          "    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(288, num_classes))\n")
+    code, err = run_cli(capsys, *search(tmp_path, "--budget-flops", "0.5", "--model", f"{model_file}:net"))
+    assert code == 2 and "needs --weights" in err and len(err.strip().splitlines()) == 1

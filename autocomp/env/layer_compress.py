@@ -68,7 +68,7 @@ class LayerCompressEnv(gymnasium.Env):
         self._prev_ratio = 1.0
 
     def _static_features(self) -> np.ndarray:
-        layers = {l.name: l for l in self.problem.graph.layers}
+        layers = {layer.name: layer for layer in self.problem.graph.layers}
         rows = []
         n = len(self.problem.units)
         for unit in self.problem.units:
@@ -84,7 +84,7 @@ class LayerCompressEnv(gymnasium.Env):
         return table
 
     def _macs_per_unit(self) -> np.ndarray:
-        layers = {l.name: l for l in self.problem.graph.layers}
+        layers = {layer.name: layer for layer in self.problem.graph.layers}
         macs = np.array([sum(layers[n].macs for n in u.layers) for u in self.problem.units], dtype=np.float64)
         return macs
 

@@ -20,7 +20,7 @@ from autocomp.config import SearchConfig
 from autocomp.data import DataBundle, Split
 from autocomp.errors import ConfigError
 from autocomp.plan import Plan
-from autocomp.problem import CompressionProblem, EvalSettings, Metrics
+from autocomp.problem import CompressionProblem, Metrics
 from autocomp.space import SearchSpace
 
 RAY_MISSING = "Ray is not installed: pip install 'autocomp[ray]'"
