@@ -42,12 +42,15 @@ def test_digits_search_within_budget(agent: str, tmp_path, digits_data) -> None:
     assert len(trials) == EPISODES[agent]
     assert all(t.user_attrs["macs"] <= limit for t in trials)
     assert max(t.user_attrs["val_accuracy"] for t in trials) == summary["best"]["val_accuracy"]
+    best_trial = study.trials[summary["best"]["trial"]]
+    assert best_trial.user_attrs["val_accuracy"] == summary["best"]["val_accuracy"]
+    plan_units = json.loads((result.run_dir / "best" / "plan.json").read_text())["units"]
+    assert {u["name"]: u["kept"] for u in plan_units} == best_trial.user_attrs["kept"]
 
     model = autocomp.load_compressed(result.run_dir)
     assert measure_cost(model, (1, 8, 8)).macs == summary["best"]["flops"]
     assert accuracy(model, digits_data.test) == pytest.approx(summary["best"]["test_accuracy"])
-    plan = json.loads((result.run_dir / "best" / "plan.json").read_text())
-    assert all(0.2 - 1e-9 <= u["keep_ratio"] <= 1.0 for u in plan["units"])  # the prune space's range
+    assert all(0.2 - 1e-9 <= u["keep_ratio"] <= 1.0 for u in plan_units)  # the prune space's range
 
 
 def spy_on_episode_end(monkeypatch, capture) -> None:

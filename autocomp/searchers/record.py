@@ -38,6 +38,9 @@ class TrialRecorder:
         for c in self.history:
             problem.remember(c.plan, c.metrics)
         self.best: Candidate | None = max(self.history, key=lambda c: c.metrics.val_accuracy, default=None)
+        # numbers of added trials are counted here, not re-read from storage on every record
+        # (exact with one writer, which every search has: its driver)
+        self._next_number = len(study.get_trials(deepcopy=False))
 
     @property
     def multi_objective(self) -> bool:
@@ -62,8 +65,7 @@ class TrialRecorder:
         if trial is not None:
             for key, value in attrs.items():
                 trial.set_user_attr(key, value)
-            frozen = self.study.tell(trial, values)
-            number = frozen.number
+            number = self.study.tell(trial, values).number
         else:
             created = optuna.trial.create_trial(
                 params={u.name: float(a) for u, a in zip(self.problem.units, actions)},
@@ -71,7 +73,8 @@ class TrialRecorder:
                 values=values, user_attrs=attrs,
             )
             self.study.add_trial(created)
-            number = len(self.study.get_trials(deepcopy=False)) - 1
+            number = self._next_number
+        self._next_number = number + 1
         candidate = Candidate(plan, metrics, [float(a) for a in actions], number)
         self.history.append(candidate)
         if self.best is None or metrics.val_accuracy > self.best.metrics.val_accuracy:
