@@ -14,7 +14,7 @@ from autocomp.config import SearchConfig
 from autocomp.errors import ConfigError
 from autocomp.graph import LayerGraph
 from autocomp.models import build_model
-from autocomp.ops import ChannelPruner
+from autocomp.ops import Compressor
 from autocomp.plan import Plan
 
 
@@ -32,8 +32,9 @@ def search(*, resume: bool = False, progress: bool = True, **settings: Any) -> d
 
 
 def load_compressed(run_dir: str | Path, *, finetuned: bool = False) -> nn.Module:
-    """The best compressed model of a finished run, as a plain ``nn.Module`` in eval mode
-    (``finetuned=True``: the weights written by ``autocomp finetune``).
+    """The best compressed model of a finished run, as an ``nn.Module`` in eval mode
+    (``finetuned=True``: the weights written by ``autocomp finetune``). Quantised layers carry
+    their quantiser (``autocomp.ops.bake`` turns them into plain weights).
 
     Example:
         >>> model = autocomp.load_compressed("runs/r20-ddpg")  # doctest: +SKIP
@@ -49,6 +50,6 @@ def load_compressed(run_dir: str | Path, *, finetuned: bool = False) -> nn.Modul
     summary = json.loads(needed[1].read_text())
     model = build_model(config.model, num_classes=summary["num_classes"]).eval()
     graph = LayerGraph.build(model, tuple(summary["input_shape"]))
-    pruned = ChannelPruner(model, graph).apply(Plan.load(needed[2]).kept, copy_model=False)
-    pruned.load_state_dict(torch.load(needed[3], weights_only=True))
-    return pruned.eval()
+    compressed = Compressor(model, graph).apply(Plan.load(needed[2]), copy_model=False)
+    compressed.load_state_dict(torch.load(needed[3], weights_only=True))
+    return compressed.eval()

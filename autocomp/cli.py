@@ -38,9 +38,10 @@ class SearchCommand:
         g.add_argument("--std", help="per-channel std, e.g. 0.247,0.2435,0.2616")
         g.add_argument("--image-size", type=int, help="resize ImageFolder images to N x N")
         g.add_argument("--val-size", type=int, help="validation images carved from the training split (digits 300, else 1000)")
-        g = p.add_argument_group("budgets (a fraction such as 0.5, or an amount such as 20M)")
+        g = p.add_argument_group("budgets (a fraction of the original such as 0.5, or an amount such as 20M; all must hold)")
         g.add_argument("--budget-flops", help="MACs budget")
         g.add_argument("--budget-params", help="parameter budget")
+        g.add_argument("--budget-size", help="bytes of the stored model (fraction of its float32 bytes, or e.g. 200KB, 1.5MB)")
         g = p.add_argument_group("search")
         g.add_argument("--agent", default=d.agent, help="preset from agents/ or a .yaml file (default: %(default)s)")
         g.add_argument("--agent-opt", action="append", type=_agent_option, default=[], metavar="KEY=VALUE",
@@ -72,7 +73,7 @@ class SearchCommand:
             model=args.model, weights=args.weights, num_classes=args.num_classes, data=args.data,
             data_dir=args.data_dir, mean=args.mean, std=args.std, preprocess=args.preprocess,
             image_size=args.image_size, val_size=args.val_size, budget_flops=args.budget_flops,
-            budget_params=args.budget_params, agent=args.agent, agent_options=dict(args.agent_opt),
+            budget_params=args.budget_params, budget_size=args.budget_size, agent=args.agent, agent_options=dict(args.agent_opt),
             space=args.space, episodes=args.episodes, reward=args.reward, recalibrate=not args.no_recalibrate,
             calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size, seed=args.seed,
             threads=args.threads, name=args.name, runs_dir=args.runs_dir, storage=args.storage,
@@ -80,8 +81,9 @@ class SearchCommand:
         )
         if args.resume and not args.name:
             raise ConfigError("--resume needs --name NAME of the run to continue.")
-        if not args.resume and args.budget_flops is None and args.budget_params is None:
-            raise ConfigError("no budget given: pass --budget-flops (e.g. 0.5) and/or --budget-params (e.g. 0.3 or 100K).")
+        if not args.resume and not any(config.budgets().values()):
+            raise ConfigError("no budget given: pass --budget-flops (e.g. 0.5), --budget-params (e.g. 100K) "
+                              "and/or --budget-size (e.g. 0.125 or 200KB).")
         try:
             result = run_search(config, resume=args.resume, progress=not args.no_progress)
         except KeyboardInterrupt:
@@ -91,7 +93,8 @@ class SearchCommand:
         s = result.summary
         base, best = s["baseline"], s["best"]
         print(f"best of {s['candidates']} candidates: MACs {best['flops']:,} ({best['flops'] / base['flops']:.3f} of "
-              f"{base['flops']:,}), params {best['params']:,}, val acc {best['val_accuracy']:.4f} "
+              f"{base['flops']:,}), params {best['params']:,}, bytes {best['size_bytes']:,} "
+              f"({best['size_bytes'] / base['size_bytes']:.3f}), val acc {best['val_accuracy']:.4f} "
               f"(original {base['val_accuracy']:.4f}), test acc {best['test_accuracy']:.4f} (original {base['test_accuracy']:.4f})")
         if args.finetune_epochs > 0:
             from autocomp.finetune import finetune_run
@@ -181,12 +184,12 @@ class DashboardCommand:
 
 
 class ExportCommand:
-    help = "export a run's best model (torchscript, onnx or state_dict) with its size and latency"
+    help = "export a run's best model (torchscript, onnx, state_dict or packed) with its size and latency"
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("run_dir")
-        p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "state_dict"])
+        p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "state_dict", "packed"])
         p.add_argument("--threads", type=int, default=1, help="threads for the latency measurement")
         p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
 
@@ -195,7 +198,8 @@ class ExportCommand:
         from autocomp.export import export_run
 
         info = export_run(args.run_dir, fmt=args.format, threads=args.threads, out_dir=args.out)
-        print(f"{info['file']}: {info['size_bytes']:,} bytes, {info['latency_s'] * 1e3:.3f} ms per sample "
+        payload = f" (tensors {info['payload_bytes']:,} bytes)" if "payload_bytes" in info else ""
+        print(f"{info['file']}: {info['size_bytes']:,} bytes{payload}, {info['latency_s'] * 1e3:.3f} ms per sample "
               f"({info['threads']} thread), max |output - PyTorch| = {info['max_abs_diff']:.2e}")
         return 0
 

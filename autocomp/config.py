@@ -31,6 +31,7 @@ class SearchConfig:
     val_size: int | None = None
     budget_flops: str | None = None
     budget_params: str | None = None
+    budget_size: str | None = None
     agent: str = "ddpg"
     agent_options: dict[str, Any] = field(default_factory=dict)
     space: str = "prune"
@@ -60,7 +61,7 @@ class SearchConfig:
             raise ConfigError("--calib-batches must be >= 0 and --calib-batch-size >= 1.")
 
     def budgets(self) -> dict[str, str | None]:
-        return {"flops": self.budget_flops, "params": self.budget_params}
+        return {"flops": self.budget_flops, "params": self.budget_params, "size": self.budget_size}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,7 +3,13 @@
 Formats:
 - ``torchscript``: ``torch.jit.trace`` -> ``model.torchscript.pt`` (``torch.jit.load`` needs only torch);
 - ``onnx``: ``torch.onnx.export`` -> ``model.onnx`` (checked with onnxruntime; ``pip install 'autocomp[export]'``);
-- ``state_dict``: ``model.state_dict.pt`` + ``plan.json`` (rebuild with ``autocomp.load_compressed``).
+- ``state_dict``: ``model.state_dict.pt`` + ``plan.json`` (rebuild with ``autocomp.load_compressed``);
+- ``packed``: ``model.packed.pt``, quantised weights packed at their bit-width with their scales
+  (``autocomp.ops.pack_model``; ``load_packed`` rebuilds the model). ``payload_bytes`` in its
+  JSON is the bytes of its tensors, the figure ``--budget-size`` limits.
+
+TorchScript and ONNX get quantised weights as float32 values on their grid (the runtimes'
+integer kernels are not used), so those files are float-sized.
 
 Each export writes ``export.json`` beside the file: file size, measured latency (batch 1, fixed
 threads, ``torch.utils.benchmark`` or onnxruntime), and the largest output difference from
@@ -25,8 +31,9 @@ import torch
 from torch import nn
 
 from autocomp.errors import ConfigError
+from autocomp.ops import bake
 
-FORMATS = ("torchscript", "onnx", "state_dict")
+FORMATS = ("torchscript", "onnx", "state_dict", "packed")
 
 
 def measure_latency(model: nn.Module, example: torch.Tensor, *, threads: int = 1) -> float:
@@ -59,6 +66,12 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt:
     with torch.inference_mode():
         reference = model(example)
     info: dict[str, Any] = {"format": fmt, "threads": threads, "input_shape": list(example.shape)}
+    if fmt == "packed":
+        from autocomp.ops import pack_model, payload_bytes
+
+        packed = pack_model(model)
+        info["payload_bytes"] = payload_bytes(packed)
+    bake(model)  # plain weights (already on their grid) for tracing and timing
     if fmt == "torchscript":
         path = out_dir / "model.torchscript.pt"
         with torch.no_grad():
@@ -81,6 +94,11 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt:
         feed = {session.get_inputs()[0].name: example.numpy()}
         info["max_abs_diff"] = float(abs(session.run(None, feed)[0] - reference.numpy()).max())
         info["latency_s"] = _onnx_latency(session, feed)
+    elif fmt == "packed":
+        path = out_dir / "model.packed.pt"
+        torch.save(packed, path)
+        info["max_abs_diff"] = 0.0
+        info["latency_s"] = measure_latency(model, example, threads=threads)
     else:
         path = out_dir / "model.state_dict.pt"
         torch.save(model.state_dict(), path)
@@ -102,6 +120,26 @@ def export_run(run_dir: str | Path, *, fmt: str, threads: int = 1, out_dir: str 
     example = torch.randn(1, *summary["input_shape"], generator=torch.Generator().manual_seed(0))
     target = Path(out_dir) if out_dir else run_dir / "export"
     info = export_model(model, example, target, fmt=fmt, threads=threads)
-    if fmt == "state_dict":
+    if fmt in ("state_dict", "packed"):
         shutil.copy(run_dir / "best" / "plan.json", target / "plan.json")
+    if fmt == "packed":
+        reloaded = load_packed(run_dir, target / "model.packed.pt")
+        with torch.inference_mode():
+            info["max_abs_diff"] = float((reloaded(example) - load_compressed(run_dir)(example)).abs().max())
+        (target / "export-packed.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
+
+
+def load_packed(run_dir: str | Path, path: str | Path) -> nn.Module:
+    """Rebuild a run's compressed model and load the weights of a packed export into it."""
+    from autocomp.api import load_compressed
+    from autocomp.ops import unpack_state
+
+    model = bake(load_compressed(run_dir))
+    state = unpack_state(torch.load(path, weights_only=True))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise ConfigError(f"{path} does not fit the plan of {run_dir} (missing {missing[:3]}, unexpected {unexpected[:3]}): "
+                          f"export it again with `autocomp export {run_dir} --format packed`.")
+    return model.eval()

@@ -64,7 +64,8 @@ class ChannelParams:
 
     name: str
     params: int
-    deps: tuple[tuple[int, float], ...]  # (unit index, params removed per pruned channel)
+    deps: tuple[tuple[int, float], ...]  # (unit index, fraction of the module removed per pruned channel)
+    buffers: int = 0  # floating-point buffers (batch norm's running statistics) that shrink alike
 
 
 @dataclass
@@ -77,6 +78,7 @@ class LayerGraph:
     channel_params: list[ChannelParams]
     fixed_params: int
     classifier: str
+    fixed_buffers: int = 0  # floating-point buffers outside ``channel_params``
     _unit_by_name: dict[str, Unit] = field(default_factory=dict, repr=False)
 
     def unit(self, name: str) -> Unit:
@@ -134,11 +136,10 @@ class LayerGraph:
                     if is_out:
                         members.append(name)
                 else:
-                    n_params = sum(p.numel() for p in module.parameters(recurse=False))
                     width = _out_width(module)
-                    if n_params and width:
+                    if (_count(module.parameters(recurse=False)) or _float_buffers(module)) and width:
                         deps = chan_deps.setdefault(name, {})
-                        deps[index] = max(deps.get(index, 0.0), per_channel * n_params / width)
+                        deps[index] = max(deps.get(index, 0.0), per_channel / width)
             members.sort(key=order.index)
             units.append(Unit(index, members[0] if members else names[root], channels, tuple(members)))
 
@@ -178,13 +179,40 @@ class LayerGraph:
             ))
         seen_layers = set(order)
         channel_params = [
-            ChannelParams(n, sum(p.numel() for p in modules[n].parameters(recurse=False)), tuple(d.items()))
+            ChannelParams(n, _count(modules[n].parameters(recurse=False)), tuple(d.items()), _float_buffers(modules[n]))
             for n, d in chan_deps.items()
         ]
-        counted = sum(sum(p.numel() for p in modules[n].parameters(recurse=False)) for n in seen_layers)
+        counted = sum(_count(modules[n].parameters(recurse=False)) for n in seen_layers)
         counted += sum(c.params for c in channel_params)
-        fixed = sum(p.numel() for p in model.parameters()) - counted
-        return cls(tuple(input_shape), units, layers, channel_params, fixed, classifier)
+        fixed = _count(model.parameters()) - counted
+        fixed_buffers = _float_buffers(model, recurse=True) - sum(c.buffers for c in channel_params)
+        return cls(tuple(input_shape), units, layers, channel_params, fixed, classifier, fixed_buffers)
+
+    @property
+    def first(self) -> str:
+        """The first compute layer in forward order (usually the stem conv)."""
+        return self.layers[0].name
+
+    def tags(self, layer: Layer) -> set[str]:
+        """The search-space selectors ``layer`` matches (see :mod:`autocomp.space`)."""
+        tags = {layer.kind}
+        if layer.name == self.first:
+            tags.add("first")
+        if layer.name == self.classifier:
+            tags.add("classifier")
+        if layer.depthwise:
+            tags.add("depthwise")
+        if layer.kind == "conv" and layer.kernel_size == 1:
+            tags.add("pointwise")
+        return tags
+
+
+def _count(tensors: object) -> int:
+    return sum(t.numel() for t in tensors)  # type: ignore[attr-defined]
+
+
+def _float_buffers(module: nn.Module, recurse: bool = False) -> int:
+    return sum(b.numel() for b in module.buffers(recurse=recurse) if b.is_floating_point())
 
 
 def _out_width(module: nn.Module) -> int:

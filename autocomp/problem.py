@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from autocomp.budget import METRICS, parse_budget
 from autocomp.cost import Cost, CostModel
@@ -32,9 +33,9 @@ from autocomp.data import DataBundle, Split
 from autocomp.errors import InfeasibleBudgetError
 from autocomp.evaluate import ForwardTimer, accuracy, recalibrate_batchnorm
 from autocomp.graph import LayerGraph, Unit
-from autocomp.ops import ChannelPruner
-from autocomp.plan import Plan
-from autocomp.space import SearchSpace
+from autocomp.ops import Compressor
+from autocomp.plan import FLOAT_BITS, Plan
+from autocomp.space import RatioRange, SearchSpace
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,39 @@ def reward(metrics: Metrics, kind: str = "error") -> float:
     raise ValueError(f"unknown reward {kind!r}: use 'error' or 'error_log_flops'")
 
 
+@dataclass(frozen=True)
+class Step:
+    """One decision of an episode: the actions of one layer (in forward order).
+
+    ``keep``: allowed channel counts of ``unit`` (decided at its first layer), ``bits``: allowed
+    bit-widths, ``rank``: allowed rank ratios; ``None`` where the action is not taken here."""
+
+    index: int
+    layer: str
+    layer_index: int
+    unit: int | None
+    keep: np.ndarray | None
+    bits: np.ndarray | None
+    rank: np.ndarray | None
+
+    def choices(self, kind: str) -> np.ndarray | None:
+        return {"keep_ratio": self.keep, "bits": self.bits, "rank_ratio": self.rank}[kind]
+
+
+@dataclass
+class State:
+    """Per-unit channel counts, per-layer bit-widths and rank ratios of a (partial) plan."""
+
+    kept: np.ndarray
+    bits: np.ndarray
+    ratio: np.ndarray
+
+    def copy(self) -> State:
+        return State(self.kept.copy(), self.bits.copy(), self.ratio.copy())
+
+
 class CompressionProblem:
-    """Units to decide, their feasible choices under the budgets, and candidate scoring."""
+    """Decisions to take, their feasible choices under the budgets, and candidate scoring."""
 
     def __init__(self, *, model: nn.Module, data: DataBundle, space: SearchSpace,
                  budgets: dict[str, str | float], evaluation: EvalSettings | None = None,
@@ -105,7 +137,7 @@ class CompressionProblem:
         self.graph = graph or LayerGraph.build(self.model, data.input_shape)
         self.units: list[Unit] = self.graph.units
         self.cost = CostModel(self.graph)
-        self.pruner = ChannelPruner(self.model, self.graph)
+        self.compressor = Compressor(self.model, self.graph)
         base = self.cost.baseline
         self.limits = {
             METRICS[name]: parse_budget(value, baseline=getattr(base, METRICS[name]), flag=f"--budget-{name}")
@@ -113,60 +145,171 @@ class CompressionProblem:
         }
         self.budgets = {name: value for name, value in budgets.items() if value is not None}
         self.calibration = self._calibration_split()
-        self.choices = [self._choices(u) for u in self.units]
+        self.action_kinds: tuple[str, ...] = space.actions
+        self._build_choices()
+        self._min = self.min_state()
         self._cache: dict[str, Metrics] = {}
         self.backend: EvaluationBackend | None = None
         self.stats = EvalStats()
         self._check_feasible()
 
     # ---- the action space -------------------------------------------------------------
-    def _choices(self, unit: Unit) -> np.ndarray:
-        r = self.space.keep_ratio
+    def _build_choices(self) -> None:
+        """Allowed values per unit and per layer, and the steps of an episode."""
+        layers = self.graph.layers
+        actions = [self.space.for_layer(layer.name, self.graph.tags(layer)) for layer in layers]
+        by_name = {layer.name: i for i, layer in enumerate(layers)}
+        self.choices: list[np.ndarray] = []  # channel counts per unit
+        for unit in self.units:
+            r = actions[by_name[unit.layers[0]]].keep_ratio if unit.layers else None
+            self.choices.append(self._keep_choices(unit, r) if r is not None else np.array([unit.channels]))
+        self.bit_choices = [np.array(a.bits.choices if a.bits else (FLOAT_BITS,)) for a in actions]
+        self.rank_choices = [
+            np.array(a.rank_ratio.grid() if a.rank_ratio and self.cost.factorizable[i] else (1.0,))
+            for i, a in enumerate(actions)
+        ]
+        first_layer_of = {by_name[u.layers[0]]: u.index for u in self.units if u.layers}
+        steps: list[Step] = []
+        for i, layer in enumerate(layers):
+            unit = first_layer_of.get(i)
+            keep = self.choices[unit] if unit is not None and len(self.choices[unit]) > 1 else None
+            bits = self.bit_choices[i] if len(self.bit_choices[i]) > 1 else None
+            rank = self.rank_choices[i] if len(self.rank_choices[i]) > 1 else None
+            if keep is not None or bits is not None or rank is not None:
+                steps.append(Step(len(steps), layer.name, i, unit if keep is not None else None, keep, bits, rank))
+        self.steps = steps
+        n = len(steps)
+        # which decisions are still open after each step (they take their minimum when clipping)
+        self._later_units = np.zeros((n, len(self.units)), dtype=bool)
+        self._later_bits = np.zeros((n, len(layers)), dtype=bool)
+        self._later_rank = np.zeros((n, len(layers)), dtype=bool)
+        for i in range(n):
+            for later in steps[i + 1:]:
+                if later.keep is not None:
+                    self._later_units[i, later.unit] = True
+                if later.bits is not None:
+                    self._later_bits[i, later.layer_index] = True
+                if later.rank is not None:
+                    self._later_rank[i, later.layer_index] = True
+
+    def _keep_choices(self, unit: Unit, r: RatioRange) -> np.ndarray:
         low = max(1, round(r.min * unit.channels))
         high = max(low, round(r.max * unit.channels))
         grid = np.arange(0, high + 1, r.round_to)
         return np.unique(np.concatenate([[low, high], grid[(grid >= low) & (grid <= high)]])).astype(np.int64)
 
+    @staticmethod
+    def _nearest(choices: np.ndarray, action: float) -> int:
+        """Index of the allowed value nearest to ``action`` in [-1, 1] mapped onto the value range."""
+        target = choices[0] + (float(np.clip(action, -1, 1)) + 1) / 2 * (choices[-1] - choices[0])
+        return int(np.argmin(np.abs(choices - target)))
+
+    @staticmethod
+    def _to_action(choices: np.ndarray, value: float) -> float:
+        span = float(choices[-1] - choices[0])
+        return 0.0 if span == 0 else float(np.clip(2 * (value - choices[0]) / span - 1, -1, 1))
+
     def action_to_kept(self, index: int, action: float) -> int:
         """Map an action in [-1, 1] to the nearest allowed channel count of unit ``index``."""
-        choices = self.choices[index]
-        ratio_lo, ratio_hi = choices[0], choices[-1]
-        target = ratio_lo + (float(np.clip(action, -1, 1)) + 1) / 2 * (ratio_hi - ratio_lo)
-        return int(choices[np.argmin(np.abs(choices - target))])
+        return int(self.choices[index][self._nearest(self.choices[index], action)])
 
     def kept_to_action(self, index: int, kept: int) -> float:
-        choices = self.choices[index]
-        span = choices[-1] - choices[0]
-        return 0.0 if span == 0 else float(2 * (kept - choices[0]) / span - 1)
+        return self._to_action(self.choices[index], kept)
+
+    @property
+    def action_dims(self) -> int:
+        return len(self.action_kinds)
 
     def feasible(self, cost: Cost) -> bool:
         return all(getattr(cost, metric) <= limit for metric, limit in self.limits.items())
 
-    def max_feasible_kept(self, index: int, kept: np.ndarray) -> int:
-        """AMC's clipping: the most channels unit ``index`` may keep so the budget stays
-        reachable when every later unit keeps its minimum (earlier units as in ``kept``)."""
-        trial = kept.copy()
-        trial[index + 1:] = [c[0] for c in self.choices[index + 1:]]
-        choices = self.choices[index]
-        lo, hi = 0, len(choices) - 1  # invariant: choices[lo] feasible (checked up front)
+    def state_cost(self, state: State) -> Cost:
+        return self.cost.predict_arrays(state.kept, state.bits, self.cost.ranks_for(state.kept, state.ratio))
+
+    def full_state(self) -> State:
+        """Every decision at its largest value (nothing compressed beyond what rules fix)."""
+        return State(self.full_kept(), np.array([c[-1] for c in self.bit_choices], dtype=np.int64),
+                     np.array([c[-1] for c in self.rank_choices], dtype=float))
+
+    def min_state(self) -> State:
+        return State(self.min_kept(), np.array([c[0] for c in self.bit_choices], dtype=np.int64),
+                     np.array([c[0] for c in self.rank_choices], dtype=float))
+
+    def take(self, step: Step, state: State, actions: Sequence[float]) -> dict[str, float]:
+        """Apply step ``step``'s wanted ``actions`` (one per action kind) to ``state``, clipped so the
+        budgets stay reachable with every later decision at its minimum (AMC's clipping,
+        generalised: all of the step's actions shrink together toward their minimum until the
+        plan fits). Returns the values taken."""
+        wanted = {kind: self._nearest(step.choices(kind), a)
+                  for kind, a in zip(self.action_kinds, actions) if step.choices(kind) is not None}
+        trial = state.copy()
+        low = self._min
+        trial.kept[self._later_units[step.index]] = low.kept[self._later_units[step.index]]
+        trial.bits[self._later_bits[step.index]] = low.bits[self._later_bits[step.index]]
+        trial.ratio[self._later_rank[step.index]] = low.ratio[self._later_rank[step.index]]
+        top = max(wanted.values(), default=0)
+
+        def put(target: State, level: int) -> None:
+            for kind, index in wanted.items():
+                value = step.choices(kind)[index * level // top if top else 0]
+                if kind == "keep_ratio":
+                    target.kept[step.unit] = value
+                elif kind == "bits":
+                    target.bits[step.layer_index] = value
+                else:
+                    target.ratio[step.layer_index] = value
+
+        lo, hi = 0, top  # invariant: level lo is feasible (all minimum, checked up front / by the previous step)
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            trial[index] = choices[mid]
-            if self.feasible(self.cost.predict_kept(trial)):
+            put(trial, mid)
+            if self.feasible(self.state_cost(trial)):
                 lo = mid
             else:
                 hi = mid - 1
-        return int(choices[lo])
+        put(state, lo)
+        taken = {}
+        for kind in wanted:
+            taken[kind] = float(state.kept[step.unit] if kind == "keep_ratio" else
+                                state.bits[step.layer_index] if kind == "bits" else state.ratio[step.layer_index])
+        return taken
 
-    def clip(self, index: int, kept: np.ndarray, wanted: int) -> int:
-        return min(wanted, self.max_feasible_kept(index, kept))
+    def max_feasible_kept(self, index: int, kept: np.ndarray) -> int:
+        """The most channels unit ``index`` may keep with every later decision at its minimum."""
+        step = next(s for s in self.steps if s.unit == index)
+        state = self.full_state()
+        state.kept[:] = kept
+        return int(self.take(step, state, [1.0] * self.action_dims)["keep_ratio"])
 
-    def decode(self, actions: Sequence[float]) -> Plan:
-        """Turn one action per unit into a feasible plan, unit by unit, as the env does."""
-        kept = self.full_kept()
-        for i, action in enumerate(actions):
-            kept[i] = self.clip(i, kept, self.action_to_kept(i, action))
-        return self.plan(kept)
+    def decode(self, actions: Sequence[Sequence[float]] | Sequence[float]) -> Plan:
+        """Turn actions (one row of ``action_dims`` per step) into a feasible plan, step by step, as the env does."""
+        rows = np.asarray(actions, dtype=float).reshape(len(self.steps), self.action_dims)
+        state = self.full_state()
+        for step, row in zip(self.steps, rows):
+            self.take(step, state, row)
+        return self.plan_of(state)
+
+    def plan_actions(self, plan: Plan) -> list[list[float]]:
+        """Actions that reproduce ``plan`` when it is feasible (e.g. to record a uniform plan)."""
+        kept, bits, ranks = self.cost.plan_arrays(plan)
+        out_f, in_f = self.cost.layer_shapes(kept)
+        rows = []
+        for step in self.steps:
+            row = []
+            for kind in self.action_kinds:
+                choices = step.choices(kind)
+                if choices is None:
+                    row.append(0.0)
+                elif kind == "keep_ratio":
+                    row.append(self._to_action(choices, kept[step.unit]))
+                elif kind == "bits":
+                    row.append(self._to_action(choices, bits[step.layer_index]))
+                else:
+                    i = step.layer_index
+                    full = min(out_f[i], self.cost._fan_in(in_f)[i])
+                    row.append(self._to_action(choices, ranks[i] / full if ranks[i] else 1.0))
+            rows.append(row)
+        return rows
 
     def full_kept(self) -> np.ndarray:
         return np.array([u.channels for u in self.units], dtype=np.int64)
@@ -182,25 +325,50 @@ class CompressionProblem:
             kept.append(fit[-1] if len(fit) else choices[0])
         return np.array(kept, dtype=np.int64)
 
-    def largest_uniform_ratio(self) -> float:
-        """The largest single keep ratio for every unit that meets the budgets (bisection)."""
-        lo, hi = 0.0, 1.0  # uniform_kept(0) is the space's minimum, feasible by the up-front check
-        if self.feasible(self.cost.predict_kept(self.uniform_kept(hi))):
+    def uniform_state(self, level: float) -> State:
+        """One setting for every layer: keep ratio and rank ratio ``level``, and the bit-width at
+        ``level`` of the space's range (each the largest allowed value not above it)."""
+        def pick(choices: np.ndarray, value: float) -> float:
+            fit = choices[choices <= value + 1e-9]
+            return fit[-1] if len(fit) else choices[0]
+
+        b = self.space.bits.choices if self.space.bits else (FLOAT_BITS,)
+        bits_value = b[0] + level * (b[-1] - b[0])
+        return State(self.uniform_kept(level),
+                     np.array([pick(c, bits_value) for c in self.bit_choices], dtype=np.int64),
+                     np.array([pick(c, level) for c in self.rank_choices], dtype=float))
+
+    def largest_uniform_level(self) -> float:
+        """The largest uniform level (see :meth:`uniform_state`) that meets the budgets (bisection)."""
+        lo, hi = 0.0, 1.0  # level 0 is the space's minimum, feasible by the up-front check
+        if self.feasible(self.state_cost(self.uniform_state(hi))):
             return hi
         for _ in range(40):
             mid = (lo + hi) / 2
-            if self.feasible(self.cost.predict_kept(self.uniform_kept(mid))):
+            if self.feasible(self.state_cost(self.uniform_state(mid))):
                 lo = mid
             else:
                 hi = mid
         return lo
 
+    def uniform_plan(self, level: float) -> Plan:
+        return self.plan_of(self.uniform_state(level))
+
     def plan(self, kept: np.ndarray) -> Plan:
+        """A pruning-only plan from per-unit channel counts."""
         return Plan(kept={u.name: int(k) for u, k in zip(self.units, kept)},
                     channels={u.name: u.channels for u in self.units})
 
+    def plan_of(self, state: State) -> Plan:
+        ranks = self.cost.ranks_for(state.kept, state.ratio)
+        names = [layer.name for layer in self.graph.layers]
+        return Plan(kept={u.name: int(k) for u, k in zip(self.units, state.kept)},
+                    channels={u.name: u.channels for u in self.units},
+                    bits={n: int(b) for n, b in zip(names, state.bits) if b < FLOAT_BITS},
+                    rank={n: int(r) for n, r in zip(names, ranks) if r > 0})
+
     def _check_feasible(self) -> None:
-        smallest = self.cost.predict_kept(self.min_kept())
+        smallest = self.state_cost(self._min)
         base = self.cost.baseline
         for metric, limit in self.limits.items():
             if getattr(smallest, metric) > limit:
@@ -209,7 +377,8 @@ class CompressionProblem:
                 raise InfeasibleBudgetError(
                     f"budget_{name}={self.budgets[name]} ({limit:,} {metric}) is infeasible: the smallest model "
                     f"space `{self.space.name}` allows keeps {floor:.3f} of the {metric} ({getattr(smallest, metric):,}). "
-                    f"Raise --budget-{name} to at least {math.ceil(floor * 1000) / 1000} or lower keep_ratio.min in the space."
+                    f"Raise --budget-{name} to at least {math.ceil(floor * 1000) / 1000}, or use a space that "
+                    f"compresses further (e.g. --space joint)."
                 )
 
     # ---- scoring ----------------------------------------------------------------------
@@ -227,7 +396,7 @@ class CompressionProblem:
 
     def build(self, plan: Plan) -> nn.Module:
         """The physically compressed model of ``plan`` with recalibrated batch norm."""
-        model = self.pruner.apply(plan.kept)
+        model = self.compressor.apply(plan)
         self._recalibrate(model)
         return model
 
@@ -238,9 +407,10 @@ class CompressionProblem:
             return self._cache[key]
         start = time.perf_counter()
         timer = ForwardTimer()
-        model = self.pruner.apply(plan.kept)
-        self._recalibrate(model, timer)
-        acc = accuracy(model, self.data.val, batch_size=self.evaluation.eval_batch_size, timer=timer)
+        model = self.compressor.apply(plan)
+        with parametrize.cached():  # quantised weights computed once per candidate, not per batch
+            self._recalibrate(model, timer)
+            acc = accuracy(model, self.data.val, batch_size=self.evaluation.eval_batch_size, timer=timer)
         cost = self.cost.predict(plan)
         metrics = Metrics(cost.macs, cost.params, cost.size_bytes, acc,
                           time.perf_counter() - start, timer.seconds)

@@ -1,8 +1,10 @@
 """``autocomp report runs/<name>``: an HTML page with PNG plots of a finished run.
 
-- ``accuracy_vs_flops.png``: every candidate's validation accuracy against its MACs, the Pareto
-  front, the budget, and the uniform baseline (one keep ratio for all layers at the budget);
-- ``best_plan.png``: the best plan's keep ratio per channel group, like AMC's figures;
+- ``accuracy_vs_flops.png`` / ``accuracy_vs_size.png``: every candidate's validation accuracy
+  against its MACs / bytes, the Pareto front, the budget, and the uniform baseline (one setting
+  for all layers at the budget);
+- ``best_plan.png``: the best plan per layer, like AMC's and HAQ's figures: keep ratio per
+  channel group, and bit-width and rank per layer when the space searches them;
 - ``best_so_far.png``: the best validation accuracy as the search went on.
 
 Example:
@@ -45,8 +47,8 @@ def uniform_baseline(run_dir: Path, config: SearchConfig, trials: list[dict[str,
     problem = CompressionProblem(model=prepare_model(config, data, progress=False), data=data,
                                  space=SearchSpace.load(config.space), budgets=config.budgets(),
                                  evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size))
-    ratio = problem.largest_uniform_ratio()
-    return {**problem.evaluate(problem.plan(problem.uniform_kept(ratio))).to_dict(), "keep_ratio_all": ratio}
+    level = problem.largest_uniform_level()
+    return {**problem.evaluate(problem.uniform_plan(level)).to_dict(), "uniform_level": level}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -65,38 +67,48 @@ def _plots(run_dir: Path, summary: dict[str, Any], trials: list[dict[str, Any]],
     import matplotlib.pyplot as plt
 
     base = summary["baseline"]
-    macs = [t["macs"] / base["flops"] for t in trials]
     accs = [t["val_accuracy"] for t in trials]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter(macs, accs, s=12, alpha=0.5, label=f"candidates ({len(trials)})")
-    front = pareto_front(list(zip(macs, accs)))
-    ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="C3", label="Pareto front")
-    if uniform is not None:
-        ax.scatter([uniform["macs"] / base["flops"]], [uniform["val_accuracy"]], marker="s", s=60, color="C2",
-                   label="uniform keep ratio", zorder=3)
-    best = summary["best"]
-    ax.scatter([best["flops"] / base["flops"]], [best["val_accuracy"]], marker="*", s=160, color="gold",
-               edgecolor="k", label="best", zorder=4)
-    if "flops" in summary["budgets"]:
-        ax.axvline(summary["budgets"]["flops"]["limit"] / base["flops"], color="gray", linestyle=":", label="MACs budget")
-    ax.axhline(base["val_accuracy"], color="gray", linestyle="--", label="original model")
-    ax.set_xlabel("MACs (fraction of the original)")
-    ax.set_ylabel("validation accuracy (no fine-tuning)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(run_dir / "accuracy_vs_flops.png")
-    plt.close(fig)
+    for metric, key, label, out in (("flops", "macs", "MACs", "accuracy_vs_flops.png"),
+                                    ("size_bytes", "size_bytes", "bytes", "accuracy_vs_size.png")):
+        xs = [t[key] / base[metric] for t in trials]
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        ax.scatter(xs, accs, s=12, alpha=0.5, label=f"candidates ({len(trials)})")
+        front = pareto_front(list(zip(xs, accs)))
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="C3", label="Pareto front")
+        if uniform is not None:
+            ax.scatter([uniform[key] / base[metric]], [uniform["val_accuracy"]], marker="s", s=60, color="C2",
+                       label="uniform (one setting for all layers)", zorder=3)
+        best = summary["best"]
+        ax.scatter([best[metric] / base[metric]], [best["val_accuracy"]], marker="*", s=160, color="gold",
+                   edgecolor="k", label="best", zorder=4)
+        budget = summary["budgets"].get("flops" if metric == "flops" else "size")
+        if budget:
+            ax.axvline(budget["limit"] / base[metric], color="gray", linestyle=":", label=f"{label} budget")
+        ax.axhline(base["val_accuracy"], color="gray", linestyle="--", label="original model")
+        ax.set_xlabel(f"{label} (fraction of the original{' float32 model' if metric == 'size_bytes' else ''})")
+        ax.set_ylabel("validation accuracy (no fine-tuning)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(run_dir / out)
+        plt.close(fig)
 
     plan = Plan.load(run_dir / "best" / "plan.json")
-    names = list(plan.kept)
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4), dpi=120)
-    ax.bar(range(len(names)), [plan.keep_ratio(n) for n in names], color="C0")
-    ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("keep ratio")
-    ax.set_title("Best plan: channels kept per group (in forward order)")
-    ax.grid(axis="y", alpha=0.3)
+    panels = [("keep ratio per channel group", list(plan.kept), [plan.keep_ratio(n) for n in plan.kept], (0, 1.05))]
+    layers = summary.get("layers") or list(dict.fromkeys([*plan.bits, *plan.rank]))
+    if plan.bits or "bits" in str(summary.get("space_actions", "")):
+        panels.append(("weight bits per layer (32 = float)", layers, [plan.bits_of(n) for n in layers], (0, 33)))
+    if plan.rank:
+        panels.append(("rank of factorised layers (0 = whole)", layers, [plan.rank.get(n, 0) for n in layers], None))
+    width = max(6.0, 0.35 * max(len(p[1]) for p in panels))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.2 * len(panels)), dpi=120, squeeze=False)
+    for ax, (title, names, values, ylim) in zip(axes[:, 0], panels):
+        ax.bar(range(len(names)), values, color="C0")
+        ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.set_title(f"Best plan: {title} (forward order)", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(run_dir / "best_plan.png")
     plt.close(fig)
@@ -145,7 +157,8 @@ th:first-child,td:first-child{{text-align:left}}img{{max-width:100%}}</style></h
 <table><tr><th></th><th>MACs</th><th>params</th><th>bytes</th><th>val acc</th><th>test acc</th></tr>
 {''.join(rows)}</table>
 <h2>Accuracy vs MACs</h2><img src="accuracy_vs_flops.png" alt="accuracy vs MACs">
-<h2>Best plan per layer group</h2><img src="best_plan.png" alt="best plan">
+<h2>Accuracy vs bytes</h2><img src="accuracy_vs_size.png" alt="accuracy vs bytes">
+<h2>Best plan per layer</h2><img src="best_plan.png" alt="best plan">
 <h2>Best so far</h2><img src="best_so_far.png" alt="best so far">
 </body></html>
 """

@@ -165,6 +165,8 @@ def finish(run_dir: Path, config: SearchConfig, problem: CompressionProblem, rec
         "agent": config.agent,
         "searcher": settings["searcher"],
         "space": config.space,
+        "space_actions": list(problem.action_kinds),
+        "layers": [layer.name for layer in problem.graph.layers],
         "budgets": {k: {"given": v, "limit": problem.limits[METRICS[k]]} for k, v in problem.budgets.items()},
         "flops_unit": "MACs (multiply-accumulates of conv and linear layers)",
         "candidates": len(recorder.history),

@@ -92,8 +92,8 @@ class EvalWorker:
         self.problem = CompressionProblem(model=model, data=data, space=SearchSpace.from_dict(payload["space"]),
                                           budgets=payload["budgets"], evaluation=payload["evaluation"])
 
-    def evaluate(self, kept: dict[str, int]) -> dict[str, float]:
-        return self.problem.evaluate(self.problem.plan(self.problem.cost.kept_vector(Plan(kept=kept)))).to_dict()
+    def evaluate(self, plan: dict[str, Any]) -> dict[str, float]:
+        return self.problem.evaluate(Plan.from_dict(plan)).to_dict()
 
     def pid(self) -> int:
         return os.getpid()
@@ -128,7 +128,7 @@ class RayBackend:
             while idle and queue:
                 actor = idle.pop()
                 index, plan = queue.pop(0)
-                pending[actor.evaluate.remote(plan.kept)] = (index, actor)
+                pending[actor.evaluate.remote(plan.to_dict())] = (index, actor)
             done, _ = self.ray.wait(list(pending), num_returns=1)
             index, actor = pending.pop(done[0])
             results[index] = Metrics(**self.ray.get(done[0]))

@@ -29,7 +29,7 @@ import yaml
 from autocomp.config import SearchConfig
 from autocomp.errors import ConfigError
 
-GRID_KEYS = {"budget_flops", "budget_params", "agent", "space", "seed"}
+GRID_KEYS = {"budget_flops", "budget_params", "budget_size", "agent", "space", "seed"}
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Baselines every paper compares with: random plans and one uniform keep ratio."""
+"""Baselines every paper compares with: random plans and one uniform setting for every layer."""
 
 from __future__ import annotations
 
@@ -16,20 +16,21 @@ class RandomSearcher(Searcher):
         rng = np.random.default_rng([self.seed, len(self.recorder.history)])
         while n_candidates > 0:
             batch = min(n_candidates, self.problem.batch_size)
-            actions = [rng.uniform(-1, 1, len(self.problem.units)) for _ in range(batch)]
+            actions = [rng.uniform(-1, 1, (len(self.problem.steps), self.problem.action_dims)) for _ in range(batch)]
             plans = [self.problem.decode(a) for a in actions]
             for plan, metrics, a in zip(plans, self.problem.evaluate_many(plans), actions):
-                self.recorder.record(plan, metrics, actions=list(a))
+                self.recorder.record(plan, metrics, actions=a.tolist())
             n_candidates -= batch
 
 
 class UniformSearcher(Searcher):
-    """One keep ratio for every unit: the largest that meets the budgets. One candidate."""
+    """One setting for every layer (keep ratio, bit-width, rank ratio): the largest that meets the
+    budgets. One candidate."""
 
     defaults = {}
 
     def run(self, n_candidates: int) -> None:
         if n_candidates <= 0 or self.recorder.history:
             return
-        plan = self.problem.plan(self.problem.uniform_kept(self.problem.largest_uniform_ratio()))
+        plan = self.problem.uniform_plan(self.problem.largest_uniform_level())
         self.recorder.record(plan, self.problem.evaluate(plan))

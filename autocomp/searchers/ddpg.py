@@ -126,7 +126,7 @@ class EpisodeCallback(BaseCallback):
         buffer = self.model.replay_buffer
         if self._episode_start is None:
             self._episode_start = buffer.pos  # this step's transition is stored at pos, after on_step
-        self._actions.append(np.asarray(self.locals["actions"]).reshape(len(self.locals["dones"]), -1)[:, 0])
+        self._actions.append(np.asarray(self.locals["actions"]).reshape(len(self.locals["dones"]), -1))
         dones = self.locals["dones"]
         if not dones.any():
             return True
@@ -136,7 +136,7 @@ class EpisodeCallback(BaseCallback):
             buffer.rewards[self._episode_start:buffer.pos, env_index] = float(self.locals["rewards"][env_index])
             info = self.locals["infos"][env_index]
             if self.done_episodes < self.n_episodes:
-                actions = [float(a[env_index]) for a in self._actions]
+                actions = [a[env_index].tolist() for a in self._actions]
                 self.searcher.recorder.record(info["plan"], info["metrics"], actions=actions)
                 self.searcher.end_episode(self.model)
                 self.done_episodes += 1
@@ -163,7 +163,7 @@ class DDPGSearcher(Searcher):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.steps = len(self.problem.units)
+        self.steps = len(self.problem.steps)
         self.n_envs = max(1, self.problem.parallelism)
         self._episodes_seen = len(self.recorder.history)
 
@@ -192,7 +192,7 @@ class DDPGSearcher(Searcher):
             start = buffer.pos
             rewards = np.zeros(len(group))
             for step in range(self.steps):
-                actions = np.array([[c.actions[step]] for c in group], dtype=np.float32)
+                actions = np.array([c.actions[step] for c in group], dtype=np.float32)
                 results = [env.step(a) for env, a in zip(envs, actions)]
                 next_obs = np.stack([r[0] for r in results])
                 done = np.array([r[2] for r in results])

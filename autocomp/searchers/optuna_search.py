@@ -1,7 +1,8 @@
 """Optuna searchers: TPE (default) or NSGA-II for accuracy-vs-MACs Pareto fronts.
 
-Each trial suggests one raw action per unit in [-1, 1]; the problem decodes them unit by
-unit with the same budget clipping as the environment, so every trial is feasible.
+Each trial suggests one raw action in [-1, 1] per step and action kind (see
+``autocomp.searchers.record.param_names``); the problem decodes them step by step with the same
+budget clipping as the environment, so every trial is feasible.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import optuna
 
 from autocomp.errors import ConfigError
 from autocomp.searchers.base import Searcher
+from autocomp.searchers.record import param_names
 
 
 class OptunaSearcher(Searcher):
@@ -39,7 +41,8 @@ class OptunaSearcher(Searcher):
             # with several workers, ask for a batch of trials and evaluate them concurrently
             trials = [study.ask() for _ in range(min(n_candidates, self.problem.batch_size))]
             try:
-                actions = [[t.suggest_float(u.name, -1.0, 1.0) for u in self.problem.units] for t in trials]
+                names = param_names(self.problem)
+                actions = [[[t.suggest_float(n, -1.0, 1.0) if n else 0.0 for n in row] for row in names] for t in trials]
                 plans = [self.problem.decode(a) for a in actions]
                 results = self.problem.evaluate_many(plans)
             except BaseException:

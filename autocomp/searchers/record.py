@@ -20,8 +20,17 @@ ACTION = FloatDistribution(-1.0, 1.0)
 class Candidate:
     plan: Plan
     metrics: Metrics
-    actions: list[float]
+    actions: list[list[float]]  # one row per step, one entry per action kind
     number: int
+
+
+def param_names(problem: CompressionProblem) -> list[list[str | None]]:
+    """Optuna parameter name of each (step, action kind), ``None`` where the step does not take it:
+    ``<unit>`` for a pruning-only space, else ``<layer>:<action>``."""
+    if problem.action_kinds == ("keep_ratio",):
+        return [[problem.units[s.unit].name] for s in problem.steps]
+    return [[f"{s.layer}:{kind}" if s.choices(kind) is not None else None for kind in problem.action_kinds]
+            for s in problem.steps]
 
 
 class TrialRecorder:
@@ -34,6 +43,7 @@ class TrialRecorder:
         self.searcher = searcher
         self.reward_kind = reward_kind
         self.on_record = on_record
+        self._names = param_names(problem)
         self.history: list[Candidate] = [self._from_trial(t) for t in completed_trials(study)]
         for c in self.history:
             problem.remember(c.plan, c.metrics)
@@ -53,10 +63,13 @@ class TrialRecorder:
                trial: optuna.Trial | None = None) -> Candidate:
         """Store one evaluated candidate; ``trial`` is an asked trial to tell, else a new one is added."""
         if actions is None:
-            actions = [self.problem.kept_to_action(i, plan.kept[u.name]) for i, u in enumerate(self.problem.units)]
+            actions = self.problem.plan_actions(plan)
+        rows = [[float(a) for a in row] for row in actions]
         attrs: dict[str, Any] = {
             "kept": plan.kept,
             "keep_ratio": {n: round(plan.keep_ratio(n), 4) for n in plan.kept},
+            "bits": plan.bits,
+            "rank": plan.rank,
             "reward": reward(metrics, self.reward_kind),
             "searcher": self.searcher,
             **metrics.to_dict(),
@@ -67,15 +80,15 @@ class TrialRecorder:
                 trial.set_user_attr(key, value)
             number = self.study.tell(trial, values).number
         else:
+            named = [(name, a) for names, row in zip(self._names, rows) for name, a in zip(names, row) if name]
             created = optuna.trial.create_trial(
-                params={u.name: float(a) for u, a in zip(self.problem.units, actions)},
-                distributions={u.name: ACTION for u in self.problem.units},
+                params=dict(named), distributions={name: ACTION for name, _ in named},
                 values=values, user_attrs=attrs,
             )
             self.study.add_trial(created)
             number = self._next_number
         self._next_number = number + 1
-        candidate = Candidate(plan, metrics, [float(a) for a in actions], number)
+        candidate = Candidate(plan, metrics, rows, number)
         self.history.append(candidate)
         if self.best is None or metrics.val_accuracy > self.best.metrics.val_accuracy:
             self.best = candidate
@@ -85,9 +98,10 @@ class TrialRecorder:
 
     def _from_trial(self, trial: FrozenTrial) -> Candidate:
         attrs = trial.user_attrs
-        plan = self.problem.plan(self.problem.cost.kept_vector(Plan(kept=dict(attrs["kept"]))))
+        full = self.problem.plan(self.problem.cost.kept_vector(Plan(kept=dict(attrs["kept"]))))
+        plan = Plan(full.kept, full.channels, dict(attrs.get("bits", {})), dict(attrs.get("rank", {})))
         metrics = Metrics(**{k: attrs[k] for k in Metrics.__dataclass_fields__ if k in attrs})
-        actions = [float(trial.params.get(u.name, 0.0)) for u in self.problem.units]
+        actions = [[float(trial.params.get(name, 0.0)) if name else 0.0 for name in names] for names in self._names]
         return Candidate(plan, metrics, actions, trial.number)
 
 

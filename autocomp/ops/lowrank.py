@@ -1,0 +1,63 @@
+"""Low-rank factorisation: one conv/linear layer becomes two, initialised from a truncated SVD.
+
+A ``k x k`` conv ``C_in -> C_out`` becomes a ``k x k`` conv ``C_in -> r`` (same stride, padding,
+dilation; no bias) followed by a ``1 x 1`` conv ``r -> C_out`` carrying the bias; a Linear becomes
+``Linear(in, r)`` then ``Linear(r, out)``. With ``W = U S V^T`` (the weight reshaped to
+``C_out x C_in k^2``) the first takes ``sqrt(S_r) V_r^T`` and the second ``U_r sqrt(S_r)``, the best
+rank-``r`` approximation of ``W`` (Eckart-Young). Grouped convs are not factorised.
+
+Example:
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(64, 32))
+    >>> factorize(model, {"0": 8})
+    >>> [tuple(m.weight.shape) for m in model[0]]
+    [(8, 64), (32, 8)]
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Factorized(nn.Sequential):
+    """Two layers standing in for one: ``first`` (to ``rank`` channels) then ``second``."""
+
+
+def can_factorize(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1
+
+
+def factorize_layer(module: nn.Module, rank: int) -> Factorized:
+    if not can_factorize(module):
+        raise ValueError(f"{type(module).__name__} with groups>1 or transposed cannot be factorised")
+    weight = module.weight.detach()
+    matrix = weight.reshape(weight.shape[0], -1)
+    rank = max(1, min(int(rank), *matrix.shape))
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    root = s[:rank].sqrt()
+    first_w, second_w = root[:, None] * vh[:rank], u[:, :rank] * root
+    has_bias = module.bias is not None
+    if isinstance(module, nn.Linear):
+        first = nn.Linear(module.in_features, rank, bias=False)
+        second = nn.Linear(rank, module.out_features, bias=has_bias)
+    else:
+        first = type(module)(module.in_channels, rank, module.kernel_size, stride=module.stride, padding=module.padding,
+                             dilation=module.dilation, bias=False, padding_mode=module.padding_mode)
+        second = type(module)(rank, module.out_channels, 1, bias=has_bias)
+    with torch.no_grad():
+        first.weight.copy_(first_w.reshape(first.weight.shape))
+        second.weight.copy_(second_w.reshape(second.weight.shape))
+        if has_bias:
+            second.bias.copy_(module.bias)
+    return Factorized(first, second).to(weight.device).train(module.training)
+
+
+def factorize(model: nn.Module, ranks: dict[str, int]) -> None:
+    """Replace layer ``name`` of ``model`` by its rank-``ranks[name]`` factorisation, in place."""
+    for name, rank in ranks.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, factorize_layer(model.get_submodule(name), rank))
