@@ -123,9 +123,9 @@ def export_run(run_dir: str | Path, *, fmt: str, threads: int = 1, out_dir: str 
     if fmt in ("state_dict", "packed"):
         shutil.copy(run_dir / "best" / "plan.json", target / "plan.json")
     if fmt == "packed":
-        reloaded = load_packed(run_dir, target / "model.packed.pt")
+        reloaded, original = load_packed(run_dir, target / "model.packed.pt"), load_compressed(run_dir)
         with torch.inference_mode():
-            info["max_abs_diff"] = float((reloaded(example) - load_compressed(run_dir)(example)).abs().max())
+            info["max_abs_diff"] = float((reloaded(example) - original(example)).abs().max())
         (target / "export-packed.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
 

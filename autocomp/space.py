@@ -90,17 +90,18 @@ class Rule:
 
 def _ratio(spec: dict[str, Any], action: str) -> RatioRange:
     try:
-        return RatioRange(float(spec["min"]), float(spec.get("max", 1.0)), int(spec.get("round_to", 1)),
-                          float(spec.get("step", 0.05)))
+        values = float(spec["min"]), float(spec.get("max", 1.0)), int(spec.get("round_to", 1)), float(spec.get("step", 0.05))
     except (KeyError, TypeError, ValueError):
         raise ConfigError(f"{action}: {spec!r} is not a range: write e.g. `{action}: {{min: 0.2, max: 1.0}}`.") from None
+    return RatioRange(*values)
 
 
 def _bits(spec: dict[str, Any]) -> BitsChoice:
     try:
-        return BitsChoice(tuple(sorted(int(b) for b in spec["choices"])))
+        choices = tuple(sorted(int(b) for b in spec["choices"]))
     except (KeyError, TypeError, ValueError):
         raise ConfigError(f"bits: {spec!r} is not a choice list: write e.g. `bits: {{choices: [2, 4, 8]}}`.") from None
+    return BitsChoice(choices)
 
 
 def _parse_action(action: str, spec: Any) -> RatioRange | BitsChoice | None:
