@@ -42,6 +42,9 @@ class SearchCommand:
         g.add_argument("--budget-flops", help="MACs budget")
         g.add_argument("--budget-params", help="parameter budget")
         g.add_argument("--budget-size", help="bytes of the stored model (fraction of its float32 bytes, or e.g. 200KB, 1.5MB)")
+        g.add_argument("--budget-latency", help="batch-1 latency on this machine (fraction of the original's, or e.g. 3ms)")
+        g.add_argument("--latency-threads", type=int, default=d.latency_threads,
+                       help="threads the latency table is measured with (default: %(default)s)")
         g = p.add_argument_group("search")
         g.add_argument("--agent", default=d.agent, help="preset from agents/ or a .yaml file (default: %(default)s)")
         g.add_argument("--agent-opt", action="append", type=_agent_option, default=[], metavar="KEY=VALUE",
@@ -73,7 +76,8 @@ class SearchCommand:
             model=args.model, weights=args.weights, num_classes=args.num_classes, data=args.data,
             data_dir=args.data_dir, mean=args.mean, std=args.std, preprocess=args.preprocess,
             image_size=args.image_size, val_size=args.val_size, budget_flops=args.budget_flops,
-            budget_params=args.budget_params, budget_size=args.budget_size, agent=args.agent, agent_options=dict(args.agent_opt),
+            budget_params=args.budget_params, budget_size=args.budget_size,
+            budget_latency=args.budget_latency, latency_threads=args.latency_threads, agent=args.agent, agent_options=dict(args.agent_opt),
             space=args.space, episodes=args.episodes, reward=args.reward, recalibrate=not args.no_recalibrate,
             calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size, seed=args.seed,
             threads=args.threads, name=args.name, runs_dir=args.runs_dir, storage=args.storage,
@@ -82,8 +86,8 @@ class SearchCommand:
         if args.resume and not args.name:
             raise ConfigError("--resume needs --name NAME of the run to continue.")
         if not args.resume and not any(config.budgets().values()):
-            raise ConfigError("no budget given: pass --budget-flops (e.g. 0.5), --budget-params (e.g. 100K) "
-                              "and/or --budget-size (e.g. 0.125 or 200KB).")
+            raise ConfigError("no budget given: pass --budget-flops (e.g. 0.5), --budget-params (e.g. 100K), "
+                              "--budget-size (e.g. 0.125 or 200KB) and/or --budget-latency (e.g. 0.6 or 3ms).")
         try:
             result = run_search(config, resume=args.resume, progress=not args.no_progress)
         except KeyboardInterrupt:

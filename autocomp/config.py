@@ -32,6 +32,8 @@ class SearchConfig:
     budget_flops: str | None = None
     budget_params: str | None = None
     budget_size: str | None = None
+    budget_latency: str | None = None
+    latency_threads: int = 1
     agent: str = "ddpg"
     agent_options: dict[str, Any] = field(default_factory=dict)
     space: str = "prune"
@@ -61,7 +63,7 @@ class SearchConfig:
             raise ConfigError("--calib-batches must be >= 0 and --calib-batch-size >= 1.")
 
     def budgets(self) -> dict[str, str | None]:
-        return {"flops": self.budget_flops, "params": self.budget_params, "size": self.budget_size}
+        return {"flops": self.budget_flops, "params": self.budget_params, "size": self.budget_size, "latency": self.budget_latency}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

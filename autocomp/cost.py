@@ -40,6 +40,7 @@ class Cost:
     macs: int
     params: int
     size_bytes: int
+    latency_us: int = 0  # predicted batch-1 latency, filled in when a latency budget is set
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

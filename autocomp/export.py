@@ -31,19 +31,10 @@ import torch
 from torch import nn
 
 from autocomp.errors import ConfigError
+from autocomp.latency import measure_latency
 from autocomp.ops import bake
 
 FORMATS = ("torchscript", "onnx", "state_dict", "packed")
-
-
-def measure_latency(model: nn.Module, example: torch.Tensor, *, threads: int = 1) -> float:
-    """Median seconds of one forward pass (``torch.utils.benchmark``, ``threads`` threads)."""
-    from torch.utils import benchmark
-
-    model = model.eval()
-    with torch.inference_mode():
-        timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": example}, num_threads=threads)
-        return float(timer.blocked_autorange(min_run_time=1.0).median)
 
 
 def _onnx_latency(session: Any, feed: dict[str, Any], repeats: int = 50) -> float:

@@ -52,6 +52,9 @@ class Layer:
     bias: bool
     out_deps: tuple[tuple[int, float], ...]
     in_deps: tuple[tuple[int, float], ...]
+    input_shape: tuple[int, ...] = ()  # one sample's input (channels first for convs)
+    output_shape: tuple[int, ...] = ()
+    padding: tuple[int, ...] = (0,)
 
     @property
     def macs(self) -> int:
@@ -93,8 +96,13 @@ class LayerGraph:
         positions: dict[str, int] = {}
         order: list[str] = []
 
-        def hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        input_shapes: dict[str, tuple[int, ...]] = {}
+        output_shapes: dict[str, tuple[int, ...]] = {}
+
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             name = names[module]
+            input_shapes[name] = tuple(inputs[0].shape[1:])
+            output_shapes[name] = tuple(output.shape[1:])
             channel_dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
             positions[name] = output[0].numel() // output.shape[channel_dim]
             order.append(name)
@@ -176,6 +184,9 @@ class LayerGraph:
                 bias=m.bias is not None,
                 out_deps=deps_out,
                 in_deps=deps_in,
+                input_shape=input_shapes[name],
+                output_shape=output_shapes[name],
+                padding=tuple(m.padding) if is_conv and not isinstance(m.padding, str) else (0,),
             ))
         seen_layers = set(order)
         channel_params = [

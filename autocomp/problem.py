@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -27,12 +28,13 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocomp.budget import METRICS, parse_budget
+from autocomp.budget import METRICS, parse_budget, parse_latency
 from autocomp.cost import Cost, CostModel
 from autocomp.data import DataBundle, Split
 from autocomp.errors import InfeasibleBudgetError
 from autocomp.evaluate import ForwardTimer, accuracy, recalibrate_batchnorm
 from autocomp.graph import LayerGraph, Unit
+from autocomp.latency import LatencyTable
 from autocomp.ops import Compressor
 from autocomp.plan import FLOAT_BITS, Plan
 from autocomp.space import RatioRange, SearchSpace
@@ -78,6 +80,7 @@ class Metrics:
     val_accuracy: float
     eval_seconds: float = 0.0
     forward_seconds: float = 0.0
+    latency_us: int = 0  # predicted by the latency table (0 without a latency budget)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -129,7 +132,7 @@ class CompressionProblem:
 
     def __init__(self, *, model: nn.Module, data: DataBundle, space: SearchSpace,
                  budgets: dict[str, str | float], evaluation: EvalSettings | None = None,
-                 graph: LayerGraph | None = None) -> None:
+                 graph: LayerGraph | None = None, latency_threads: int = 1) -> None:
         self.model = model.eval()
         self.data = data
         self.space = space
@@ -138,9 +141,16 @@ class CompressionProblem:
         self.units: list[Unit] = self.graph.units
         self.cost = CostModel(self.graph)
         self.compressor = Compressor(self.model, self.graph)
+        self.latency: LatencyTable | None = None
+        self.baseline_latency_s = 0.0
+        if budgets.get("latency") is not None:
+            self.latency = LatencyTable(self.graph, self.cost, threads=latency_threads)
+            self.latency.warm()
+            self.baseline_latency_s = self.latency.calibrate(self.model)
         base = self.cost.baseline
         self.limits = {
-            METRICS[name]: parse_budget(value, baseline=getattr(base, METRICS[name]), flag=f"--budget-{name}")
+            METRICS[name]: parse_latency(value, baseline_us=self.baseline_latency_s * 1e6) if name == "latency" else
+            parse_budget(value, baseline=getattr(base, METRICS[name]), flag=f"--budget-{name}")
             for name, value in budgets.items() if value is not None
         }
         self.budgets = {name: value for name, value in budgets.items() if value is not None}
@@ -224,7 +234,18 @@ class CompressionProblem:
         return all(getattr(cost, metric) <= limit for metric, limit in self.limits.items())
 
     def state_cost(self, state: State) -> Cost:
-        return self.cost.predict_arrays(state.kept, state.bits, self.cost.ranks_for(state.kept, state.ratio))
+        ranks = self.cost.ranks_for(state.kept, state.ratio)
+        return self._with_latency(self.cost.predict_arrays(state.kept, state.bits, ranks), state.kept, ranks)
+
+    def _with_latency(self, cost: Cost, kept: np.ndarray, ranks: np.ndarray) -> Cost:
+        if self.latency is None:
+            return cost
+        return dataclasses.replace(cost, latency_us=int(round(self.latency.predict(kept, ranks) * 1e6)))
+
+    def plan_cost(self, plan: Plan) -> Cost:
+        """MACs, parameters, bytes and (with a latency budget) predicted latency of ``plan``."""
+        kept, bits, ranks = self.cost.plan_arrays(plan)
+        return self._with_latency(self.cost.predict_arrays(kept, bits, ranks), kept, ranks)
 
     def full_state(self) -> State:
         """Every decision at its largest value (nothing compressed beyond what rules fix)."""
@@ -369,7 +390,7 @@ class CompressionProblem:
 
     def _check_feasible(self) -> None:
         smallest = self.state_cost(self._min)
-        base = self.cost.baseline
+        base = dataclasses.replace(self.cost.baseline, latency_us=max(1, int(round(self.baseline_latency_s * 1e6))))
         for metric, limit in self.limits.items():
             if getattr(smallest, metric) > limit:
                 name = next(n for n, m in METRICS.items() if m == metric)
@@ -411,9 +432,9 @@ class CompressionProblem:
         with parametrize.cached():  # quantised weights computed once per candidate, not per batch
             self._recalibrate(model, timer)
             acc = accuracy(model, self.data.val, batch_size=self.evaluation.eval_batch_size, timer=timer)
-        cost = self.cost.predict(plan)
+        cost = self.plan_cost(plan)
         metrics = Metrics(cost.macs, cost.params, cost.size_bytes, acc,
-                          time.perf_counter() - start, timer.seconds)
+                          time.perf_counter() - start, timer.seconds, cost.latency_us)
         self._cache[key] = metrics
         self.stats.add(metrics)
         return metrics
@@ -434,6 +455,7 @@ class CompressionProblem:
         todo = list({p.key(): p for p in plans if p.key() not in self._cache}.values())
         if self.backend is not None and todo:
             for plan, metrics in zip(todo, self.backend.evaluate(todo)):
+                metrics = dataclasses.replace(metrics, latency_us=self.plan_cost(plan).latency_us)
                 self._cache[plan.key()] = metrics
                 self.stats.add(metrics)
         return [self.evaluate(p) for p in plans]
@@ -447,4 +469,5 @@ class CompressionProblem:
 
     def baseline_metrics(self) -> Metrics:
         base = self.cost.baseline
-        return Metrics(base.macs, base.params, base.size_bytes, self.score(self.model, self.data.val))
+        return Metrics(base.macs, base.params, base.size_bytes, self.score(self.model, self.data.val),
+                       latency_us=int(round(self.baseline_latency_s * 1e6)))

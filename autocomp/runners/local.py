@@ -95,6 +95,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
     problem = CompressionProblem(
         model=model, data=data, space=space, budgets=config.budgets(),
         evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size),
+        latency_threads=config.latency_threads,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -180,6 +181,17 @@ def finish(run_dir: Path, config: SearchConfig, problem: CompressionProblem, rec
         "best": {**_metrics_dict(best.metrics, problem.score(model, problem.data.test)), "trial": best.number},
         "search_seconds": timing,
     }
+    if problem.latency is not None:  # predicted vs measured, batch 1, the table's thread count
+        from autocomp.latency import measure_latency
+        from autocomp.ops import bake
+
+        example = torch.randn(1, *problem.data.input_shape)
+        summary["latency"] = {
+            "threads": config.latency_threads,
+            "baseline_measured_ms": round(problem.baseline_latency_s * 1e3, 4),
+            "best_predicted_ms": round(best.metrics.latency_us / 1e3, 4),
+            "best_measured_ms": round(measure_latency(bake(model), example, threads=config.latency_threads) * 1e3, 4),
+        }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 

@@ -1,0 +1,178 @@
+"""After the search, on the shared CIFAR-10 ResNet-20 at --budget-flops 0.5.
+
+    python bench/finetune_bench.py                 # all three parts (about an hour on 2 cores)
+    python bench/finetune_bench.py --report        # only re-render RESULTS.md
+
+1. ``spearman``: 20 random feasible plans, each scored as the search scores it (with and without
+   batch-norm recalibration), then fine-tuned briefly (1 epoch on 10,000 training images, plain
+   cross-entropy) and scored again; Spearman correlation between the two rankings.
+2. ``finetune``: the best ``ddpg`` and ``uniform`` plans of ``bench/search_bench.py``
+   (runs/bench-search/) fine-tuned with the same budget with and without distillation; test accuracy.
+3. ``speedup``: exported ONNX (onnxruntime) and eager PyTorch latency, batch 1, 1 thread, of those
+   models against the original.
+
+Writes bench/results/finetune_resnet20.json and the ``finetune`` section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESNET20, cifar_dir, commit, machine, save_json, write_section  # noqa: E402
+
+from autocomp.api import load_compressed  # noqa: E402
+from autocomp.config import SearchConfig  # noqa: E402
+from autocomp.data import Split  # noqa: E402
+from autocomp.export import export_model  # noqa: E402
+from autocomp.finetune import finetune_run  # noqa: E402
+from autocomp.problem import CompressionProblem, EvalSettings  # noqa: E402
+from autocomp.runners.setup import load_config_data, prepare_model  # noqa: E402
+from autocomp.space import SearchSpace  # noqa: E402
+from autocomp.training import train  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "finetune_resnet20.json"
+
+
+def spearman(config: SearchConfig, n_plans: int, train_images: int) -> dict:
+    data = load_config_data(config)
+    model = prepare_model(config, data, progress=False)
+    problems = {recal: CompressionProblem(model=model, data=data, space=SearchSpace.load("prune"),
+                                          budgets={"flops": "0.5"}, evaluation=EvalSettings(recalibrate=recal))
+                for recal in (True, False)}
+    rng = np.random.default_rng(0)
+    subset = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))[:train_images]
+    short = Split(data.train.x[subset], data.train.y[subset])
+    rows = []
+    for i in range(n_plans):
+        plan = problems[True].decode(rng.uniform(-1, 1, len(problems[True].steps)))
+        row = {"macs": problems[True].cost.predict(plan).macs,
+               "search_recal": problems[True].evaluate(plan).val_accuracy,
+               "search_no_recal": problems[False].evaluate(plan).val_accuracy}
+        student = problems[True].build(plan)
+        start = time.perf_counter()
+        train(student, short, epochs=1, lr=0.01, seed=i, progress=False)
+        row["finetuned"] = problems[True].score(student, data.val)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+        print(f"plan {i}: {row}", flush=True)
+    tuned = [r["finetuned"] for r in rows]
+    return {
+        "plans": rows, "train_images": train_images,
+        "spearman_recal": float(spearmanr([r["search_recal"] for r in rows], tuned).statistic),
+        "spearman_no_recal": float(spearmanr([r["search_no_recal"] for r in rows], tuned).statistic),
+    }
+
+
+def finetune(runs_dir: Path, epochs: int) -> dict:
+    out = {}
+    for agent in ("ddpg", "uniform"):
+        source = runs_dir / f"{agent}-s0"
+        for kd in (True, False):
+            target = Path("runs/bench-finetune") / f"{agent}-{'kd' if kd else 'ce'}"
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("export", "finetuned", "*.png", "report.html"))
+            result = finetune_run(target, epochs=epochs, kd=kd, progress=False)
+            summary = json.loads((target / "summary.json").read_text())
+            out[f"{agent}/{'kd' if kd else 'ce'}"] = {
+                "test_before": summary["best"]["test_accuracy"], "test_after": result["test_accuracy"],
+                "epochs": epochs, "seconds": result["seconds"], "flops_kept": summary["best"]["flops"] / summary["baseline"]["flops"],
+            }
+            print(f"{agent} kd={kd}: {out[f'{agent}/' + ('kd' if kd else 'ce')]}", flush=True)
+    return out
+
+
+def speedup(config: SearchConfig, runs_dir: Path) -> dict:
+    data = load_config_data(config)
+    original = prepare_model(config, data, progress=False)
+    example = torch.randn(1, *data.input_shape, generator=torch.Generator().manual_seed(0))
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {"original": original, **{a: load_compressed(runs_dir / f"{a}-s0") for a in ("ddpg", "uniform")}}
+        for name, model in models.items():
+            onnx = export_model(model, example, Path(tmp) / name, fmt="onnx", threads=1)
+            eager = export_model(model, example, Path(tmp) / name, fmt="state_dict", threads=1)
+            out[name] = {"onnx_ms": onnx["latency_s"] * 1e3, "eager_ms": eager["latency_s"] * 1e3,
+                         "onnx_bytes": onnx["size_bytes"]}
+    for name in ("ddpg", "uniform"):
+        out[name]["onnx_speedup"] = out["original"]["onnx_ms"] / out[name]["onnx_ms"]
+        out[name]["eager_speedup"] = out["original"]["eager_ms"] / out[name]["eager_ms"]
+    return out
+
+
+def report(results: dict) -> None:
+    lines = ["## After the search: CIFAR-10 ResNet-20 at --budget-flops 0.5", "",
+             f"Command: `{results['command']}` on {results['machine']}, commit {results['commit']}.", ""]
+    s = results.get("spearman")
+    if s:
+        lines += [
+            f"**Search-time accuracy vs accuracy after a short fine-tune**, {len(s['plans'])} random feasible plans "
+            f"(1 epoch, {s['train_images']:,} training images, plain cross-entropy, lr 0.01; validation accuracy "
+            "on the 1,000 held-out images):", "",
+            "| scoring during the search | Spearman correlation |", "|---|---:|",
+            f"| batch-norm recalibration on (4 x 128 images) | {s['spearman_recal']:.3f} |",
+            f"| recalibration off | {s['spearman_no_recal']:.3f} |", ""]
+    f = results.get("finetune")
+    if f:
+        lines += ["**Fine-tuning the best plans** (same budget for each: "
+                  f"{next(iter(f.values()))['epochs']} epoch(s) over the 49,000 training images, SGD lr 0.01 cosine; "
+                  "distillation: T=4, alpha 0.9):", "",
+                  "| plan | loss | MACs kept | test acc before | test acc after |", "|---|---|---:|---:|---:|"]
+        for key, r in f.items():
+            agent, loss = key.split("/")
+            lines.append(f"| {agent} | {'distillation + labels' if loss == 'kd' else 'labels only'} | "
+                         f"{r['flops_kept']:.3f} | {r['test_before']:.4f} | {r['test_after']:.4f} |")
+        lines.append("")
+    sp = results.get("speedup")
+    if sp:
+        lines += ["**Measured latency**, batch 1, 1 thread (ONNX: onnxruntime; eager: PyTorch, `torch.utils.benchmark`):", "",
+                  "| model | ONNX ms | speed-up | eager ms | speed-up |", "|---|---:|---:|---:|---:|",
+                  f"| original | {sp['original']['onnx_ms']:.3f} | 1.00x | {sp['original']['eager_ms']:.3f} | 1.00x |"]
+        for name in ("ddpg", "uniform"):
+            r = sp[name]
+            lines.append(f"| {name} best plan | {r['onnx_ms']:.3f} | {r['onnx_speedup']:.2f}x | {r['eager_ms']:.3f} | "
+                         f"{r['eager_speedup']:.2f}x |")
+    write_section("finetune", "\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parts", nargs="+", default=["spearman", "finetune", "speedup"])
+    p.add_argument("--plans", type=int, default=20)
+    p.add_argument("--train-images", type=int, default=10_000)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--data-dir", default="/tmp/cifar10")
+    p.add_argument("--search-runs", default="runs/bench-search")
+    p.add_argument("--report", action="store_true")
+    args = p.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if not args.report:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        config = SearchConfig(**RESNET20, data=f"imagefolder:{cifar_dir(args.data_dir)}", threads=args.threads)
+        for part in args.parts:
+            if part == "spearman":
+                results["spearman"] = spearman(config, args.plans, args.train_images)
+            elif part == "finetune":
+                results["finetune"] = finetune(Path(args.search_runs), args.epochs)
+            else:
+                results["speedup"] = speedup(config, Path(args.search_runs))
+            results.update(machine=machine(), commit=commit(), command="python bench/finetune_bench.py")
+            save_json(RESULTS, results)
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
