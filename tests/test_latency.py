@@ -30,7 +30,7 @@ def test_latency_table_is_reused_from_cache_on_a_second_run(tmp_path, digits_mod
 
 
 def test_latency_budget_is_enforced_and_measured(tmp_path) -> None:
-    result = run_search(SearchConfig(budget_latency="0.8", agent="random", episodes=8, name="lat",
+    result = run_search(SearchConfig(budget_latency="0.95", agent="random", episodes=8, name="lat",
                                      runs_dir=str(tmp_path)), progress=False)
     summary = result.summary
     limit = summary["budgets"]["latency"]["limit"]
