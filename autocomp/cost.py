@@ -123,7 +123,7 @@ class CostModel:
             floats += float(np.sum(np.rint(self._chan_floats * kept_fraction)))
         params += self.graph.fixed_params
         size = float(np.sum(weight_bytes)) + BYTES_PER_FLOAT * floats
-        return Cost(int(round(macs)), int(round(params)), int(round(size)))
+        return Cost(round(macs), round(params), round(size))
 
     def predict_kept(self, kept: np.ndarray) -> Cost:
         """Cost of pruning alone (float32 weights, no factorisation)."""

@@ -240,7 +240,7 @@ class CompressionProblem:
     def _with_latency(self, cost: Cost, kept: np.ndarray, ranks: np.ndarray) -> Cost:
         if self.latency is None:
             return cost
-        return dataclasses.replace(cost, latency_us=int(round(self.latency.predict(kept, ranks) * 1e6)))
+        return dataclasses.replace(cost, latency_us=round(self.latency.predict(kept, ranks) * 1e6))
 
     def plan_cost(self, plan: Plan) -> Cost:
         """MACs, parameters, bytes and (with a latency budget) predicted latency of ``plan``."""
@@ -390,7 +390,7 @@ class CompressionProblem:
 
     def _check_feasible(self) -> None:
         smallest = self.state_cost(self._min)
-        base = dataclasses.replace(self.cost.baseline, latency_us=max(1, int(round(self.baseline_latency_s * 1e6))))
+        base = dataclasses.replace(self.cost.baseline, latency_us=max(1, round(self.baseline_latency_s * 1e6)))
         for metric, limit in self.limits.items():
             if getattr(smallest, metric) > limit:
                 name = next(n for n, m in METRICS.items() if m == metric)
@@ -470,4 +470,4 @@ class CompressionProblem:
     def baseline_metrics(self) -> Metrics:
         base = self.cost.baseline
         return Metrics(base.macs, base.params, base.size_bytes, self.score(self.model, self.data.val),
-                       latency_us=int(round(self.baseline_latency_s * 1e6)))
+                       latency_us=round(self.baseline_latency_s * 1e6))

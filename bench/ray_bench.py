@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESNET20, cifar_dir, commit, machine, save_json, write_section  # noqa: E402
-
 import ray  # noqa: E402
+from common import RESNET20, cifar_dir, commit, machine, save_json, write_section  # noqa: E402
 
 from autocomp.config import SearchConfig  # noqa: E402
 from autocomp.runners import run_search  # noqa: E402

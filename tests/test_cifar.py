@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import SHARED
 
 from autocomp.config import SearchConfig
 from autocomp.cost import measure_cost
@@ -12,7 +13,6 @@ from autocomp.problem import CompressionProblem, EvalSettings
 from autocomp.runners import prepare_model
 from autocomp.runners.setup import load_config_data
 from autocomp.space import SearchSpace
-from conftest import SHARED
 
 
 @pytest.fixture(scope="module")

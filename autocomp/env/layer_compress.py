@@ -106,7 +106,7 @@ class LayerCompressEnv(gymnasium.Env):
         removed = (self._total_macs - cost.macs) / self._total_macs
         to_come = self._step_macs[i + 1:].sum() / self._step_macs.sum()
         features = [*self._static[i], self._step_macs[i] / self._step_macs.max(), removed, to_come,
-                    self._prev["keep_ratio"] if "keep_ratio" in self._prev else 1.0]
+                    self._prev.get("keep_ratio", 1.0)]
         if self.extended:
             step = self.problem.steps[i]
             features += [(self._total_bytes - cost.size_bytes) / self._total_bytes,
