@@ -196,12 +196,13 @@ class ExportCommand:
         p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "state_dict", "packed"])
         p.add_argument("--threads", type=int, default=1, help="threads for the latency measurement")
         p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
+        p.add_argument("--finetuned", action="store_true", help="export the weights written by `autocomp finetune`")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         from autocomp.export import export_run
 
-        info = export_run(args.run_dir, fmt=args.format, threads=args.threads, out_dir=args.out)
+        info = export_run(args.run_dir, fmt=args.format, threads=args.threads, out_dir=args.out, finetuned=args.finetuned)
         payload = f" (tensors {info['payload_bytes']:,} bytes)" if "payload_bytes" in info else ""
         print(f"{info['file']}: {info['size_bytes']:,} bytes{payload}, {info['latency_s'] * 1e3:.3f} ms per sample "
               f"({info['threads']} thread), max |output - PyTorch| = {info['max_abs_diff']:.2e}")

@@ -101,12 +101,14 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt:
     return info
 
 
-def export_run(run_dir: str | Path, *, fmt: str, threads: int = 1, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Export the best model of a finished run to ``run_dir/export/`` (or ``out_dir``)."""
+def export_run(run_dir: str | Path, *, fmt: str, threads: int = 1, out_dir: str | Path | None = None,
+               finetuned: bool = False) -> dict[str, Any]:
+    """Export the best model of a finished run (``finetuned``: its fine-tuned weights) to
+    ``run_dir/export/`` (or ``out_dir``)."""
     from autocomp.api import load_compressed
 
     run_dir = Path(run_dir)
-    model = load_compressed(run_dir)
+    model = load_compressed(run_dir, finetuned=finetuned)
     summary = json.loads((run_dir / "summary.json").read_text())
     example = torch.randn(1, *summary["input_shape"], generator=torch.Generator().manual_seed(0))
     target = Path(out_dir) if out_dir else run_dir / "export"
@@ -114,7 +116,8 @@ def export_run(run_dir: str | Path, *, fmt: str, threads: int = 1, out_dir: str 
     if fmt in ("state_dict", "packed"):
         shutil.copy(run_dir / "best" / "plan.json", target / "plan.json")
     if fmt == "packed":
-        reloaded, original = load_packed(run_dir, target / "model.packed.pt"), load_compressed(run_dir)
+        reloaded = load_packed(run_dir, target / "model.packed.pt")
+        original = load_compressed(run_dir, finetuned=finetuned)
         with torch.inference_mode():
             info["max_abs_diff"] = float((reloaded(example) - original(example)).abs().max())
         (target / "export-packed.json").write_text(json.dumps(info, indent=1) + "\n")

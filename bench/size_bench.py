@@ -90,6 +90,10 @@ def report(results: dict) -> None:
     if u4:
         lines.append(f"| uniform 4-bit (baseline) | - | 1 | {u4['val_accuracy']:.4f} | {u4['test_accuracy']:.4f} | "
                      f"{u4['size_bytes']:,} ({u4['size_fraction']:.4f}) | 1.000 |")
+    lines += ["", "`uniform` is one setting for every layer, the largest that fits (quant: 3 bits; prune: one keep ratio; "
+              "prune_quant and joint: keep ratio, bits and rank moved together). The uniform 4-bit baseline does not fit "
+              "the budget: with the 8-bit first conv and classifier, per-channel scales and float32 batch-norm tensors "
+              f"it needs {u4['size_fraction']:.4f} of the float32 bytes." if u4 else ""]
     any_run = next(iter(results["runs"].values()), None)
     if any_run:
         lines += ["", f"Original model: val {any_run['baseline']['val_accuracy']:.4f}, test "

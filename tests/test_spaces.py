@@ -144,3 +144,17 @@ def test_packed_export_matches_the_predicted_size_and_reloads(tmp_path) -> None:
         assert torch.equal(model(x), autocomp.load_compressed(run.run_dir)(x))
     saved = json.loads((run.run_dir / "export" / "export-packed.json").read_text())
     assert saved["size_bytes"] > saved["payload_bytes"]  # the file adds names and metadata to the tensors
+
+
+def test_finetuning_a_quantised_run_keeps_it_quantised(tmp_path, digits_data) -> None:
+    from autocomp.export import export_run, load_packed
+    from autocomp.finetune import finetune_run
+
+    run = run_search(SearchConfig(budget_size="0.15", space="quant", agent="uniform", name="q", runs_dir=str(tmp_path)),
+                     progress=False)
+    result = finetune_run(run.run_dir, epochs=1, progress=False)
+    info = export_run(run.run_dir, fmt="packed", finetuned=True)
+    assert info["payload_bytes"] == run.summary["best"]["size_bytes"]  # same bits, same bytes after training
+    assert info["max_abs_diff"] == 0.0  # the trained weights are still on their grid: packing loses nothing
+    model = load_packed(run.run_dir, run.run_dir / "export" / "model.packed.pt")
+    assert accuracy(model, digits_data.test) == pytest.approx(result["test_accuracy"])
