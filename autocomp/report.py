@@ -22,7 +22,7 @@ import optuna
 import yaml
 
 from autocomp.config import SearchConfig
-from autocomp.errors import ConfigError
+from autocomp.errors import ConfigError, InfeasibleBudgetError
 from autocomp.plan import Plan
 
 
@@ -44,9 +44,17 @@ def uniform_baseline(run_dir: Path, config: SearchConfig, trials: list[dict[str,
     from autocomp.space import SearchSpace
 
     data = load_config_data(config)
-    problem = CompressionProblem(model=prepare_model(config, data, progress=False), data=data,
-                                 space=SearchSpace.load(config.space), budgets=config.budgets(),
-                                 evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size))
+    budgets = config.budgets()
+    if budgets.get("latency"):  # the limit the search used, not a fraction of a new measurement
+        summary = json.loads((run_dir / "summary.json").read_text())
+        budgets["latency"] = f"{summary['budgets']['latency']['limit']}us"
+    try:
+        problem = CompressionProblem(model=prepare_model(config, data, progress=False), data=data,
+                                     space=SearchSpace.load(config.space), budgets=budgets,
+                                     evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size),
+                                     latency_threads=config.latency_threads)
+    except InfeasibleBudgetError:
+        return None  # latency measured now, on a busier machine, leaves no uniform plan within the limit
     level = problem.largest_uniform_level()
     return {**problem.evaluate(problem.uniform_plan(level)).to_dict(), "uniform_level": level}
 
@@ -146,6 +154,11 @@ def write_report(run_dir: str | Path, *, uniform: bool = True) -> Path:
     if baseline is not None:
         rows.append(f"<tr><td>uniform</td><td>{baseline['macs']:,}</td><td>{baseline['params']:,}</td>"
                     f"<td>{baseline['size_bytes']:,}</td><td>{baseline['val_accuracy']:.4f}</td><td>-</td></tr>")
+    latency = summary.get("latency")
+    latency_html = "" if not latency else (
+        f"<p>Batch-1 latency on this machine ({latency['threads']} thread): original {latency['baseline_measured_ms']:.3f} ms "
+        f"measured; best plan {latency['best_predicted_ms']:.3f} ms predicted by the latency table, "
+        f"{latency['best_measured_ms']:.3f} ms measured.</p>")
     title = html.escape(f"autocomp run {summary['name']}")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}
@@ -156,6 +169,7 @@ th:first-child,td:first-child{{text-align:left}}img{{max-width:100%}}</style></h
 {summary['candidates']} candidates in {summary['wall_seconds']:.0f} s. FLOPs are MACs.</p>
 <table><tr><th></th><th>MACs</th><th>params</th><th>bytes</th><th>val acc</th><th>test acc</th></tr>
 {''.join(rows)}</table>
+{latency_html}
 <h2>Accuracy vs MACs</h2><img src="accuracy_vs_flops.png" alt="accuracy vs MACs">
 <h2>Accuracy vs bytes</h2><img src="accuracy_vs_size.png" alt="accuracy vs bytes">
 <h2>Best plan per layer</h2><img src="best_plan.png" alt="best plan">
