@@ -10,6 +10,7 @@
    (runs/bench-search/) fine-tuned with the same budget with and without distillation; test accuracy.
 3. ``speedup``: exported ONNX (onnxruntime) and eager PyTorch latency, batch 1, 1 thread, of those
    models against the original.
+4. ``latency``: a search under ``--budget-latency 0.6``; predicted vs measured latency of its best plan.
 
 Writes bench/results/finetune_resnet20.json and the ``finetune`` section of bench/RESULTS.md.
 """
@@ -111,6 +112,18 @@ def speedup(config: SearchConfig, runs_dir: Path) -> dict:
     return out
 
 
+def latency_search(config: SearchConfig, episodes: int) -> dict:
+    """A search under --budget-latency 0.6: the table's prediction against the measured latency."""
+    from autocomp.runners import run_search
+
+    run = run_search(config.replace(budget_latency="0.6", agent="optuna", episodes=episodes, name="latency-0.6",
+                                    runs_dir="runs/bench-finetune"), progress=False)
+    s = run.summary
+    return {"episodes": episodes, "limit_us": s["budgets"]["latency"]["limit"], **s["latency"],
+            "flops_kept": s["best"]["flops"] / s["baseline"]["flops"], "val_accuracy": s["best"]["val_accuracy"],
+            "test_accuracy": s["best"]["test_accuracy"]}
+
+
 def report(results: dict) -> None:
     lines = ["## After the search: CIFAR-10 ResNet-20 at --budget-flops 0.5", "",
              f"Command: `{results['command']}` on {results['machine']}, commit {results['commit']}.", ""]
@@ -143,15 +156,23 @@ def report(results: dict) -> None:
             r = sp[name]
             lines.append(f"| {name} best plan | {r['onnx_ms']:.3f} | {r['onnx_speedup']:.2f}x | {r['eager_ms']:.3f} | "
                          f"{r['eager_speedup']:.2f}x |")
+    lat = results.get("latency")
+    if lat:
+        lines += ["", f"**Latency budget**: `--budget-latency 0.6 --agent optuna --episodes {lat['episodes']}` (latency table "
+                  f"at {lat['threads']} thread): original {lat['baseline_measured_ms']:.3f} ms measured, limit "
+                  f"{lat['limit_us'] / 1e3:.3f} ms; best plan {lat['best_predicted_ms']:.3f} ms predicted, "
+                  f"{lat['best_measured_ms']:.3f} ms measured (eager PyTorch, batch 1), MACs kept {lat['flops_kept']:.3f}, "
+                  f"val acc {lat['val_accuracy']:.4f}, test acc {lat['test_accuracy']:.4f} before fine-tuning."]
     write_section("finetune", "\n".join(lines))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", default=["spearman", "finetune", "speedup"])
+    p.add_argument("--parts", nargs="+", default=["spearman", "finetune", "speedup", "latency"])
     p.add_argument("--plans", type=int, default=20)
     p.add_argument("--train-images", type=int, default=10_000)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--latency-episodes", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--data-dir", default="/tmp/cifar10")
     p.add_argument("--search-runs", default="runs/bench-search")
@@ -165,6 +186,8 @@ def main() -> None:
         for part in args.parts:
             if part == "spearman":
                 results["spearman"] = spearman(config, args.plans, args.train_images)
+            elif part == "latency":
+                results["latency"] = latency_search(config, args.latency_episodes)
             elif part == "finetune":
                 results["finetune"] = finetune(Path(args.search_runs), args.epochs)
             else:
