@@ -101,12 +101,15 @@ def speedup(config: SearchConfig, runs_dir: Path) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         models = {"original": original, **{a: load_compressed(runs_dir / f"{a}-s0") for a in ("ddpg", "uniform")}}
+        coarse = Path("runs/bench-finetune/coarse-optuna")  # see README: prune_coarse at --budget-flops 0.5
+        if (coarse / "summary.json").is_file():
+            models["coarse"] = load_compressed(coarse)
         for name, model in models.items():
             onnx = export_model(model, example, Path(tmp) / name, fmt="onnx", threads=1)
             eager = export_model(model, example, Path(tmp) / name, fmt="state_dict", threads=1)
             out[name] = {"onnx_ms": onnx["latency_s"] * 1e3, "eager_ms": eager["latency_s"] * 1e3,
                          "onnx_bytes": onnx["size_bytes"]}
-    for name in ("ddpg", "uniform"):
+    for name in [m for m in models if m != "original"]:
         out[name]["onnx_speedup"] = out["original"]["onnx_ms"] / out[name]["onnx_ms"]
         out[name]["eager_speedup"] = out["original"]["eager_ms"] / out[name]["eager_ms"]
     return out
@@ -152,9 +155,11 @@ def report(results: dict) -> None:
         lines += ["**Measured latency**, batch 1, 1 thread (ONNX: onnxruntime; eager: PyTorch, `torch.utils.benchmark`):", "",
                   "| model | ONNX ms | speed-up | eager ms | speed-up |", "|---|---:|---:|---:|---:|",
                   f"| original | {sp['original']['onnx_ms']:.3f} | 1.00x | {sp['original']['eager_ms']:.3f} | 1.00x |"]
-        for name in ("ddpg", "uniform"):
+        labels = {"ddpg": "ddpg best plan (prune)", "uniform": "uniform plan (prune)",
+                  "coarse": "optuna best plan (prune_coarse, 100 candidates)"}
+        for name in [m for m in sp if m != "original"]:
             r = sp[name]
-            lines.append(f"| {name} best plan | {r['onnx_ms']:.3f} | {r['onnx_speedup']:.2f}x | {r['eager_ms']:.3f} | "
+            lines.append(f"| {labels[name]} | {r['onnx_ms']:.3f} | {r['onnx_speedup']:.2f}x | {r['eager_ms']:.3f} | "
                          f"{r['eager_speedup']:.2f}x |")
     lat = results.get("latency")
     if lat:
