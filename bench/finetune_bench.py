@@ -161,6 +161,14 @@ def report(results: dict) -> None:
             r = sp[name]
             lines.append(f"| {labels[name]} | {r['onnx_ms']:.3f} | {r['onnx_speedup']:.2f}x | {r['eager_ms']:.3f} | "
                          f"{r['eager_speedup']:.2f}x |")
+    if sp and "coarse" in sp:
+        lines += ["", "The prune_coarse row is `autocomp search --space prune_coarse --agent optuna --episodes 100 "
+                  "--budget-flops 0.5 --threads 1 --name coarse-optuna --runs-dir runs/bench-finetune` with the shared "
+                  "model, data and preprocessing (best val acc 0.5750, test 0.5428 before fine-tuning, 0.487 of the MACs). "
+                  "onnxruntime's fast convolution layouts want channel counts in multiples of 8: channel counts rounded "
+                  "to 8 turn half the MACs into a 1.67x ONNX speed-up, while the odd counts of the fine-grained plans "
+                  "gain almost nothing there (1.06x). Timings were taken with one thread while another one-thread "
+                  "benchmark ran on the second core."]
     lat = results.get("latency")
     if lat:
         lines += ["", f"**Latency budget**: `--budget-latency 0.6 --agent optuna --episodes {lat['episodes']}` (latency table "
