@@ -94,6 +94,16 @@ def report(results: dict) -> None:
               "prune_quant and joint: keep ratio, bits and rank moved together). The uniform 4-bit baseline does not fit "
               "the budget: with the 8-bit first conv and classifier, per-channel scales and float32 batch-norm tensors "
               f"it needs {u4['size_fraction']:.4f} of the float32 bytes." if u4 else ""]
+    runs = results["runs"]
+    singles = {k: runs[k]["best"]["val_accuracy"] for k in ("prune/ddpg", "quant/ddpg") if k in runs}
+    for joint in ("prune_quant/ddpg", "joint/ddpg"):
+        if joint in runs and singles:
+            best_single = max(singles, key=singles.get)
+            acc = runs[joint]["best"]["val_accuracy"]
+            verdict = "beats" if acc > singles[best_single] else "does not beat"
+            lines += ["", f"Target (a combined space beats every single-technique space, all with ddpg): `{joint.split('/')[0]}` "
+                      f"{verdict} the best single technique, `{best_single.split('/')[0]}`: {acc:.4f} vs "
+                      f"{singles[best_single]:.4f} validation accuracy ({(acc - singles[best_single]) * 1000:+.0f} of 1,000 images)."]
     any_run = next(iter(results["runs"].values()), None)
     if any_run:
         lines += ["", f"Original model: val {any_run['baseline']['val_accuracy']:.4f}, test "
