@@ -101,9 +101,10 @@ def speedup(config: SearchConfig, runs_dir: Path) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         models = {"original": original, **{a: load_compressed(runs_dir / f"{a}-s0") for a in ("ddpg", "uniform")}}
-        coarse = Path("runs/bench-finetune/coarse-optuna")  # see README: prune_coarse at --budget-flops 0.5
-        if (coarse / "summary.json").is_file():
-            models["coarse"] = load_compressed(coarse)
+        for agent in ("ddpg", "optuna"):  # prune_coarse searches at --budget-flops 0.5 (see the section's note)
+            coarse = Path(f"runs/bench-finetune/coarse-{agent}")
+            if (coarse / "summary.json").is_file():
+                models[f"coarse-{agent}"] = load_compressed(coarse)
         for name, model in models.items():
             onnx = export_model(model, example, Path(tmp) / name, fmt="onnx", threads=1)
             eager = export_model(model, example, Path(tmp) / name, fmt="state_dict", threads=1)
@@ -156,19 +157,21 @@ def report(results: dict) -> None:
                   "| model | ONNX ms | speed-up | eager ms | speed-up |", "|---|---:|---:|---:|---:|",
                   f"| original | {sp['original']['onnx_ms']:.3f} | 1.00x | {sp['original']['eager_ms']:.3f} | 1.00x |"]
         labels = {"ddpg": "ddpg best plan (prune)", "uniform": "uniform plan (prune)",
-                  "coarse": "optuna best plan (prune_coarse, 100 candidates)"}
+                  "coarse-ddpg": "ddpg best plan (prune_coarse, 300 candidates)",
+                  "coarse-optuna": "optuna best plan (prune_coarse, 100 candidates)"}
         for name in [m for m in sp if m != "original"]:
             r = sp[name]
             lines.append(f"| {labels[name]} | {r['onnx_ms']:.3f} | {r['onnx_speedup']:.2f}x | {r['eager_ms']:.3f} | "
                          f"{r['eager_speedup']:.2f}x |")
-    if sp and "coarse" in sp:
-        lines += ["", "The prune_coarse row is `autocomp search --space prune_coarse --agent optuna --episodes 100 "
-                  "--budget-flops 0.5 --threads 1 --name coarse-optuna --runs-dir runs/bench-finetune` with the shared "
-                  "model, data and preprocessing (best val acc 0.5750, test 0.5428 before fine-tuning, 0.487 of the MACs). "
-                  "onnxruntime's fast convolution layouts want channel counts in multiples of 8: channel counts rounded "
-                  "to 8 turn half the MACs into a 1.67x ONNX speed-up, while the odd counts of the fine-grained plans "
-                  "gain almost nothing there (1.06x). Timings were taken with one thread while another one-thread "
-                  "benchmark ran on the second core."]
+    if sp and any(k.startswith("coarse") for k in sp):
+        lines += ["", "The prune_coarse rows are `autocomp search --space prune_coarse --budget-flops 0.5 --agent ddpg "
+                  "--episodes 300 --threads 2 --name coarse-ddpg --runs-dir runs/bench-finetune` (best val acc 0.6950, "
+                  "test 0.6459 before fine-tuning, 0.498 of the MACs) and the same with `--agent optuna --episodes 100 "
+                  "--threads 1 --name coarse-optuna` (val 0.5750, test 0.5428, 0.487 of the MACs), with the shared model, "
+                  "data and preprocessing. onnxruntime's fast convolution layouts want channel counts in multiples of 8: "
+                  "counts rounded to 8 turn half the MACs into a large ONNX speed-up, while the odd counts of the "
+                  "fine-grained plans gain almost nothing there. Latency table taken with one thread on an otherwise "
+                  "idle machine."]
     lat = results.get("latency")
     if lat:
         lines += ["", f"**Latency budget**: `--budget-latency 0.6 --agent optuna --episodes {lat['episodes']}` (latency table "
