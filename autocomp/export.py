@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import ConfigError
+from autocomp.files import save_torch
 from autocomp.latency import measure_latency
 from autocomp.ops import bake
 
@@ -87,12 +88,12 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt:
         info["latency_s"] = _onnx_latency(session, feed)
     elif fmt == "packed":
         path = out_dir / "model.packed.pt"
-        torch.save(packed, path)
+        save_torch(packed, path)
         info["max_abs_diff"] = 0.0
         info["latency_s"] = measure_latency(model, example, threads=threads)
     else:
         path = out_dir / "model.state_dict.pt"
-        torch.save(model.state_dict(), path)
+        save_torch(model.state_dict(), path)
         info["max_abs_diff"] = 0.0
         info["latency_s"] = measure_latency(model, example, threads=threads)
     info["file"] = path.name

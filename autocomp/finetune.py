@@ -22,6 +22,7 @@ import yaml
 
 from autocomp.config import SearchConfig
 from autocomp.evaluate import accuracy
+from autocomp.files import save_torch, write_text
 from autocomp.training import train
 
 
@@ -44,7 +45,7 @@ def finetune_run(run_dir: str | Path, *, epochs: int, lr: float = 0.01, batch_si
                    desc="fine-tune (KD)" if kd else "fine-tune")
     out = run_dir / "finetuned"
     out.mkdir(exist_ok=True)
-    torch.save(student.state_dict(), out / "model.pt")
+    save_torch(student.state_dict(), out / "model.pt")
     shutil.copy(run_dir / "best" / "plan.json", out / "plan.json")
     result = {
         "epochs": epochs, "lr": lr, "batch_size": batch_size, "distillation": kd,
@@ -56,5 +57,5 @@ def finetune_run(run_dir: str | Path, *, epochs: int, lr: float = 0.01, batch_si
     summary_file = run_dir / "summary.json"
     summary = json.loads(summary_file.read_text())
     summary["finetuned"] = result
-    summary_file.write_text(json.dumps(summary, indent=1) + "\n")
+    write_text(summary_file, json.dumps(summary, indent=1) + "\n")
     return result

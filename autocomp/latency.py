@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from autocomp.cost import CostModel
+from autocomp.files import write_text
 from autocomp.graph import Layer, LayerGraph
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
@@ -139,10 +140,8 @@ class LatencyTable:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         merged = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        tmp.write_text(json.dumps({**merged, **self._tables}))
-        tmp.replace(self.path)
+        write_text(self.path, json.dumps({**merged, **self._tables}))
 
     def layer_seconds(self, geometry: Geometry, c_in: float, c_out: float) -> float:
         table = self._table(geometry)

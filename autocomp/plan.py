@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autocomp.errors import ConfigError
+from autocomp.files import write_text
 
 PLAN_FORMAT = "autocomp.plan/2"
 READABLE_FORMATS = ("autocomp.plan/1", PLAN_FORMAT)
@@ -70,7 +71,7 @@ class Plan:
         )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:

@@ -50,7 +50,7 @@ def test_interrupt_then_resume(tmp_path: Path, agent: str, episodes: int, extra:
     assert 12 <= len(before) < episodes
 
     resumed = subprocess.run([*cmd[:4], "--name", "run", "--runs-dir", str(tmp_path), "--resume", "--no-progress"],
-                             capture_output=True, text=True, timeout=600)
+                             check=False, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     after = snapshot(db, "run")
     assert len(after) == episodes
@@ -67,3 +67,29 @@ def test_existing_run_is_never_overwritten(tmp_path: Path) -> None:
     mtime = (tmp_path / "r" / "study.db").stat().st_mtime
     assert main(args) == 2
     assert (tmp_path / "r" / "study.db").stat().st_mtime == mtime
+
+
+def test_an_interrupted_write_keeps_the_old_file(tmp_path: Path) -> None:
+    from autocomp.files import atomic_path, write_text
+
+    target = tmp_path / "summary.json"
+    write_text(target, "old")
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
+
+
+def test_resume_survives_an_unreadable_agent_policy(tmp_path: Path) -> None:
+    from autocomp.cli import main
+
+    args = ["search", "--budget-flops", "0.5", "--agent", "ddpg", "--agent-opt", "warmup_episodes=2",
+            "--name", "r", "--runs-dir", str(tmp_path), "--no-progress"]
+    assert main([*args, "--episodes", "4"]) == 0
+    policy = tmp_path / "r" / "agent_policy.pt"
+    policy.write_bytes(policy.read_bytes()[:100])  # e.g. a copy cut short
+    with pytest.warns(UserWarning, match="could not reload the agent's policy"):
+        assert main(["search", "--name", "r", "--runs-dir", str(tmp_path), "--resume", "--episodes", "6", "--no-progress"]) == 0
+    study = optuna.load_study(study_name="r", storage=f"sqlite:///{tmp_path / 'r' / 'study.db'}")
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 6

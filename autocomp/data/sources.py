@@ -13,6 +13,7 @@ import torch
 
 from autocomp.data.bundle import DataBundle, Preprocess, Split
 from autocomp.errors import DataError, UnknownNameError
+from autocomp.files import save_numpy
 from autocomp.registry import Registry
 
 RawSplits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]
@@ -50,7 +51,7 @@ def _cifar10(data_dir: str | None = None, image_size: int | None = None) -> RawS
     try:
         train = torchvision.datasets.CIFAR10(str(root), train=True, download=True)
         test = torchvision.datasets.CIFAR10(str(root), train=False, download=True)
-    except Exception as exc:  # noqa: BLE001 - network errors vary by platform
+    except Exception as exc:
         raise DataError(
             f"CIFAR-10 is not in {root} and could not be downloaded ({type(exc).__name__}): "
             "pass --data-dir with the extracted cifar-10-batches-py, or use --data imagefolder:PATH."
@@ -97,7 +98,7 @@ def _decode_folder(folder: Path, image_size: int | None) -> tuple[np.ndarray, np
         raise DataError(f"{folder} mixes image sizes {sorted(shapes)[:3]}: pass --image-size N to resize them all.")
     images = np.stack(arrays).transpose(0, 3, 1, 2)
     if cache is not None:
-        np.save(cache, images)
+        save_numpy(images, cache)
     return images.astype(np.float32) / 255.0, np.asarray(labels), classes
 
 

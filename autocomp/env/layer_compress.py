@@ -54,7 +54,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
@@ -65,7 +65,7 @@ from autocomp.problem import CompressionProblem, reward
 
 
 class LayerCompressEnv(gymnasium.Env):
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, problem: CompressionProblem, reward_kind: str = "error") -> None:
         self.problem = problem

@@ -26,8 +26,10 @@ from tqdm.auto import tqdm
 from autocomp.budget import METRICS
 from autocomp.config import SearchConfig
 from autocomp.errors import ConfigError
+from autocomp.files import save_torch, write_text
 from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem, EvalSettings, Metrics
+from autocomp.runners.interrupt import GracefulStop
 from autocomp.runners.setup import load_config_data, prepare_model
 from autocomp.runners.storage import open_storage
 from autocomp.searchers import SEARCHERS
@@ -98,7 +100,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
         latency_threads=config.latency_threads,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     if config.workers > 1 or config.address:
         from autocomp.runners.ray_backend import RayBackend, connect
@@ -129,7 +131,11 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
     done_before = len(recorder.history)
     search_start = time.perf_counter()
     try:
-        searcher.run(max(0, episodes - done_before))
+        with GracefulStop() as stop:
+            recorder.should_stop = stop
+            searcher.run(max(0, episodes - done_before))
+        if stop.requested:
+            raise KeyboardInterrupt
     finally:
         bar.close()
         if problem.backend is not None:
@@ -156,7 +162,7 @@ def finish(run_dir: Path, config: SearchConfig, problem: CompressionProblem, rec
     best_dir.mkdir(exist_ok=True)
     best.plan.save(best_dir / "plan.json")
     model = problem.build(best.plan)
-    torch.save(model.state_dict(), best_dir / "model.pt")
+    save_torch(model.state_dict(), best_dir / "model.pt")
     baseline = problem.baseline_metrics()
     previous = _previous_wall(run_dir)
     summary: dict[str, Any] = {
@@ -192,7 +198,7 @@ def finish(run_dir: Path, config: SearchConfig, problem: CompressionProblem, rec
             "best_predicted_ms": round(best.metrics.latency_us / 1e3, 4),
             "best_measured_ms": round(measure_latency(bake(model), example, threads=config.latency_threads) * 1e3, 4),
         }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 

@@ -13,6 +13,7 @@ from autocomp.config import SearchConfig
 from autocomp.data import DataBundle, Preprocess, load_data
 from autocomp.data.sources import DEFAULT_PREPROCESS
 from autocomp.errors import ConfigError, IncompatibleModelError
+from autocomp.files import save_torch
 from autocomp.models import build_model, load_weights
 from autocomp.training import train
 
@@ -47,7 +48,7 @@ def prepare_model(config: SearchConfig, data: DataBundle, *, progress: bool = Tr
             model.load_state_dict(torch.load(cached, weights_only=True))
         else:
             train(model, data.train, progress=progress, **recipe)
-            torch.save(model.state_dict(), cached)
+            save_torch(model.state_dict(), cached)
     else:
         raise ConfigError(
             f"--model {config.model} needs --weights: only {sorted(TRAIN_ON_THE_SPOT)} is trained on the spot. "

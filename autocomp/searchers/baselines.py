@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 
 from autocomp.searchers.base import Searcher
@@ -10,11 +12,11 @@ from autocomp.searchers.base import Searcher
 class RandomSearcher(Searcher):
     """Uniform random actions per unit, clipped to the budget like the environment does."""
 
-    defaults = {}
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def run(self, n_candidates: int) -> None:
         rng = np.random.default_rng([self.seed, len(self.recorder.history)])
-        while n_candidates > 0:
+        while n_candidates > 0 and not self.recorder.should_stop():
             batch = min(n_candidates, self.problem.batch_size)
             actions = [rng.uniform(-1, 1, (len(self.problem.steps), self.problem.action_dims)) for _ in range(batch)]
             plans = [self.problem.decode(a) for a in actions]
@@ -27,7 +29,7 @@ class UniformSearcher(Searcher):
     """One setting for every layer (keep ratio, bit-width, rank ratio): the largest that meets the
     budgets. One candidate."""
 
-    defaults = {}
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def run(self, n_candidates: int) -> None:
         if n_candidates <= 0 or self.recorder.history:

@@ -15,8 +15,9 @@ policy weights are reloaded, so no earlier episode is lost to the agent either.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from autocomp.env import LayerCompressEnv
 from autocomp.errors import ConfigError
+from autocomp.files import save_torch
 from autocomp.searchers.base import Searcher
 
 
@@ -141,11 +143,11 @@ class EpisodeCallback(BaseCallback):
                 self.searcher.end_episode(self.model)
                 self.done_episodes += 1
         self._episode_start, self._actions = None, []
-        return self.done_episodes < self.n_episodes
+        return self.done_episodes < self.n_episodes and not self.searcher.recorder.should_stop()
 
 
 class DDPGSearcher(Searcher):
-    defaults = {
+    defaults: ClassVar[dict[str, Any]] = {
         "warmup_episodes": 100, "hidden": [300, 300], "actor_lr": 1e-4, "critic_lr": 1e-3, "tau": 0.01,
         "gamma": 1.0, "batch_size": 64, "noise_sigma": 0.5, "noise_decay": 0.95, "reward_baseline": True,
         "policy_file": None,
@@ -177,7 +179,7 @@ class DDPGSearcher(Searcher):
         self._episodes_seen += 1
         model.noise_sigma = self.sigma
         if self.settings["policy_file"]:
-            torch.save(model.policy.state_dict(), self.settings["policy_file"])
+            save_torch(model.policy.state_dict(), self.settings["policy_file"])
 
     def replay_history(self, model: DDPG) -> None:
         """Put every earlier episode from storage back into the replay buffer (resume)."""
@@ -202,7 +204,11 @@ class DDPGSearcher(Searcher):
             buffer.rewards[start:buffer.pos] = rewards[None, :]
         policy_file = self.settings["policy_file"]
         if self.recorder.history and policy_file and Path(policy_file).is_file():
-            model.policy.load_state_dict(torch.load(policy_file, weights_only=True))
+            try:
+                model.policy.load_state_dict(torch.load(policy_file, weights_only=True))
+            except (RuntimeError, OSError) as exc:  # unreadable: the rebuilt replay buffer still holds every episode
+                warnings.warn(f"could not reload the agent's policy from {policy_file} ({str(exc).splitlines()[0]}); "
+                              "continuing from a fresh policy trained on the stored episodes.", stacklevel=2)
 
     def run(self, n_candidates: int) -> None:
         if n_candidates <= 0:

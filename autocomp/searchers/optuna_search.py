@@ -7,7 +7,7 @@ budget clipping as the environment, so every trial is feasible.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import optuna
 
@@ -17,7 +17,7 @@ from autocomp.searchers.record import param_names
 
 
 class OptunaSearcher(Searcher):
-    defaults = {"sampler": "tpe", "n_startup_trials": 20, "population_size": 20, "multivariate": True}
+    defaults: ClassVar[dict[str, Any]] = {"sampler": "tpe", "n_startup_trials": 20, "population_size": 20, "multivariate": True}
 
     @classmethod
     def directions(cls, settings: dict[str, Any]) -> list[str]:
@@ -37,7 +37,7 @@ class OptunaSearcher(Searcher):
 
     def run(self, n_candidates: int) -> None:
         study = self.recorder.study
-        while n_candidates > 0:
+        while n_candidates > 0 and not self.recorder.should_stop():
             # with several workers, ask for a batch of trials and evaluate them concurrently
             trials = [study.ask() for _ in range(min(n_candidates, self.problem.batch_size))]
             try:

@@ -43,6 +43,8 @@ class TrialRecorder:
         self.searcher = searcher
         self.reward_kind = reward_kind
         self.on_record = on_record
+        # asked between candidates: true once the user wants the search to stop (Ctrl-C)
+        self.should_stop: Callable[[], bool] = lambda: False
         self._names = param_names(problem)
         self.history: list[Candidate] = [self._from_trial(t) for t in completed_trials(study)]
         for c in self.history:

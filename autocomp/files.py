@@ -1,0 +1,44 @@
+"""Files written so that an interruption never leaves a half-written one behind.
+
+Each writer fills a temporary file next to the target and renames it over the target only once
+the write has finished (``os.replace`` is atomic on one file system): a reader sees the old file
+or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path to write; it replaces ``path`` when the block ends without an error."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_numpy(array: np.ndarray, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
