@@ -8,6 +8,8 @@
    cross-entropy) and scored again; Spearman correlation between the two rankings.
 2. ``finetune``: the best ``ddpg`` and ``uniform`` plans of ``bench/search_bench.py``
    (runs/bench-search/) fine-tuned with the same budget with and without distillation; test accuracy.
+   ``finetune-coarse`` (not in the default parts): the same budget, with distillation, for the
+   ``prune_coarse`` ddpg run of the speed-up table (runs/bench-finetune/coarse-ddpg).
 3. ``speedup``: exported ONNX (onnxruntime) and eager PyTorch latency, batch 1, 1 thread, of those
    models against the original.
 4. ``latency``: a search under ``--budget-latency 0.6``; predicted vs measured latency of its best plan.
@@ -75,11 +77,11 @@ def spearman(config: SearchConfig, n_plans: int, train_images: int) -> dict:
     }
 
 
-def finetune(runs_dir: Path, epochs: int) -> dict:
+def finetune(sources: dict[str, Path], epochs: int, losses: tuple[bool, ...] = (True, False)) -> dict:
+    """Fine-tune a copy of each source run (``losses``: with distillation, labels only)."""
     out = {}
-    for agent in ("ddpg", "uniform"):
-        source = runs_dir / f"{agent}-s0"
-        for kd in (True, False):
+    for agent, source in sources.items():
+        for kd in losses:
             target = Path("runs/bench-finetune") / f"{agent}-{'kd' if kd else 'ce'}"
             if target.exists():
                 shutil.rmtree(target)
@@ -146,9 +148,10 @@ def report(results: dict) -> None:
                   f"{next(iter(f.values()))['epochs']} epoch(s) over the 49,000 training images, SGD lr 0.01 cosine; "
                   "distillation: T=4, alpha 0.9):", "",
                   "| plan | loss | MACs kept | test acc before | test acc after |", "|---|---|---:|---:|---:|"]
+        names = {"ddpg": "ddpg (prune)", "uniform": "uniform (prune)", "coarse-ddpg": "ddpg (prune_coarse)"}
         for key, r in f.items():
             agent, loss = key.split("/")
-            lines.append(f"| {agent} | {'distillation + labels' if loss == 'kd' else 'labels only'} | "
+            lines.append(f"| {names.get(agent, agent)} | {'distillation + labels' if loss == 'kd' else 'labels only'} | "
                          f"{r['flops_kept']:.3f} | {r['test_before']:.4f} | {r['test_after']:.4f} |")
         lines.append("")
     sp = results.get("speedup")
@@ -205,7 +208,12 @@ def main() -> None:
             elif part == "latency":
                 results["latency"] = latency_search(config, args.latency_episodes)
             elif part == "finetune":
-                results["finetune"] = finetune(Path(args.search_runs), args.epochs)
+                runs = Path(args.search_runs)
+                results["finetune"] = {**results.get("finetune", {}),
+                                       **finetune({a: runs / f"{a}-s0" for a in ("ddpg", "uniform")}, args.epochs)}
+            elif part == "finetune-coarse":  # the prune_coarse ddpg plan of the speed-up table, distillation only
+                results["finetune"] = {**results.get("finetune", {}), **finetune(
+                    {"coarse-ddpg": Path("runs/bench-finetune/coarse-ddpg")}, args.epochs, losses=(True,))}
             else:
                 results["speedup"] = speedup(config, Path(args.search_runs))
             results.update(machine=machine(), commit=commit(), command="python bench/finetune_bench.py")
