@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"autocomp: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
+    except Exception as exc:  # the last line of defence for users
         if args.debug:
             raise
         print(f"autocomp: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -96,23 +97,36 @@ def finetune(sources: dict[str, Path], epochs: int, losses: tuple[bool, ...] = (
     return out
 
 
+def run_facts(run_dir: Path) -> dict:
+    """What the speed-up table says of a compressed model's run, read from its summary and config."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    threads = yaml.safe_load((run_dir / "config.yaml").read_text()).get("threads")
+    best = summary["best"]
+    return {"space": summary["space"], "agent": summary["agent"], "candidates": summary["candidates"],
+            "threads": threads, "name": run_dir.name, "val_accuracy": best["val_accuracy"],
+            "test_accuracy": best["test_accuracy"], "params": best["params"],
+            "flops_kept": best["flops"] / summary["baseline"]["flops"]}
+
+
 def speedup(config: SearchConfig, runs_dir: Path) -> dict:
     data = load_config_data(config)
     original = prepare_model(config, data, progress=False)
     example = torch.randn(1, *data.input_shape, generator=torch.Generator().manual_seed(0))
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"original": original, **{a: load_compressed(runs_dir / f"{a}-s0") for a in ("ddpg", "uniform")}}
+        sources = {a: runs_dir / f"{a}-s0" for a in ("ddpg", "uniform")}
         for agent in ("ddpg", "optuna"):  # prune_coarse searches at --budget-flops 0.5 (see the section's note)
             coarse = Path(f"runs/bench-finetune/coarse-{agent}")
             if (coarse / "summary.json").is_file():
-                models[f"coarse-{agent}"] = load_compressed(coarse)
+                sources[f"coarse-{agent}"] = coarse
+        models = {"original": original, **{name: load_compressed(path) for name, path in sources.items()}}
         for name, model in models.items():
             onnx = export_model(model, example, Path(tmp) / name, fmt="onnx", threads=1)
             eager = export_model(model, example, Path(tmp) / name, fmt="state_dict", threads=1)
             out[name] = {"onnx_ms": onnx["latency_s"] * 1e3, "eager_ms": eager["latency_s"] * 1e3,
                          "onnx_bytes": onnx["size_bytes"]}
-    for name in [m for m in models if m != "original"]:
+    for name, path in sources.items():
+        out[name]["run"] = run_facts(path)
         out[name]["onnx_speedup"] = out["original"]["onnx_ms"] / out[name]["onnx_ms"]
         out[name]["eager_speedup"] = out["original"]["eager_ms"] / out[name]["eager_ms"]
     return out
@@ -128,6 +142,10 @@ def latency_search(config: SearchConfig, episodes: int) -> dict:
     return {"episodes": episodes, "limit_us": s["budgets"]["latency"]["limit"], **s["latency"],
             "flops_kept": s["best"]["flops"] / s["baseline"]["flops"], "val_accuracy": s["best"]["val_accuracy"],
             "test_accuracy": s["best"]["test_accuracy"]}
+
+
+PLAN_NAMES = {"ddpg": "ddpg (prune)", "uniform": "uniform (prune)", "coarse-ddpg": "ddpg (prune_coarse)",
+              "coarse-optuna": "optuna (prune_coarse)"}
 
 
 def report(results: dict) -> None:
@@ -148,10 +166,9 @@ def report(results: dict) -> None:
                   f"{next(iter(f.values()))['epochs']} epoch(s) over the 49,000 training images, SGD lr 0.01 cosine; "
                   "distillation: T=4, alpha 0.9):", "",
                   "| plan | loss | MACs kept | test acc before | test acc after |", "|---|---|---:|---:|---:|"]
-        names = {"ddpg": "ddpg (prune)", "uniform": "uniform (prune)", "coarse-ddpg": "ddpg (prune_coarse)"}
         for key, r in f.items():
             agent, loss = key.split("/")
-            lines.append(f"| {names.get(agent, agent)} | {'distillation + labels' if loss == 'kd' else 'labels only'} | "
+            lines.append(f"| {PLAN_NAMES.get(agent, agent)} | {'distillation + labels' if loss == 'kd' else 'labels only'} | "
                          f"{r['flops_kept']:.3f} | {r['test_before']:.4f} | {r['test_after']:.4f} |")
         lines.append("")
     sp = results.get("speedup")
@@ -159,23 +176,22 @@ def report(results: dict) -> None:
         lines += ["**Measured latency**, batch 1, 1 thread (ONNX: onnxruntime; eager: PyTorch, `torch.utils.benchmark`):", "",
                   "| model | ONNX ms | speed-up | eager ms | speed-up |", "|---|---:|---:|---:|---:|",
                   f"| original | {sp['original']['onnx_ms']:.3f} | 1.00x | {sp['original']['eager_ms']:.3f} | 1.00x |"]
-        labels = {"ddpg": "ddpg best plan (prune)", "uniform": "uniform plan (prune)",
-                  "coarse-ddpg": "ddpg best plan (prune_coarse, 300 candidates)",
-                  "coarse-optuna": "optuna best plan (prune_coarse, 100 candidates)"}
         for name in [m for m in sp if m != "original"]:
             r = sp[name]
-            lines.append(f"| {labels[name]} | {r['onnx_ms']:.3f} | {r['onnx_speedup']:.2f}x | {r['eager_ms']:.3f} | "
+            lines.append(f"| {PLAN_NAMES.get(name, name)} | {r['onnx_ms']:.3f} | {r['onnx_speedup']:.2f}x | {r['eager_ms']:.3f} | "
                          f"{r['eager_speedup']:.2f}x |")
-    if sp and any(k.startswith("coarse") for k in sp):
-        lines += ["", "The prune_coarse rows are `autocomp search --space prune_coarse --budget-flops 0.5 --agent ddpg "
-                  "--episodes 300 --threads 2 --name coarse-ddpg --runs-dir runs/bench-finetune` (best val acc 0.6950, "
-                  "test 0.6459 before fine-tuning, 0.498 of the MACs; a different plan from the prune-space ddpg plan, "
-                  "140,410 against 144,122 parameters, with the same test accuracy by coincidence) and the same with `--agent optuna --episodes 100 "
-                  "--threads 1 --name coarse-optuna` (val 0.5750, test 0.5428, 0.487 of the MACs), with the shared model, "
-                  "data and preprocessing. onnxruntime's fast convolution layouts want channel counts in multiples of 8: "
-                  "counts rounded to 8 turn half the MACs into a large ONNX speed-up, while the odd counts of the "
-                  "fine-grained plans gain almost nothing there. Latency table taken with one thread on an otherwise "
-                  "idle machine."]
+    coarse = [r["run"] for name, r in (sp or {}).items() if name.startswith("coarse") and "run" in r]
+    if coarse:
+        runs = "; ".join(
+            f"`autocomp search --space {c['space']} --budget-flops 0.5 --agent {c['agent']} --episodes {c['candidates']} "
+            f"--threads {c['threads']} --name {c['name']} --runs-dir runs/bench-finetune` (best val acc "
+            f"{c['val_accuracy']:.4f}, test {c['test_accuracy']:.4f} before fine-tuning, {c['flops_kept']:.3f} of the MACs, "
+            f"{c['params']:,} parameters)" for c in coarse)
+        lines += ["", f"The prune_coarse rows, with the shared model, data and preprocessing: {runs}. The prune-space ddpg "
+                  f"plan has {sp['ddpg']['run']['params']:,} parameters. onnxruntime's fast convolution layouts want "
+                  "channel counts in multiples of 8: counts rounded to 8 turn half the MACs into a large ONNX speed-up, "
+                  "while the odd counts of the fine-grained plans gain almost nothing there. Latency table taken with one "
+                  "thread on an otherwise idle machine."]
     lat = results.get("latency")
     if lat:
         lines += ["", f"**Latency budget**: `--budget-latency 0.6 --agent optuna --episodes {lat['episodes']}` (latency table "

@@ -51,7 +51,7 @@ def _cifar10(data_dir: str | None = None, image_size: int | None = None) -> RawS
     try:
         train = torchvision.datasets.CIFAR10(str(root), train=True, download=True)
         test = torchvision.datasets.CIFAR10(str(root), train=False, download=True)
-    except Exception as exc:
+    except Exception as exc:  # network errors vary by platform
         raise DataError(
             f"CIFAR-10 is not in {root} and could not be downloaded ({type(exc).__name__}): "
             "pass --data-dir with the extracted cifar-10-batches-py, or use --data imagefolder:PATH."

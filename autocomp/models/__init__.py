@@ -91,7 +91,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise ConfigError(f"weights file {path} does not exist: pass --weights with the path of a saved state_dict.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # any unreadable file gets the same advice
         raise IncompatibleModelError(
             f"weights file {path} is not a readable state_dict ({type(exc).__name__}): "
             "save it with torch.save(model.state_dict(), path)."
