@@ -9,19 +9,24 @@ channel of each quantised tensor, and everything else (float weights, biases, ba
 parameters and running statistics) as float32. Symmetric quantisation has no zero points.
 The original model's ``size_bytes`` is its float32 state.
 
-A factorised layer (rank ``r``) costs ``r * C_in * k`` + ``C_out * r`` weights and MACs per
-output position instead of ``C_out * C_in * k``.
+How a plan changes the layers is up to its action kinds (:mod:`autocomp.kinds`): each writes
+its terms into a :class:`~autocomp.kinds.Geometry` (channels, then weight tensors, then
+storage), and this module sums the geometry up.
 
 Example:
     >>> from autocomp.models import build_model
     >>> from autocomp.graph import LayerGraph
     >>> cost = CostModel(LayerGraph.build(build_model("resnet20"), (3, 32, 32)))
     >>> round(cost.baseline.macs / 1e6, 1)
-    40.6
+    40.8
+    >>> arrays = cost.plan_arrays(Plan({"bits": {"fc": 4}}))
+    >>> cost.change(arrays, "bits", cost.layer_index["fc"], 3).size_bytes  # one bit less on fc
+    -80
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,9 +35,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from autocomp.graph import LayerGraph
-from autocomp.plan import FLOAT_BITS, Plan
-
-BYTES_PER_FLOAT = 4
+from autocomp.kinds import KINDS, Geometry, by_stage
+from autocomp.kinds.bits import BYTES_PER_FLOAT
+from autocomp.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,10 @@ class Cost:
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def __sub__(self, other: Cost) -> Cost:
+        return Cost(self.macs - other.macs, self.params - other.params, self.size_bytes - other.size_bytes,
+                    self.latency_us - other.latency_us)
+
 
 def _dep_matrix(deps: list[tuple[tuple[int, float], ...]], n_units: int) -> np.ndarray:
     matrix = np.zeros((len(deps), n_units))
@@ -54,12 +63,12 @@ def _dep_matrix(deps: list[tuple[tuple[int, float], ...]], n_units: int) -> np.n
     return matrix
 
 
-def _packed(numel: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    return np.where(bits >= FLOAT_BITS, numel * BYTES_PER_FLOAT, np.ceil(numel * bits / 8 - 1e-9))
-
-
 class CostModel:
-    """Vectorised cost of any per-unit channel counts, per-layer bits and ranks (tens of microseconds)."""
+    """Vectorised cost of any plan arrays (one array per action kind; tens of microseconds).
+
+    Public per-decision API for searchers that reason over marginal costs (dynamic programming,
+    integer programming): :meth:`plan_arrays`, :meth:`predict_arrays` and :meth:`change`.
+    """
 
     def __init__(self, graph: LayerGraph) -> None:
         self.graph = graph
@@ -67,81 +76,75 @@ class CostModel:
         n = len(graph.units)
         self.channels = np.array([u.channels for u in graph.units], dtype=np.int64)
         self.layer_index = {layer.name: i for i, layer in enumerate(layers)}
+        self.out_deps = _dep_matrix([layer.out_deps for layer in layers], n)
+        self.in_deps = _dep_matrix([layer.in_deps for layer in layers], n)
+        self.channel_deps = _dep_matrix([c.deps for c in graph.channel_params], n)
+        self.factorizable = np.array([layer.groups == 1 for layer in layers])
         self._out0 = np.array([layer.out_features for layer in layers], dtype=float)
         self._in0 = np.array([layer.in_features for layer in layers], dtype=float)
-        self._out_m = _dep_matrix([layer.out_deps for layer in layers], n)
-        self._in_m = _dep_matrix([layer.in_deps for layer in layers], n)
         self._kernel = np.array([layer.kernel_size for layer in layers], dtype=float)
         self._positions = np.array([layer.positions for layer in layers], dtype=float)
         self._groups = np.array([layer.groups for layer in layers], dtype=float)
         self._depthwise = np.array([layer.depthwise for layer in layers])
         self._bias = np.array([layer.bias for layer in layers], dtype=float)
-        self.factorizable = np.array([layer.groups == 1 for layer in layers])
         self._chan_params = np.array([c.params for c in graph.channel_params], dtype=float)
         self._chan_floats = np.array([c.params + c.buffers for c in graph.channel_params], dtype=float)
-        self._chan_m = _dep_matrix([c.deps for c in graph.channel_params], n)
         self._fixed_floats = graph.fixed_params + graph.fixed_buffers
-        self.float_bits = np.full(len(layers), FLOAT_BITS, dtype=np.int64)
-        self.no_rank = np.zeros(len(layers), dtype=np.int64)
-        self.baseline = self.predict_kept(self.channels)
+        self.defaults = {kind.key: kind.plan_default(self) for kind in KINDS.values()}
+        self.baseline = self.predict_arrays(self.defaults)
 
-    def layer_shapes(self, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Output and input features of every layer when each unit keeps ``kept`` channels."""
-        pruned = self.channels - np.asarray(kept)
-        return np.rint(self._out0 - self._out_m @ pruned), np.rint(self._in0 - self._in_m @ pruned)
-
-    def _fan_in(self, in_f: np.ndarray) -> np.ndarray:
-        """Weights per output channel: input features per group times kernel size."""
+    def fan_in(self, in_f: np.ndarray) -> np.ndarray:
+        """Weights per output channel of every layer: input features per group times kernel size."""
         return np.where(self._depthwise, 1.0, in_f / self._groups) * self._kernel
 
-    def ranks_for(self, kept: np.ndarray, ratios: np.ndarray) -> np.ndarray:
-        """Absolute rank of each layer for rank ``ratios`` of its full rank (after pruning);
-        0 where the layer stays whole (ratio 1, grouped conv, or no fewer weights factorised)."""
-        out_f, in_f = self.layer_shapes(kept)
-        fan_in = self._fan_in(in_f)
-        ranks = np.maximum(1, np.rint(np.asarray(ratios) * np.minimum(out_f, fan_in)))
-        smaller = ranks * (fan_in + out_f) < out_f * fan_in
-        return np.where((np.asarray(ratios) < 1) & self.factorizable & smaller, ranks, 0).astype(np.int64)
+    def geometry(self, arrays: Mapping[str, np.ndarray]) -> Geometry:
+        """What plan ``arrays`` (kind key -> plan array; absent kinds at their default) make of the layers."""
+        g = Geometry(out_f=self._out0, in_f=self._in0, kept_fraction=np.ones(len(self._chan_params)))
+        stages = by_stage()
+        for kind in (k for k in stages if k.stage == 0 and k.key in arrays):
+            kind.shape(arrays[kind.key], g, self)
+        g.fan_in = self.fan_in(g.in_f)
+        g.first, g.second = g.out_f * g.fan_in, np.zeros_like(g.out_f)
+        g.rows_first, g.rows_second = g.out_f, np.zeros_like(g.out_f)
+        g.rank = np.zeros_like(g.out_f)
+        g.weight_bytes = BYTES_PER_FLOAT * g.first + BYTES_PER_FLOAT * g.second  # float32 until a storage kind says otherwise
+        for kind in (k for k in stages if k.stage > 0 and k.key in arrays):
+            kind.shape(arrays[kind.key], g, self)
+        return g
 
-    def predict_arrays(self, kept: np.ndarray, bits: np.ndarray, ranks: np.ndarray) -> Cost:
-        out_f, in_f = self.layer_shapes(kept)
-        fan_in = self._fan_in(in_f)
-        ranks = np.asarray(ranks, dtype=float)
-        bits = np.asarray(bits, dtype=float)
-        factorised = ranks > 0
-        first = np.where(factorised, ranks * fan_in, out_f * fan_in)  # the whole weight, or its first factor
-        second = np.where(factorised, out_f * ranks, 0.0)
-        weights = first + second
+    def predict_geometry(self, g: Geometry) -> Cost:
+        assert g.first is not None and g.second is not None and g.weight_bytes is not None
+        weights = g.first + g.second
         macs = float(np.sum(weights * self._positions))
-        params = float(np.sum(weights + self._bias * out_f))
-        scales = np.where(bits >= FLOAT_BITS, 0.0, np.where(factorised, ranks + out_f, out_f))
-        weight_bytes = _packed(first, bits) + _packed(second, bits) + BYTES_PER_FLOAT * scales
-        floats = float(np.sum(self._bias * out_f)) + self._fixed_floats
+        params = float(np.sum(weights + self._bias * g.out_f))
+        floats = float(np.sum(self._bias * g.out_f)) + self._fixed_floats
         if len(self._chan_params):
-            kept_fraction = 1.0 - self._chan_m @ (self.channels - np.asarray(kept))
-            params += float(np.sum(self._chan_params * kept_fraction))
-            floats += float(np.sum(np.rint(self._chan_floats * kept_fraction)))
+            params += float(np.sum(self._chan_params * g.kept_fraction))
+            floats += float(np.sum(np.rint(self._chan_floats * g.kept_fraction)))
         params += self.graph.fixed_params
-        size = float(np.sum(weight_bytes)) + BYTES_PER_FLOAT * floats
+        size = float(np.sum(g.weight_bytes)) + BYTES_PER_FLOAT * floats
         return Cost(round(macs), round(params), round(size))
 
-    def predict_kept(self, kept: np.ndarray) -> Cost:
-        """Cost of pruning alone (float32 weights, no factorisation)."""
-        return self.predict_arrays(kept, self.float_bits, self.no_rank)
+    def predict_arrays(self, arrays: Mapping[str, np.ndarray]) -> Cost:
+        return self.predict_geometry(self.geometry(arrays))
 
-    def kept_vector(self, plan: Plan) -> np.ndarray:
-        return np.array([plan.kept.get(u.name, u.channels) for u in self.graph.units], dtype=np.int64)
+    def plan_arrays(self, plan: Plan) -> dict[str, np.ndarray]:
+        """One plan array per kind (kind key -> array over the kind's slots)."""
+        return {kind.key: kind.array(plan.decisions.get(kind.key, {}), self) for kind in KINDS.values()}
 
-    def plan_arrays(self, plan: Plan) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        bits, ranks = self.float_bits.copy(), self.no_rank.copy()
-        for name, b in plan.bits.items():
-            bits[self.layer_index[name]] = b
-        for name, r in plan.rank.items():
-            ranks[self.layer_index[name]] = r
-        return self.kept_vector(plan), bits, ranks
+    def plan_of(self, arrays: Mapping[str, np.ndarray]) -> Plan:
+        decisions = {kind.key: kind.entries(np.asarray(arrays[kind.key]), self) for kind in KINDS.values()}
+        return Plan({k: v for k, v in decisions.items() if v}, channels={u.name: u.channels for u in self.graph.units})
 
     def predict(self, plan: Plan) -> Cost:
-        return self.predict_arrays(*self.plan_arrays(plan))
+        return self.predict_arrays(self.plan_arrays(plan))
+
+    def change(self, arrays: Mapping[str, np.ndarray], key: str, index: int, value: float) -> Cost:
+        """What setting slot ``index`` of kind ``key`` to ``value`` changes (new cost minus current):
+        e.g. the MACs one more channel of a unit costs, or the bytes one bit less of a layer saves."""
+        changed = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        changed[key][index] = value
+        return self.predict_arrays(changed) - self.predict_arrays(arrays)
 
 
 def measure_cost(model: nn.Module, input_shape: tuple[int, ...]) -> Cost:

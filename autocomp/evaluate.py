@@ -29,21 +29,30 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, *, batch_size: int,
     """Re-estimate every batch-norm's running statistics on ``split`` (a few training batches).
 
     Pruning changes the inputs each batch norm sees, so the stored statistics are stale; a
-    cumulative average over a few batches restores them without any gradient step.
+    cumulative average over a few batches restores them without any gradient step. Each layer's
+    momentum and the model's train/eval mode are restored afterwards, as
+    ``torch.optim.swa_utils.update_bn`` does. (``update_bn`` itself is not used: it puts the whole
+    model in train mode, so dropout would be active while the statistics are collected.)
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or len(split) == 0:
         return
     timer = timer or ForwardTimer()
+    was_training = model.training
+    momenta = [bn.momentum for bn in norms]
     model.eval()
     for bn in norms:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average over the recalibration batches
         bn.train()
-    with torch.no_grad():
-        for x, _ in split.batches(batch_size):
-            timer.run(model, x)
-    model.eval()
+    try:
+        with torch.no_grad():
+            for x, _ in split.batches(batch_size):
+                timer.run(model, x)
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+        model.train(was_training)
 
 
 def accuracy(model: nn.Module, split: Split, *, batch_size: int = 500, timer: ForwardTimer | None = None) -> float:

@@ -42,3 +42,15 @@ def save_numpy(array: np.ndarray, path: str | Path) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def cache_root(sub: str = "") -> Path | None:
+    """Where autocomp caches what it can rebuild (trained default model, decoded images, latency
+    tables): ``$AUTOCOMP_CACHE`` (default ``~/.cache/autocomp``), or ``None`` when it is set to
+    ``off`` (or ``0``, ``none``, empty). ``sub``: a folder inside it. Created on first use."""
+    root = os.environ.get("AUTOCOMP_CACHE", "~/.cache/autocomp")
+    if root.strip().lower() in {"", "0", "off", "none"}:
+        return None
+    path = Path(root).expanduser() / sub
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -12,13 +12,12 @@ nothing again.
 
 Example:
     >>> table = LatencyTable(graph, threads=1)  # doctest: +SKIP
-    >>> table.predict(kept, ranks)  # seconds  # doctest: +SKIP
+    >>> table.predict(cost.geometry(cost.plan_arrays(plan)))  # seconds  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
 from dataclasses import dataclass
@@ -29,8 +28,9 @@ import torch
 from torch import nn
 
 from autocomp.cost import CostModel
-from autocomp.files import write_text
+from autocomp.files import cache_root, write_text
 from autocomp.graph import Layer, LayerGraph
+from autocomp.kinds import Geometry as PlanGeometry
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
 
@@ -59,7 +59,7 @@ def device_name(threads: int) -> str:
 
 
 @dataclass(frozen=True)
-class Geometry:
+class LayerShape:
     """What a layer's latency depends on besides its channel counts."""
 
     kind: str  # conv or linear
@@ -89,13 +89,13 @@ class Geometry:
         return module, torch.randn(1, c_in, *self.spatial)
 
 
-def _geometry(layer: Layer, *, part: str = "whole", rank: int = 0) -> Geometry:
+def _geometry(layer: Layer, *, part: str = "whole", rank: int = 0) -> LayerShape:
     spatial = tuple(layer.input_shape[1:]) if layer.kind == "conv" else tuple(layer.input_shape[:-1])
     if part == "second":  # the 1x1 after a factorised layer runs at the output's spatial size
         out_spatial = tuple(layer.output_shape[1:]) if layer.kind == "conv" else spatial
-        return Geometry(layer.kind, 1, 1, 0, False, out_spatial, rank, layer.out_features)
+        return LayerShape(layer.kind, 1, 1, 0, False, out_spatial, rank, layer.out_features)
     max_out = rank if part == "first" else layer.out_features
-    return Geometry(layer.kind, layer.kernel_size, layer.stride, layer.padding[0], layer.depthwise, spatial,
+    return LayerShape(layer.kind, layer.kernel_size, layer.stride, layer.padding[0], layer.depthwise, spatial,
                     layer.in_features, max_out)
 
 
@@ -108,9 +108,10 @@ class LatencyTable:
         self.cost = cost
         self.threads = threads
         self.min_run_time = min_run_time
-        root = Path(cache_dir or os.environ.get("AUTOCOMP_CACHE", "~/.cache/autocomp")).expanduser() / "latency"
-        self.path = root / f"{device_name(threads)}.json"
-        self._tables: dict[str, list[list[float]]] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        root = Path(cache_dir) if cache_dir is not None else cache_root("latency")
+        self.path = root / f"{device_name(threads)}.json" if root is not None else None
+        self._tables: dict[str, list[list[float]]] = (
+            json.loads(self.path.read_text()) if self.path is not None and self.path.is_file() else {})
         self.measured = 0  # grid points timed by this instance (0 when everything came from the cache)
         self._whole = [_geometry(layer) for layer in graph.layers]
         self.overhead = 0.0
@@ -120,10 +121,10 @@ class LatencyTable:
         example = torch.randn(1, *self.graph.input_shape)
         total = measure_latency(model, example, threads=self.threads, min_run_time=0.5)
         self.overhead = 0.0
-        self.overhead = max(0.0, total - self.predict(self.cost.channels, self.cost.no_rank))
+        self.overhead = max(0.0, total - self.predict(self.cost.geometry(self.cost.defaults)))
         return total
 
-    def _table(self, geometry: Geometry) -> np.ndarray:
+    def _table(self, geometry: LayerShape) -> np.ndarray:
         key = geometry.key()
         if key not in self._tables:
             rows = []
@@ -139,19 +140,23 @@ class LatencyTable:
         return np.asarray(self._tables[key])
 
     def _save(self) -> None:
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         merged = json.loads(self.path.read_text()) if self.path.is_file() else {}
         write_text(self.path, json.dumps({**merged, **self._tables}))
 
-    def layer_seconds(self, geometry: Geometry, c_in: float, c_out: float) -> float:
+    def layer_seconds(self, geometry: LayerShape, c_in: float, c_out: float) -> float:
         table = self._table(geometry)
         xs = [geometry.channels(r, geometry.max_in) for r in GRID]
         ys = [geometry.channels(r, geometry.max_out) for r in GRID]
         along_in = np.array([np.interp(c_out, ys, table[i]) for i in range(len(GRID))])
         return float(np.interp(c_in, xs, along_in))
 
-    def predict(self, kept: np.ndarray, ranks: np.ndarray) -> float:
-        out_f, in_f = self.cost.layer_shapes(kept)
+    def predict(self, geometry: PlanGeometry) -> float:
+        """Seconds of one forward pass of the compressed model ``geometry`` describes."""
+        out_f, in_f = geometry.out_f, geometry.in_f
+        ranks = geometry.rank if geometry.rank is not None else np.zeros(len(out_f))
         total = self.overhead
         for i, layer in enumerate(self.graph.layers):
             if ranks[i] > 0:

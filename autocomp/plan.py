@@ -1,16 +1,21 @@
-"""A compression plan: per-unit channel counts, per-layer bit-widths and ranks, as plain data.
+"""A compression plan as plain data: per action kind, the value each unit or layer takes.
+
+``decisions`` maps a kind's plan key (``keep``, ``bits``, ``rank``; see :mod:`autocomp.kinds`)
+to ``{unit or layer name: value}``; ``channels`` holds every unit's original channel count.
+Stored as JSON ``autocomp.plan/3``; plans of formats 1 and 2 still load.
 
 Example:
-    >>> plan = Plan(kept={"conv1": 8}, channels={"conv1": 16}, bits={"fc": 4}, rank={"layer1.0.conv1": 6})
+    >>> plan = Plan({"keep": {"conv1": 8}, "bits": {"fc": 4}}, channels={"conv1": 16})
     >>> Plan.from_dict(plan.to_dict()) == plan
     True
-    >>> plan.keep_ratio("conv1"), plan.bits_of("conv1"), plan.bits_of("fc")
-    (0.5, 32, 4)
+    >>> plan.get("bits"), plan.get("rank")
+    ({'fc': 4}, {})
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,57 +23,50 @@ from typing import Any
 from autocomp.errors import ConfigError
 from autocomp.files import write_text
 
-PLAN_FORMAT = "autocomp.plan/2"
-READABLE_FORMATS = ("autocomp.plan/1", PLAN_FORMAT)
-FLOAT_BITS = 32
+PLAN_FORMAT = "autocomp.plan/3"
+LEGACY_FORMATS = ("autocomp.plan/1", "autocomp.plan/2")
 
 
 @dataclass(frozen=True)
 class Plan:
-    """``kept``: channels kept per unit (a group of coupled channels), keyed by the unit's name;
-    ``bits``: weight bit-width of quantised layers (others stay float32);
-    ``rank``: rank of factorised layers (others stay whole)."""
+    decisions: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    channels: Mapping[str, int] = field(default_factory=dict)
 
-    kept: dict[str, int]
-    channels: dict[str, int] = field(default_factory=dict)
-    bits: dict[str, int] = field(default_factory=dict)
-    rank: dict[str, int] = field(default_factory=dict)
+    def __post_init__(self) -> None:  # plain dicts, empty kinds dropped: equal plans compare equal
+        object.__setattr__(self, "decisions", {k: dict(v) for k, v in self.decisions.items() if v})
+        object.__setattr__(self, "channels", dict(self.channels))
 
-    def keep_ratio(self, unit: str) -> float:
-        return self.kept[unit] / self.channels[unit]
-
-    def bits_of(self, layer: str) -> int:
-        return self.bits.get(layer, FLOAT_BITS)
+    def get(self, key: str) -> dict[str, int]:
+        """The decisions of one kind (empty when the plan has none)."""
+        return dict(self.decisions.get(key, {}))
 
     def key(self) -> str:
         """A stable string identifying the plan (used to cache evaluations)."""
-        return json.dumps([self.kept, self.bits, self.rank], sort_keys=True)
+        return json.dumps(self.decisions, sort_keys=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": PLAN_FORMAT,
-            "units": [
-                {"name": n, "channels": self.channels.get(n), "kept": k,
-                 "keep_ratio": round(k / self.channels[n], 6) if n in self.channels else None}
-                for n, k in self.kept.items()
-            ],
-            "layers": [
-                {"name": n, "bits": self.bits.get(n, FLOAT_BITS), "rank": self.rank.get(n)}
-                for n in dict.fromkeys([*self.bits, *self.rank])
-            ],
-        }
+        return {"format": PLAN_FORMAT, "channels": dict(self.channels),
+                "decisions": {k: dict(v) for k, v in self.decisions.items()}}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        if data.get("format") not in READABLE_FORMATS:
-            raise ConfigError(f"plan format {data.get('format')!r} is not {PLAN_FORMAT!r}: use a plan.json written by autocomp.")
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        fmt = data.get("format")
+        if fmt in LEGACY_FORMATS:
+            return cls._from_legacy(data)
+        if fmt != PLAN_FORMAT:
+            raise ConfigError(f"plan format {fmt!r} is not {PLAN_FORMAT!r}: use a plan.json written by autocomp.")
+        decisions = {str(k): {str(n): int(v) for n, v in values.items()} for k, values in data["decisions"].items()}
+        return cls(decisions, {str(n): int(c) for n, c in data.get("channels", {}).items()})
+
+    @classmethod
+    def _from_legacy(cls, data: Mapping[str, Any]) -> Plan:
+        """Formats 1 and 2 had fixed fields: ``units`` (kept channels), ``layers`` (bits, rank)."""
         units, layers = data["units"], data.get("layers", [])
-        return cls(
-            kept={u["name"]: int(u["kept"]) for u in units},
-            channels={u["name"]: int(u["channels"]) for u in units if u.get("channels") is not None},
-            bits={lay["name"]: int(lay["bits"]) for lay in layers if int(lay.get("bits", FLOAT_BITS)) != FLOAT_BITS},
-            rank={lay["name"]: int(lay["rank"]) for lay in layers if lay.get("rank")},
-        )
+        return cls({
+            "keep": {u["name"]: int(u["kept"]) for u in units},
+            "bits": {lay["name"]: int(lay["bits"]) for lay in layers if int(lay.get("bits", 32)) != 32},
+            "rank": {lay["name"]: int(lay["rank"]) for lay in layers if lay.get("rank")},
+        }, {u["name"]: int(u["channels"]) for u in units if u.get("channels") is not None})
 
     def save(self, path: str | Path) -> None:
         write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")

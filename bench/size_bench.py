@@ -35,10 +35,11 @@ def uniform_bits(config: SearchConfig, bits: int) -> dict:
     space = SearchSpace.load("quant")
     problem = CompressionProblem(model=prepare_model(config, data, progress=False), data=data, space=space,
                                  budgets={}, evaluation=EvalSettings())
-    level = (bits - space.bits.choices[0]) / (space.bits.choices[-1] - space.bits.choices[0])
+    choices = space.ranges["bits"].choices
+    level = (bits - choices[0]) / (choices[-1] - choices[0])
     plan = problem.uniform_plan(level)
     metrics = problem.evaluate(plan)
-    return {"bits": sorted(set(plan.bits.values())), "size_bytes": metrics.size_bytes,
+    return {"bits": sorted(set(plan.get("bits").values())), "size_bytes": metrics.size_bytes,
             "size_fraction": metrics.size_bytes / problem.cost.baseline.size_bytes,
             "val_accuracy": metrics.val_accuracy, "test_accuracy": problem.score(problem.build(plan), data.test)}
 

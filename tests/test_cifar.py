@@ -39,7 +39,7 @@ def test_half_flops_candidate_is_real_and_recalibration_helps(resnet20) -> None:
     problem = CompressionProblem(model=model, data=data, space=space, budgets={"flops": "0.5"})
     stale = CompressionProblem(model=model, data=data, space=space, budgets={"flops": "0.5"},
                                evaluation=EvalSettings(recalibrate=False))
-    plan = problem.plan(problem.uniform_kept(0.7))
+    plan = problem.uniform_plan(0.7)
     pruned = problem.build(plan)
     measured = measure_cost(pruned, (3, 32, 32))
     assert measured.macs == problem.cost.predict(plan).macs

@@ -10,6 +10,7 @@ from autocomp.cost import CostModel, measure_cost
 from autocomp.graph import LayerGraph
 from autocomp.models import build_model
 from autocomp.ops import ChannelPruner
+from autocomp.plan import Plan
 
 MODELS = [
     ("digits_cnn", (1, 8, 8)),
@@ -31,10 +32,11 @@ def test_predicted_cost_matches_measured_pruned_model(spec: str, shape: tuple[in
     for ratio_low in (0.2, 0.5, 0.9):
         kept = {u.name: max(1, round(u.channels * rng.uniform(ratio_low, 1.0))) for u in graph.units}
         pruned = pruner.apply(kept)
-        predicted = cost.predict_kept(np.array([kept[u.name] for u in graph.units]))
+        predicted = cost.predict(Plan({"keep": kept}))
         measured = measure_cost(pruned, shape)
-        assert predicted.macs == pytest.approx(measured.macs, rel=0.01)
-        assert predicted.params == pytest.approx(measured.params, rel=0.01)
+        assert predicted.macs == measured.macs  # the cost model is exact: equality, not a tolerance
+        assert predicted.params == measured.params
+        assert predicted.size_bytes == measured.size_bytes  # float32 state: parameters and buffers
         assert measured.macs < cost.baseline.macs  # really smaller
         out = pruned(torch.randn(2, *shape))
         assert out.shape == (2, 10) and torch.isfinite(out).all()

@@ -12,10 +12,11 @@ def test_repeated_plan_is_answered_from_cache(digits_problem) -> None:
     assert 0 < digits_problem.stats.forward_seconds <= digits_problem.stats.seconds
 
 
-def test_uniform_kept_meets_ratio(digits_problem) -> None:
-    kept = digits_problem.uniform_kept(0.5)
-    channels = digits_problem.full_kept()
-    assert np.all(kept <= 0.5 * channels + 1e-9) and np.all(kept >= 0.5 * channels - 1)
+def test_uniform_keep_meets_ratio(digits_problem) -> None:
+    plan = digits_problem.uniform_plan(0.5)
+    kept, channels = plan.get("keep"), plan.channels
+    assert set(kept) == set(channels) == {u.name for u in digits_problem.units}
+    assert all(channels[n] * 0.5 - 1 <= k <= channels[n] * 0.5 + 1e-9 for n, k in kept.items())
 
 
 def test_decode_is_deterministic_and_feasible(digits_problem) -> None:
@@ -25,3 +26,26 @@ def test_decode_is_deterministic_and_feasible(digits_problem) -> None:
         plan = digits_problem.decode(actions)
         assert plan == digits_problem.decode(actions)
         assert digits_problem.feasible(digits_problem.cost.predict(plan))
+
+
+def test_actions_of_a_plan_reproduce_it(digits_model, digits_data) -> None:
+    from autocomp.problem import CompressionProblem
+    from autocomp.space import SearchSpace
+
+    problem = CompressionProblem(model=digits_model, data=digits_data, space=SearchSpace.load("joint"),
+                                 budgets={"size": "0.3"})
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        plan = problem.decode(rng.uniform(-1, 1, (len(problem.steps), problem.action_dims)))
+        assert problem.decode(problem.plan_actions(plan)) == plan
+
+
+def test_evaluator_scores_without_a_problem(digits_problem) -> None:
+    """What a Ray worker holds: the evaluator alone gives the same score as the whole problem."""
+    from autocomp.problem import Evaluator
+
+    problem = digits_problem
+    alone = Evaluator(problem.model, problem.graph, val=problem.data.val, calibration=problem.calibration,
+                      settings=problem.evaluation)
+    plan = problem.uniform_plan(0.5)
+    assert alone.score_plan(plan).val_accuracy == problem.evaluate(plan).val_accuracy

@@ -44,13 +44,15 @@ def test_digits_search_within_budget(agent: str, tmp_path, digits_data) -> None:
     assert max(t.user_attrs["val_accuracy"] for t in trials) == summary["best"]["val_accuracy"]
     best_trial = study.trials[summary["best"]["trial"]]
     assert best_trial.user_attrs["val_accuracy"] == summary["best"]["val_accuracy"]
-    plan_units = json.loads((result.run_dir / "best" / "plan.json").read_text())["units"]
-    assert {u["name"]: u["kept"] for u in plan_units} == best_trial.user_attrs["kept"]
+    plan = json.loads((result.run_dir / "best" / "plan.json").read_text())
+    assert plan["format"] == "autocomp.plan/3"
+    assert plan["decisions"]["keep"] == best_trial.user_attrs["plan"]["keep"]
 
     model = autocomp.load_compressed(result.run_dir)
     assert measure_cost(model, (1, 8, 8)).macs == summary["best"]["flops"]
     assert accuracy(model, digits_data.test) == pytest.approx(summary["best"]["test_accuracy"])
-    assert all(0.2 - 1e-9 <= u["keep_ratio"] <= 1.0 for u in plan_units)  # the prune space's range
+    ratios = [k / plan["channels"][n] for n, k in plan["decisions"]["keep"].items()]
+    assert all(0.2 - 1e-9 <= r <= 1.0 for r in ratios)  # the prune space's range
 
 
 def spy_on_episode_end(monkeypatch, capture) -> None:
@@ -124,13 +126,16 @@ class SequentialBackend:
 
     workers = 2
 
-    def __init__(self, problem) -> None:
-        self.problem = problem
+    def __init__(self, evaluator) -> None:
+        self.evaluator = evaluator
         self.calls: list[int] = []
 
-    def evaluate(self, plans):
+    def score(self, plans):
         self.calls.append(len(plans))
-        return [self.problem.evaluate(p) for p in plans]
+        return [self.evaluator.score_plan(p) for p in plans]
+
+    def close(self) -> None:
+        pass
 
 
 def test_ddpg_parallel_episodes_keep_their_own_rewards(monkeypatch, digits_model, digits_data) -> None:
@@ -144,7 +149,7 @@ def test_ddpg_parallel_episodes_keep_their_own_rewards(monkeypatch, digits_model
                                   budgets={"flops": "0.5"})
 
     problem = make()
-    backend = SequentialBackend(make())
+    backend = SequentialBackend(make().evaluator)
     problem.backend = backend
     recorder = TrialRecorder(optuna.create_study(directions=["maximize"]), problem, searcher="ddpg")
     searcher = DDPGSearcher(problem, recorder, settings={"warmup_episodes": 2}, seed=0)

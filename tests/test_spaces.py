@@ -22,7 +22,14 @@ from autocomp.ops import pack_model, payload_bytes
 from autocomp.presets import list_presets
 from autocomp.problem import CompressionProblem
 from autocomp.runners import run_search
+from autocomp.graph import LayerGraph
 from autocomp.space import SearchSpace
+
+def model_for_graph():
+    from autocomp.models import build_model
+
+    return build_model("digits_cnn", num_classes=10)
+
 
 PRESETS = ["prune", "prune_coarse", "quant", "lowrank", "prune_quant", "joint"]
 SEARCHERS = {"ddpg": ({"warmup_episodes": 6}, 10), "optuna": ({"n_startup_trials": 5}, 10)}
@@ -50,13 +57,15 @@ def test_both_searchers_finish_a_digits_search_in_every_space(space: str, agent:
     assert all(t.user_attrs["macs"] <= limits.get("flops", np.inf) for t in trials)
     declared = SearchSpace.load(space).actions
     # the searchers really take the space's actions, and only those
-    assert any(t.user_attrs["bits"] for t in trials) == ("bits" in declared)
-    assert any(t.user_attrs["rank"] for t in trials) == ("rank_ratio" in declared)
+    plans = [t.user_attrs["plan"] for t in trials]
+    assert any(p.get("bits") for p in plans) == ("bits" in declared)
+    assert any(p.get("rank") for p in plans) == ("rank_ratio" in declared)
     if "keep_ratio" not in declared:
-        assert all(all(r == 1.0 for r in t.user_attrs["keep_ratio"].values()) for t in trials)
+        channels = {u.name: u.channels for u in LayerGraph.build(model_for_graph(), (1, 8, 8)).units}
+        assert all(p["keep"] == channels for p in plans)
     if space in ("quant", "prune_quant", "joint"):  # the rules: first conv and classifier at 8 bits
         first, classifier = summary["layers"][0], summary["layers"][-1]
-        assert all(t.user_attrs["bits"][first] == 8 and t.user_attrs["bits"][classifier] == 8 for t in trials)
+        assert all(p["bits"][first] == 8 and p["bits"][classifier] == 8 for p in plans)
     model = autocomp.load_compressed(result.run_dir)
     assert payload_bytes(pack_model(model)) == summary["best"]["size_bytes"]
     assert accuracy(model, digits_data.test) == pytest.approx(summary["best"]["test_accuracy"])
@@ -89,7 +98,7 @@ def test_clipping_fills_the_budget_when_asking_for_everything(digits_model, digi
     size = problem.cost.predict(plan).size_bytes
     assert size <= problem.limits["size_bytes"]
     assert size > 0.8 * problem.limits["size_bytes"]  # clipped to what fits, not to the minimum
-    assert set(plan.bits.values()) - {8} and plan.bits[problem.graph.first] == 8
+    assert set(plan.get("bits").values()) - {8} and plan.get("bits")[problem.graph.first] == 8
 
 
 def test_infeasible_mixed_budget_names_the_budget_that_cannot_be_met(digits_model, digits_data) -> None:

@@ -83,9 +83,6 @@ class Split:
             idx = order[start:start + batch_size]
             yield self.x[idx], self.y[idx]
 
-    def subset(self, count: int, *, offset: int = 0) -> Split:
-        return Split(self.x[offset:offset + count], self.y[offset:offset + count])
-
 
 @dataclass(frozen=True)
 class DataBundle:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 
 from autocomp.data.bundle import DataBundle, Preprocess, Split
 from autocomp.errors import DataError, UnknownNameError
-from autocomp.files import save_numpy
+from autocomp.files import cache_root, save_numpy
 from autocomp.registry import Registry
 
 RawSplits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]
@@ -104,14 +103,12 @@ def _decode_folder(folder: Path, image_size: int | None) -> tuple[np.ndarray, np
 
 def _decode_cache_path(folder: Path, files: list[Path], image_size: int | None) -> Path | None:
     """Decoded images are cached (uint8 .npy) under $AUTOCOMP_CACHE, keyed by the file list."""
-    root = os.environ.get("AUTOCOMP_CACHE", "~/.cache/autocomp")
-    if root.lower() in {"", "0", "off", "none"}:
+    target = cache_root("decoded")
+    if target is None:
         return None
     stamp = hashlib.sha1(f"{folder.resolve()}|{image_size}|{len(files)}".encode())
     for path in files[:: max(1, len(files) // 64)]:
         stamp.update(f"{path.name}:{path.stat().st_mtime_ns}:{path.stat().st_size}".encode())
-    target = Path(root).expanduser() / "decoded"
-    target.mkdir(parents=True, exist_ok=True)
     return target / f"{folder.name}-{stamp.hexdigest()[:16]}.npy"
 
 

@@ -9,7 +9,7 @@ unit's keep ratio (decided at the unit's first layer), its bit-width, its rank r
 ## Action space
 
 ``Box(-1, 1, (d,), float32)`` with ``d`` the number of actions the space declares, in the order
-``keep_ratio``, ``bits``, ``rank_ratio``; each entry maps linearly onto that action's range and
+of :data:`autocomp.kinds.KINDS` (``keep_ratio``, ``bits``, ``rank_ratio``); each entry maps linearly onto that action's range and
 is rounded to the nearest allowed value (entries a step does not take are ignored). The budgets
 are enforced by construction (AMC's clipping, generalised): the step's actions shrink together
 toward their minimum until the budgets can still be met with every later decision at its
@@ -34,8 +34,8 @@ minimum. Every finished episode is therefore a feasible candidate.
 
 Spaces with more than pruning add (HAQ-style): 10, bytes removed so far (fraction of the float32
 model); 11, float32 weight bytes of the steps still to come (fraction); then per action kind
-of the space: whether this step takes it (0/1) and its previous value (keep ratio, bit-width / 8
-with float as 1, rank ratio). ``n`` is 10 for ``prune`` and ``12 + 2 d`` otherwise.
+of the space: whether this step takes it (0/1) and its previous value as the kind observes it
+(keep ratio, bit-width / 8 with float as 1, rank ratio). ``n`` is 10 for ``prune`` and ``12 + 2 d`` otherwise.
 
 ## Reward
 
@@ -44,8 +44,9 @@ accuracy after batch-norm recalibration: ``-error`` (default) or ``-error * log(
 
 ## Episode end
 
-``terminated`` after the last step; never truncated. ``info`` of the last step holds
-``plan`` (a :class:`~autocomp.plan.Plan`) and ``metrics``.
+``terminated`` after the last step; never truncated. Every step's ``info`` holds ``wanted``
+and ``taken`` (action name -> value asked for and value taken after clipping); the last one
+also ``plan`` (a :class:`~autocomp.plan.Plan`) and ``metrics``.
 
 Example:
     >>> import gymnasium, autocomp.env
@@ -60,8 +61,11 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from autocomp.env.reward import reward
+from autocomp.kinds import KINDS
 from autocomp.plan import Plan
-from autocomp.problem import CompressionProblem, reward
+from autocomp.problem import CompressionProblem
+from autocomp.problem.decisions import nearest
 
 
 class LayerCompressEnv(gymnasium.Env):
@@ -71,7 +75,8 @@ class LayerCompressEnv(gymnasium.Env):
         self.problem = problem
         self.reward_kind = reward_kind
         self.kinds = problem.action_kinds
-        self.extended = self.kinds != ("keep_ratio",)
+        self.extended = not (len(self.kinds) == 1 and KINDS[self.kinds[0]].amc_feature)
+        self._amc_kind = next((a for a in self.kinds if KINDS[a].amc_feature), None)
         n_obs = 12 + 2 * len(self.kinds) if self.extended else 10
         self.action_space = spaces.Box(-1.0, 1.0, shape=(len(self.kinds),), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, shape=(n_obs,), dtype=np.float32)
@@ -93,7 +98,7 @@ class LayerCompressEnv(gymnasium.Env):
             kind = 1.0 if layer.kind == "linear" else (0.5 if layer.depthwise else 0.0)
             rows.append([step.index / max(1, n - 1), kind, layer.in_features, layer.out_features,
                          layer.stride, layer.kernel_size])
-            scope = self.problem.units[step.unit].layers if step.unit is not None else (layer.name,)
+            scope = graph.units[step.unit].layers if step.unit is not None else (layer.name,)
             macs.append(sum(by_name[name].macs for name in scope))
             weight_bytes.append(4.0 * layer.macs / layer.positions)
         table = np.array(rows, dtype=np.float64).reshape(n, 6)
@@ -106,13 +111,13 @@ class LayerCompressEnv(gymnasium.Env):
         removed = (self._total_macs - cost.macs) / self._total_macs
         to_come = self._step_macs[i + 1:].sum() / self._step_macs.sum()
         features = [*self._static[i], self._step_macs[i] / self._step_macs.max(), removed, to_come,
-                    self._prev.get("keep_ratio", 1.0)]
+                    self._prev[self._amc_kind] if self._amc_kind else 1.0]
         if self.extended:
             step = self.problem.steps[i]
             features += [(self._total_bytes - cost.size_bytes) / self._total_bytes,
                          self._step_bytes[i + 1:].sum() / self._total_bytes]
             for kind in self.kinds:
-                features += [float(step.choices(kind) is not None), self._prev[kind]]
+                features += [float(kind in step.choices), self._prev[kind]]
         return np.clip(np.array(features, dtype=np.float64), 0.0, 1.0).astype(np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -136,18 +141,15 @@ class LayerCompressEnv(gymnasium.Env):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         step = self.problem.steps[self._step]
-        taken = self.problem.take(step, self._state, self._row(action))
-        for kind, value in taken.items():
-            if kind == "keep_ratio":
-                value = value / self.problem.units[step.unit].channels
-            elif kind == "bits":
-                value = min(value, 8.0) / 8.0
-            self._prev[kind] = value
+        row = self._row(action)
+        wanted = {kind: float(step.choices[kind][nearest(step.choices[kind], a)])
+                  for kind, a in zip(self.kinds, row) if kind in step.choices}
+        taken = self.problem.take(step, self._state, row)
+        self._prev.update(self.problem.decisions.observe(step, taken))
         self._step += 1
-        info: dict[str, Any] = {"layer": step.layer, "taken": taken}
+        info: dict[str, Any] = {"layer": step.layer, "wanted": wanted, "taken": taken}
         if step.unit is not None:
-            info.update(unit=self.problem.units[step.unit].name, kept=int(self._state.kept[step.unit]),
-                        wanted=self.problem.action_to_kept(step.unit, float(self._row(action)[0])))
+            info["unit"] = self.problem.units[step.unit].name
         if self._step < len(self.problem.steps):
             return self._observation(), 0.0, False, False, info
         plan = self.problem.plan_of(self._state)

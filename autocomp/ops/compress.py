@@ -1,4 +1,4 @@
-"""Apply a whole plan: prune channels, then factorise, then quantise weights (in that order).
+"""Apply a whole plan: each action kind's op in stage order (prune, then factorise, then quantise).
 
 Example:
     >>> from autocomp.models import build_model
@@ -6,35 +6,38 @@ Example:
     >>> from autocomp.plan import Plan
     >>> model = build_model("resnet20")
     >>> compressor = Compressor(model, LayerGraph.build(model, (3, 32, 32)))
-    >>> small = compressor.apply(Plan(kept={"conv1": 8}, bits={"fc": 4}, rank={"layer3.0.conv1": 8}))
-    >>> small.conv1.out_channels, len(small.layer3[0].conv1)
+    >>> small = compressor.apply(Plan({"keep": {"conv1": 8}, "bits": {"fc": 4}, "rank": {"layers.8.conv1": 8}}))
+    >>> small.conv1.out_channels, len(small.layers[8].conv1)
     (8, 2)
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
+from typing import Any
+
 from torch import nn
 
 from autocomp.graph import LayerGraph
-from autocomp.ops.lowrank import factorize
-from autocomp.ops.prune import ChannelPruner
-from autocomp.ops.quant import quantize_modules
+from autocomp.kinds import by_stage
 from autocomp.plan import Plan
 
 
 class Compressor:
-    """Builds the physically compressed copy of one model for any plan."""
+    """Builds the physically compressed copy of one model for any plan. ``ranges``: the search
+    space's ranges (action name -> range), for op settings such as the pruning importance."""
 
-    def __init__(self, model: nn.Module, graph: LayerGraph) -> None:
+    def __init__(self, model: nn.Module, graph: LayerGraph, ranges: Mapping[str, Any] | None = None) -> None:
         self.model = model
         self.graph = graph
-        self.pruner = ChannelPruner(model, graph)
+        ranges = ranges or {}
+        self.ops = [(kind.key, kind.make_op(model, graph, ranges.get(kind.action))) for kind in by_stage()]
 
     def apply(self, plan: Plan, *, copy_model: bool = True) -> nn.Module:
-        model = self.pruner.apply(plan.kept, copy_model=copy_model)
-        if plan.rank:
-            factorize(model, plan.rank)
-        if plan.bits:
-            modules = dict(model.named_modules())
-            quantize_modules({name: modules[name] for name in plan.bits}, plan.bits)
+        model = copy.deepcopy(self.model) if copy_model else self.model
+        for key, op in self.ops:
+            entries = plan.get(key)
+            if entries:
+                model = op(model, entries)
         return model

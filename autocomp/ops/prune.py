@@ -1,7 +1,7 @@
 """Channel pruning: physically remove the least important channels of every unit.
 
-Importance is the L1 norm of each channel over its whole coupled group (Torch-Pruning's
-``GroupMagnitudeImportance(p=1)``), ranked once on the original model.
+Importance is the L1 (``p=1``, default) or L2 norm of each channel over its whole coupled group
+(Torch-Pruning's ``GroupMagnitudeImportance``), ranked once on the original model.
 
 Example:
     >>> from autocomp.models import build_model
@@ -32,9 +32,10 @@ def _out_group(dg: tp.DependencyGraph, module: nn.Module, idxs: list[int]) -> tp
 class ChannelPruner:
     """Prunes copies of one model; channel rankings are computed once."""
 
-    def __init__(self, model: nn.Module, graph: LayerGraph) -> None:
+    def __init__(self, model: nn.Module, graph: LayerGraph, *, p: int = 1) -> None:
         self.model = model
         self.graph = graph
+        self.p = p
         self._ranking: dict[str, torch.Tensor] = {}
 
     def ranking(self, unit: str) -> torch.Tensor:
@@ -42,16 +43,18 @@ class ChannelPruner:
         if not self._ranking:
             dg = dependency_graph(self.model, self.graph.input_shape)
             modules = dict(self.model.named_modules())
-            importance = tp.importance.GroupMagnitudeImportance(p=1)
+            importance = tp.importance.GroupMagnitudeImportance(p=self.p)
             with torch.no_grad():
                 for u in self.graph.units:
                     group = _out_group(dg, modules[u.name], list(range(u.channels)))
                     self._ranking[u.name] = torch.argsort(importance(group), stable=True)
         return self._ranking[unit]
 
-    def apply(self, kept: dict[str, int], *, copy_model: bool = True) -> nn.Module:
-        """Return a model where unit ``name`` keeps ``kept[name]`` channels (others untouched)."""
-        model = copy.deepcopy(self.model) if copy_model else self.model
+    def apply(self, kept: dict[str, int], *, copy_model: bool = True, target: nn.Module | None = None) -> nn.Module:
+        """Return a model where unit ``name`` keeps ``kept[name]`` channels (others untouched):
+        a copy of the original, the original itself (``copy_model=False``), or ``target`` (a
+        copy made by the caller) pruned in place."""
+        model = target if target is not None else copy.deepcopy(self.model) if copy_model else self.model
         todo = {name: k for name, k in kept.items() if k < self.graph.unit(name).channels}
         if not todo:
             return model

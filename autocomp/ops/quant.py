@@ -95,11 +95,6 @@ def bake(model: nn.Module) -> nn.Module:
     return model
 
 
-def packed_bytes(numel: int, bits: int) -> int:
-    """Bytes of ``numel`` weights packed at ``bits`` bits (8 bits: int8)."""
-    return math.ceil(numel * bits / 8)
-
-
 def _pack(levels: torch.Tensor, bits: int) -> torch.Tensor:
     if bits == 8:
         return levels.to(torch.int8).flatten()

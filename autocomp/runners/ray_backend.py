@@ -1,7 +1,8 @@
 """Ray workers that evaluate candidates in parallel (``autocomp search --workers N``).
 
-Each worker is an actor holding the model (rebuilt from its spec and ``state_dict``) and the
-validation and calibration images, sent once through the object store. The driver keeps the
+Each worker is an actor holding an :class:`~autocomp.problem.Evaluator`: the model (rebuilt from its
+spec and ``state_dict``), its layer graph (traced once, by the driver) and the validation and
+calibration images, sent once through the object store. The driver keeps the
 search and the storage; workers only score plans. A worker that dies is restarted by Ray and
 its task retried, so no candidate is lost.
 """
@@ -17,11 +18,11 @@ from typing import Any
 import torch
 
 from autocomp.config import SearchConfig
-from autocomp.data import DataBundle, Split
+from autocomp.data import Split
 from autocomp.errors import ConfigError
+from autocomp.ops import Compressor
 from autocomp.plan import Plan
-from autocomp.problem import CompressionProblem, Metrics
-from autocomp.space import SearchSpace
+from autocomp.problem import CompressionProblem, Evaluator, Score
 
 RAY_MISSING = "Ray is not installed: pip install 'autocomp[ray]'"
 
@@ -78,63 +79,54 @@ def _use_token_if_present() -> None:
 
 
 class EvalWorker:
-    """One Ray actor: a private copy of the problem that scores plans."""
+    """One Ray actor: an evaluator of its own (the model, its layer graph, the calibration and
+    validation images); no search space, budget or cost model."""
 
     def __init__(self, payload: dict[str, Any], threads: int) -> None:
         from autocomp.models import build_model
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # this actor's own process
         model = build_model(payload["model"], num_classes=payload["num_classes"])
         model.load_state_dict(payload["state_dict"])
-        data = DataBundle(name=payload["data_name"], train=Split(*payload["calibration"]), val=Split(*payload["val"]),
-                          test=Split(payload["val"][0][:0], payload["val"][1][:0]), num_classes=payload["num_classes"],
-                          class_names=(), preprocess=payload["preprocess"])
-        self.problem = CompressionProblem(model=model, data=data, space=SearchSpace.from_dict(payload["space"]),
-                                          budgets={k: v for k, v in payload["budgets"].items() if k != "latency"},  # the driver predicts latency
-                                          evaluation=payload["evaluation"])
+        graph = payload["graph"]
+        self.evaluator = Evaluator(model, graph, val=Split(*payload["val"]), calibration=Split(*payload["calibration"]),
+                                   settings=payload["evaluation"], compressor=Compressor(model.eval(), graph, payload["ranges"]))
 
-    def evaluate(self, plan: dict[str, Any]) -> dict[str, float]:
-        return self.problem.evaluate(Plan.from_dict(plan)).to_dict()
+    def score(self, plan: dict[str, Any]) -> dict[str, float]:
+        return self.evaluator.score_plan(Plan.from_dict(plan)).to_dict()
 
     def pid(self) -> int:
         return os.getpid()
 
 
 class RayBackend:
-    """Plugs into :class:`CompressionProblem` as its evaluation backend."""
+    """Plugs into :class:`CompressionProblem` as its evaluation backend: scores plans on Ray actors,
+    each plan going to whichever actor is free first (``ray.util.ActorPool``). A worker that dies
+    is restarted by Ray and its task retried, so no candidate is lost."""
 
     def __init__(self, problem: CompressionProblem, config: SearchConfig, *, workers: int, threads: int = 1) -> None:
         ray = import_ray()
+        from ray.util import ActorPool
+
         self.ray = ray
         self.workers = workers
+        evaluator = problem.evaluator
         payload = {
-            "model": config.model, "num_classes": problem.data.num_classes, "data_name": problem.data.name,
+            "model": config.model, "num_classes": problem.data.num_classes,
             "state_dict": {k: v.detach().cpu() for k, v in problem.model.state_dict().items()},
-            "calibration": (problem.calibration.x, problem.calibration.y), "val": (problem.data.val.x, problem.data.val.y),
-            "preprocess": problem.data.preprocess, "space": problem.space.to_dict(), "budgets": problem.budgets,
-            "evaluation": problem.evaluation,
+            "graph": problem.graph, "ranges": dict(problem.space.ranges), "evaluation": evaluator.settings,
+            "calibration": (evaluator.calibration.x, evaluator.calibration.y), "val": (evaluator.val.x, evaluator.val.y),
         }
         self._payload = ray.put(payload)  # held for the backend's life: restarted actors read it again
         actor = ray.remote(num_cpus=threads, max_restarts=-1, max_task_retries=3)(EvalWorker)
         self.actors = [actor.remote(self._payload, threads) for _ in range(workers)]
         self.ray.get([a.pid.remote() for a in self.actors])  # fail here, not mid-search, if workers cannot start
+        self.pool = ActorPool(self.actors)
 
-    def evaluate(self, plans: Sequence[Plan]) -> list[Metrics]:
-        """Hand each plan to whichever worker is free first (plans differ in cost)."""
-        queue = list(enumerate(plans))
-        results: list[Metrics | None] = [None] * len(plans)
-        idle = list(self.actors)
-        pending: dict[Any, tuple[int, Any]] = {}
-        while queue or pending:
-            while idle and queue:
-                actor = idle.pop()
-                index, plan = queue.pop(0)
-                pending[actor.evaluate.remote(plan.to_dict())] = (index, actor)
-            done, _ = self.ray.wait(list(pending), num_returns=1)
-            index, actor = pending.pop(done[0])
-            results[index] = Metrics(**self.ray.get(done[0]))
-            idle.append(actor)
-        return [m for m in results if m is not None]
+    def score(self, plans: Sequence[Plan]) -> list[Score]:
+        """Scores of ``plans``, in their order."""
+        results = self.pool.map(lambda actor, plan: actor.score.remote(plan.to_dict()), list(plans))
+        return [Score(**r) for r in results]
 
     def close(self) -> None:
         for actor in self.actors:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import ClassVar
 
 import numpy as np
 
@@ -12,16 +13,17 @@ from autocomp.searchers.base import Searcher
 class RandomSearcher(Searcher):
     """Uniform random actions per unit, clipped to the budget like the environment does."""
 
-    defaults: ClassVar[dict[str, Any]] = {}
+    preset: ClassVar[str | None] = "random"
 
     def run(self, n_candidates: int) -> None:
         rng = np.random.default_rng([self.seed, len(self.recorder.history)])
         while n_candidates > 0 and not self.recorder.should_stop():
             batch = min(n_candidates, self.problem.batch_size)
             actions = [rng.uniform(-1, 1, (len(self.problem.steps), self.problem.action_dims)) for _ in range(batch)]
+            started = datetime.now()
             plans = [self.problem.decode(a) for a in actions]
             for plan, metrics, a in zip(plans, self.problem.evaluate_many(plans), actions):
-                self.recorder.record(plan, metrics, actions=a.tolist())
+                self.recorder.record(plan, metrics, actions=a.tolist(), started=started)
             n_candidates -= batch
 
 
@@ -29,10 +31,11 @@ class UniformSearcher(Searcher):
     """One setting for every layer (keep ratio, bit-width, rank ratio): the largest that meets the
     budgets. One candidate."""
 
-    defaults: ClassVar[dict[str, Any]] = {}
+    preset: ClassVar[str | None] = "uniform"
 
     def run(self, n_candidates: int) -> None:
         if n_candidates <= 0 or self.recorder.history:
             return
+        started = datetime.now()
         plan = self.problem.uniform_plan(self.problem.largest_uniform_level())
-        self.recorder.record(plan, self.problem.evaluate(plan))
+        self.recorder.record(plan, self.problem.evaluate(plan), started=started)

@@ -1,6 +1,6 @@
 """AMC's DDPG agent, built on stable-baselines3's ``DDPG``.
 
-AMC-faithful details (He et al. 2018), set in ``agents/ddpg.yaml``:
+AMC-faithful details (He et al. 2018), set in ``agents/ddpg.yaml`` (the only home of the defaults):
 - ``warmup_episodes`` of random actions before any update (SB3's ``learning_starts``);
 - exploration by truncated-normal noise around the policy's action, kept within the action
   bounds, its sigma (0.5 in keep-ratio units) decaying x0.95 per episode after warm-up;
@@ -16,6 +16,7 @@ policy weights are reloaded, so no earlier episode is lost to the agent either.
 from __future__ import annotations
 
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -120,6 +121,7 @@ class EpisodeCallback(BaseCallback):
         self.done_episodes = 0
         self._episode_start: int | None = None
         self._actions: list[np.ndarray] = []
+        self._started = datetime.now()
 
     def _on_training_start(self) -> None:
         self.searcher.replay_history(self.model)
@@ -128,6 +130,7 @@ class EpisodeCallback(BaseCallback):
         buffer = self.model.replay_buffer
         if self._episode_start is None:
             self._episode_start = buffer.pos  # this step's transition is stored at pos, after on_step
+            self._started = datetime.now()
         self._actions.append(np.asarray(self.locals["actions"]).reshape(len(self.locals["dones"]), -1))
         dones = self.locals["dones"]
         if not dones.any():
@@ -139,7 +142,7 @@ class EpisodeCallback(BaseCallback):
             info = self.locals["infos"][env_index]
             if self.done_episodes < self.n_episodes:
                 actions = [a[env_index].tolist() for a in self._actions]
-                self.searcher.recorder.record(info["plan"], info["metrics"], actions=actions)
+                self.searcher.recorder.record(info["plan"], info["metrics"], actions=actions, started=self._started)
                 self.searcher.end_episode(self.model)
                 self.done_episodes += 1
         self._episode_start, self._actions = None, []
@@ -147,11 +150,8 @@ class EpisodeCallback(BaseCallback):
 
 
 class DDPGSearcher(Searcher):
-    defaults: ClassVar[dict[str, Any]] = {
-        "warmup_episodes": 100, "hidden": [300, 300], "actor_lr": 1e-4, "critic_lr": 1e-3, "tau": 0.01,
-        "gamma": 1.0, "batch_size": 64, "noise_sigma": 0.5, "noise_decay": 0.95, "reward_baseline": True,
-        "policy_file": None,
-    }
+    preset: ClassVar[str | None] = "ddpg"
+    runtime: ClassVar[dict[str, Any]] = {"policy_file": None}
 
     @classmethod
     def validate(cls, settings: dict[str, Any], episodes: int) -> None:

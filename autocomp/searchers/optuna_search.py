@@ -1,8 +1,9 @@
 """Optuna searchers: TPE (default) or NSGA-II for accuracy-vs-MACs Pareto fronts.
 
-Each trial suggests one raw action in [-1, 1] per step and action kind (see
-``autocomp.searchers.record.param_names``); the problem decodes them step by step with the same
-budget clipping as the environment, so every trial is feasible.
+Each trial suggests one raw action in [-1, 1] per step and action kind (named
+``action:<parameter>``, see ``autocomp.searchers.record.action_names``); the problem decodes them
+step by step with the same budget clipping as the environment, so every trial is feasible.
+Settings and their defaults: ``agents/optuna.yaml``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import optuna
 
 from autocomp.errors import ConfigError
 from autocomp.searchers.base import Searcher
-from autocomp.searchers.record import param_names
+from autocomp.searchers.record import action_names
 
 
 class OptunaSearcher(Searcher):
-    defaults: ClassVar[dict[str, Any]] = {"sampler": "tpe", "n_startup_trials": 20, "population_size": 20, "multivariate": True}
+    preset: ClassVar[str | None] = "optuna"
 
     @classmethod
     def directions(cls, settings: dict[str, Any]) -> list[str]:
@@ -41,7 +42,7 @@ class OptunaSearcher(Searcher):
             # with several workers, ask for a batch of trials and evaluate them concurrently
             trials = [study.ask() for _ in range(min(n_candidates, self.problem.batch_size))]
             try:
-                names = param_names(self.problem)
+                names = action_names(self.problem)
                 actions = [[[t.suggest_float(n, -1.0, 1.0) if n else 0.0 for n in row] for row in names] for t in trials]
                 plans = [self.problem.decode(a) for a in actions]
                 results = self.problem.evaluate_many(plans)

@@ -1,19 +1,30 @@
-"""Every evaluated candidate becomes a trial in an Optuna study (so optuna-dashboard shows it)."""
+"""Every evaluated candidate becomes a trial in an Optuna study (so optuna-dashboard shows it).
+
+A trial's parameters are the plan's real per-layer values as a person reads them (keep ratio,
+bits, rank ratio), named ``<unit>`` in a pruning-only space and ``<layer>:<action>`` otherwise.
+Optuna's own trials keep the raw actions it suggested, named ``action:<name>``. Every trial
+stores its plan, its metrics and its raw actions (``actions``, one row per step) as user
+attributes, so a resumed search rebuilds its candidates and DDPG its replay buffer.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import numpy as np
 import optuna
-from optuna.distributions import FloatDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from autocomp.env.reward import reward
+from autocomp.kinds import KINDS
 from autocomp.plan import Plan
-from autocomp.problem import CompressionProblem, Metrics, reward
+from autocomp.problem import CompressionProblem, Metrics
 
-ACTION = FloatDistribution(-1.0, 1.0)
+ACTION_PREFIX = "action:"
 
 
 @dataclass
@@ -25,12 +36,18 @@ class Candidate:
 
 
 def param_names(problem: CompressionProblem) -> list[list[str | None]]:
-    """Optuna parameter name of each (step, action kind), ``None`` where the step does not take it:
+    """Parameter name of each (step, action kind), ``None`` where the step does not take it:
     ``<unit>`` for a pruning-only space, else ``<layer>:<action>``."""
-    if problem.action_kinds == ("keep_ratio",):
-        return [[problem.units[s.unit].name] for s in problem.steps]
-    return [[f"{s.layer}:{kind}" if s.choices(kind) is not None else None for kind in problem.action_kinds]
+    single = len(problem.action_kinds) == 1 and KINDS[problem.action_kinds[0]].scope == "unit"
+    if single:
+        return [[problem.units[s.unit].name if s.unit is not None else None] for s in problem.steps]
+    return [[f"{s.layer}:{kind}" if kind in s.choices else None for kind in problem.action_kinds]
             for s in problem.steps]
+
+
+def action_names(problem: CompressionProblem) -> list[list[str | None]]:
+    """Names of the raw actions an Optuna sampler suggests (``action:<parameter name>``)."""
+    return [[f"{ACTION_PREFIX}{n}" if n else None for n in row] for row in param_names(problem)]
 
 
 class TrialRecorder:
@@ -46,6 +63,7 @@ class TrialRecorder:
         # asked between candidates: true once the user wants the search to stop (Ctrl-C)
         self.should_stop: Callable[[], bool] = lambda: False
         self._names = param_names(problem)
+        self._distributions = self._value_distributions()
         self.history: list[Candidate] = [self._from_trial(t) for t in completed_trials(study)]
         for c in self.history:
             problem.remember(c.plan, c.metrics)
@@ -54,6 +72,36 @@ class TrialRecorder:
         # (exact with one writer, which every search has: its driver)
         self._next_number = len(study.get_trials(deepcopy=False))
 
+    def _value_distributions(self) -> dict[str, BaseDistribution]:
+        cost = self.problem.cost
+        out: dict[str, BaseDistribution] = {}
+        for step, names in zip(self.problem.steps, self._names):
+            for action, name in zip(self.problem.action_kinds, names):
+                if name is None:
+                    continue
+                kind, slot, choices = KINDS[action], step.slots[action], step.choices[action]
+                if np.issubdtype(choices.dtype, np.integer) and len(choices) <= 16:
+                    out[name] = CategoricalDistribution([round(kind.display(c, cost, slot), 6) for c in choices])
+                else:
+                    out[name] = FloatDistribution(*kind.display_range(choices, cost, slot))
+        return out
+
+    def _values(self, plan: Plan) -> dict[str, float]:
+        """The plan's real value at each step, as a person reads it, by parameter name."""
+        cost = self.problem.cost
+        arrays = cost.plan_arrays(plan)
+        done = {kind.key: arrays[kind.key] for kind in KINDS.values() if kind.stage == 0}
+        values: dict[str, float] = {}
+        for step, names in zip(self.problem.steps, self._names):
+            for action, name in zip(self.problem.action_kinds, names):
+                if name is None:
+                    continue
+                kind, slot = KINDS[action], step.slots[action]
+                value = kind.display(kind.state_value(arrays[kind.key], done, cost, slot), cost, slot)
+                dist = self._distributions[name]
+                values[name] = round(value, 6) if isinstance(dist, CategoricalDistribution) else value
+        return values
+
     @property
     def multi_objective(self) -> bool:
         return len(self.study.directions) > 1
@@ -61,17 +109,16 @@ class TrialRecorder:
     def values(self, metrics: Metrics) -> list[float]:
         return [metrics.val_accuracy, float(metrics.macs)] if self.multi_objective else [metrics.val_accuracy]
 
-    def record(self, plan: Plan, metrics: Metrics, *, actions: Sequence[float] | None = None,
-               trial: optuna.Trial | None = None) -> Candidate:
-        """Store one evaluated candidate; ``trial`` is an asked trial to tell, else a new one is added."""
+    def record(self, plan: Plan, metrics: Metrics, *, actions: Sequence[Sequence[float]] | None = None,
+               trial: optuna.Trial | None = None, started: datetime | None = None) -> Candidate:
+        """Store one evaluated candidate; ``trial`` is an asked trial to tell, else a new one is
+        added (``started``: when its evaluation began, for the dashboard's timeline)."""
         if actions is None:
             actions = self.problem.plan_actions(plan)
         rows = [[float(a) for a in row] for row in actions]
         attrs: dict[str, Any] = {
-            "kept": plan.kept,
-            "keep_ratio": {n: round(plan.keep_ratio(n), 4) for n in plan.kept},
-            "bits": plan.bits,
-            "rank": plan.rank,
+            "plan": plan.to_dict()["decisions"],
+            "actions": rows,
             "reward": reward(metrics, self.reward_kind),
             "searcher": self.searcher,
             **metrics.to_dict(),
@@ -82,11 +129,13 @@ class TrialRecorder:
                 trial.set_user_attr(key, value)
             number = self.study.tell(trial, values).number
         else:
-            named = [(name, a) for names, row in zip(self._names, rows) for name, a in zip(names, row) if name]
+            params = self._values(plan)
             created = optuna.trial.create_trial(
-                params=dict(named), distributions={name: ACTION for name, _ in named},
+                params=params, distributions={name: self._distributions[name] for name in params},
                 values=values, user_attrs=attrs,
             )
+            if started is not None:
+                created.datetime_start = started
             self.study.add_trial(created)
             number = self._next_number
         self._next_number = number + 1
@@ -100,12 +149,23 @@ class TrialRecorder:
 
     def _from_trial(self, trial: FrozenTrial) -> Candidate:
         attrs = trial.user_attrs
-        full = self.problem.plan(self.problem.cost.kept_vector(Plan(kept=dict(attrs["kept"]))))
-        plan = Plan(full.kept, full.channels, dict(attrs.get("bits", {})), dict(attrs.get("rank", {})))
+        stored = attrs.get("plan")
+        if stored is None:  # trials of earlier versions: kept channels, bits and ranks as separate attributes
+            stored = {"keep": attrs["kept"], "bits": attrs.get("bits", {}), "rank": attrs.get("rank", {})}
+        cost = self.problem.cost
+        plan = cost.plan_of(cost.plan_arrays(Plan(stored)))
         metrics = Metrics(**{k: attrs[k] for k in Metrics.__dataclass_fields__ if k in attrs})
-        actions = [[float(trial.params.get(name, 0.0)) if name else 0.0 for name in names] for names in self._names]
+        if "actions" in attrs:
+            actions = [[float(a) for a in row] for row in attrs["actions"]]
+        else:
+            actions = [[float(trial.params.get(name, 0.0)) if name else 0.0 for name in names] for names in self._names]
         return Candidate(plan, metrics, actions, trial.number)
 
 
 def completed_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "kept" in t.user_attrs]
+    """The study's finished candidates (trials of this and earlier versions of autocomp)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "plan" in t.user_attrs or "kept" in t.user_attrs]
+
+
+__all__ = ["Candidate", "TrialRecorder", "action_names", "completed_trials", "param_names"]

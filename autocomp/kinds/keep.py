@@ -1,0 +1,103 @@
+"""``keep_ratio``: channels kept per unit (a group of coupled channels), decided at its first layer.
+
+Space spec: ``keep_ratio: {min: 0.2, max: 1.0, round_to: 8, importance: l1}``. Allowed counts
+are the multiples of ``round_to`` between ``min`` and ``max`` of the unit's channels, plus both
+ends. ``importance`` ranks the channels to remove: ``l1`` (default) or ``l2``, the norm of each
+channel over its whole coupled group (Torch-Pruning's ``GroupMagnitudeImportance``).
+
+Example:
+    >>> KeepRatio().parse({"min": 0.25, "round_to": 8})
+    KeepRange(min=0.25, max=1.0, round_to=8, importance='l1')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from torch import nn
+
+from autocomp.errors import ConfigError
+from autocomp.kinds.base import ActionKind, Geometry, Op, Panel
+from autocomp.kinds.ranges import parse_fields
+
+if TYPE_CHECKING:
+    from autocomp.cost import CostModel
+    from autocomp.graph import LayerGraph
+
+IMPORTANCE = {"l1": 1, "l2": 2}
+
+
+@dataclass(frozen=True)
+class KeepRange:
+    min: float
+    max: float = 1.0
+    round_to: int = 1
+    importance: str = "l1"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min <= self.max <= 1:
+            raise ConfigError(f"keep_ratio range [{self.min}, {self.max}] must satisfy 0 < min <= max <= 1: fix the space file.")
+        if self.round_to < 1:
+            raise ConfigError(f"round_to={self.round_to} must be a positive channel count: fix the space file.")
+        if self.importance not in IMPORTANCE:
+            raise ConfigError(f"importance={self.importance!r} is not one of {sorted(IMPORTANCE)}: fix the space file.")
+
+
+class KeepRatio(ActionKind):
+    action: ClassVar[str] = "keep_ratio"
+    key: ClassVar[str] = "keep"
+    scope: ClassVar = "unit"
+    stage: ClassVar[int] = 0
+    amc_feature: ClassVar[bool] = True
+    plural: ClassVar[str] = "keep ratio per channel group"
+
+    def parse(self, spec: Mapping[str, Any]) -> KeepRange:
+        return parse_fields(KeepRange, spec, self.action, example="{min: 0.2, max: 1.0}",
+                            casts={"min": float, "max": float, "round_to": int, "importance": str})
+
+    def to_spec(self, value: KeepRange) -> dict[str, Any]:
+        return {"min": value.min, "max": value.max, "round_to": value.round_to, "importance": value.importance}
+
+    def choices(self, value: KeepRange | None, cost: CostModel, index: int) -> np.ndarray:
+        channels = int(cost.channels[index])
+        if value is None:
+            return np.array([channels], dtype=np.int64)
+        low = max(1, round(value.min * channels))
+        high = max(low, round(value.max * channels))
+        grid = np.arange(0, high + 1, value.round_to)
+        return np.unique(np.concatenate([[low, high], grid[(grid >= low) & (grid <= high)]])).astype(np.int64)
+
+    def uniform_threshold(self, level: float, space_value: KeepRange | None, cost: CostModel, index: int) -> float:
+        return level * float(cost.channels[index])
+
+    def observe(self, value: float, cost: CostModel, index: int) -> float:
+        return float(value) / float(cost.channels[index])
+
+    display = observe
+
+    def plan_default(self, cost: CostModel) -> np.ndarray:
+        return cost.channels.copy()
+
+    def entries(self, plan: np.ndarray, cost: CostModel) -> dict[str, int]:
+        return {u.name: int(k) for u, k in zip(cost.graph.units, plan)}  # every unit, pruned or not
+
+    def shape(self, plan: np.ndarray, geometry: Geometry, cost: CostModel) -> None:
+        pruned = cost.channels - np.asarray(plan)
+        geometry.out_f = np.rint(geometry.out_f - cost.out_deps @ pruned)
+        geometry.in_f = np.rint(geometry.in_f - cost.in_deps @ pruned)
+        geometry.kept_fraction = geometry.kept_fraction - cost.channel_deps @ pruned
+
+    def make_op(self, model: nn.Module, graph: LayerGraph, space_value: KeepRange | None) -> Op:
+        from autocomp.ops.prune import ChannelPruner
+
+        p = IMPORTANCE[space_value.importance if space_value is not None else "l1"]
+        pruner = ChannelPruner(model, graph, p=p)
+        return lambda target, entries: pruner.apply(dict(entries), copy_model=False, target=target)
+
+    def panel(self, entries: Mapping[str, int], channels: Mapping[str, int], layers: list[str],
+              searched: bool) -> Panel | None:
+        names = list(entries)
+        return (self.plural, names, [entries[n] / channels[n] for n in names], (0.0, 1.05))

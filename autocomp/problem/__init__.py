@@ -1,0 +1,166 @@
+"""The compression problem: plan -> compressed model -> metrics, with budgets enforced.
+
+No gym, no optuna, no ray here: the environment and every searcher drive this object. It
+composes one object per concept:
+
+- :class:`~autocomp.problem.decisions.DecisionSpace`: the steps of an episode and their choices;
+- :class:`~autocomp.problem.budgets.Budgets`: limits, feasibility, clipping, the uniform level;
+- :class:`~autocomp.problem.evaluator.Evaluator`: compress, recalibrate, score (what a Ray worker holds);
+- :class:`~autocomp.problem.scoring.CachedScorer`: the cache and the parallel backend.
+
+Example:
+    >>> from autocomp.data import load_data
+    >>> from autocomp.models import build_model
+    >>> from autocomp.space import SearchSpace
+    >>> data = load_data("digits", val_size=100)
+    >>> problem = CompressionProblem(model=build_model("digits_cnn"), data=data,
+    ...                              space=SearchSpace.load("prune"), budgets={"flops": "0.5"})
+    >>> plan = problem.decode([1.0] * len(problem.steps))  # ask for everything...
+    >>> problem.cost.predict(plan).macs <= problem.limits["macs"]  # ...get a feasible plan
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from torch import nn
+
+from autocomp.cost import Cost, CostModel
+from autocomp.data import DataBundle, Split
+from autocomp.graph import LayerGraph
+from autocomp.latency import LatencyTable
+from autocomp.ops import Compressor
+from autocomp.plan import Plan
+from autocomp.problem.budgets import Budgets
+from autocomp.problem.decisions import DecisionSpace, State, Step
+from autocomp.problem.evaluator import EvalSettings, Evaluator, Score, calibration_split
+from autocomp.problem.scoring import CachedScorer, EvalStats, EvaluationBackend, Metrics
+from autocomp.space import SearchSpace
+
+
+def measured_latency(graph: LayerGraph, cost: CostModel, model: nn.Module, *, threads: int) -> tuple[LatencyTable, float]:
+    """A latency table for ``graph`` on this machine (measured now, or read from its cache) and the
+    whole model's measured latency in seconds."""
+    table = LatencyTable(graph, cost, threads=threads)
+    table.warm()
+    return table, table.calibrate(model)
+
+
+class CompressionProblem:
+    """Decisions to take, their feasible choices under the budgets, and candidate scoring."""
+
+    def __init__(self, *, model: nn.Module, data: DataBundle, space: SearchSpace,
+                 budgets: Mapping[str, str | float | None], evaluation: EvalSettings | None = None,
+                 graph: LayerGraph | None = None, latency_threads: int = 1) -> None:
+        self.model = model.eval()
+        self.data = data
+        self.space = space
+        self.evaluation = evaluation or EvalSettings()
+        self.graph = graph or LayerGraph.build(self.model, data.input_shape)
+        self.cost = CostModel(self.graph)
+        self.decisions = DecisionSpace(self.cost, space)
+        latency, self.baseline_latency_s = None, 0.0
+        if budgets.get("latency") is not None:
+            latency, self.baseline_latency_s = measured_latency(self.graph, self.cost, self.model, threads=latency_threads)
+        self.latency: LatencyTable | None = latency
+        self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)
+        self.limits = self.constraints.limits
+        self.budgets = self.constraints.given
+        self.calibration = calibration_split(data.train, self.evaluation)
+        self.evaluator = Evaluator(self.model, self.graph, val=data.val, calibration=self.calibration,
+                                   settings=self.evaluation,
+                                   compressor=Compressor(self.model, self.graph, space.ranges))
+        self.scorer = CachedScorer(self.evaluator, self.constraints.estimate_plan)
+        self.constraints.check_reachable()
+
+    # ---- the decision space -----------------------------------------------------------
+    @property
+    def units(self) -> list:
+        return self.graph.units
+
+    @property
+    def steps(self) -> list[Step]:
+        return self.decisions.steps
+
+    @property
+    def action_kinds(self) -> tuple[str, ...]:
+        return self.decisions.action_kinds
+
+    @property
+    def action_dims(self) -> int:
+        return len(self.action_kinds)
+
+    def full_state(self) -> State:
+        return self.decisions.full_state()
+
+    def plan_of(self, state: State) -> Plan:
+        return self.decisions.plan_of(state)
+
+    def plan_actions(self, plan: Plan) -> list[list[float]]:
+        return self.decisions.actions_of(plan)
+
+    def uniform_plan(self, level: float) -> Plan:
+        return self.decisions.plan_of(self.decisions.uniform_state(level))
+
+    # ---- budgets ----------------------------------------------------------------------
+    def feasible(self, cost: Cost) -> bool:
+        return self.constraints.feasible(cost)
+
+    def state_cost(self, state: State) -> Cost:
+        return self.constraints.estimate(state)
+
+    def take(self, step: Step, state: State, actions: Sequence[float]) -> dict[str, float]:
+        return self.constraints.take(step, state, actions)
+
+    def decode(self, actions: Sequence[Sequence[float]] | Sequence[float]) -> Plan:
+        return self.constraints.decode(actions)
+
+    def largest_uniform_level(self) -> float:
+        return self.constraints.largest_uniform_level()
+
+    # ---- scoring ----------------------------------------------------------------------
+    @property
+    def backend(self) -> EvaluationBackend | None:
+        return self.scorer.backend
+
+    @backend.setter
+    def backend(self, backend: EvaluationBackend | None) -> None:
+        self.scorer.backend = backend
+
+    @property
+    def stats(self) -> EvalStats:
+        return self.scorer.stats
+
+    @property
+    def parallelism(self) -> int:
+        return self.scorer.parallelism
+
+    @property
+    def batch_size(self) -> int:
+        return self.scorer.batch_size
+
+    def build(self, plan: Plan) -> nn.Module:
+        """The physically compressed model of ``plan`` with recalibrated batch norm."""
+        return self.evaluator.build(plan)
+
+    def evaluate(self, plan: Plan) -> Metrics:
+        return self.scorer.evaluate(plan)
+
+    def evaluate_many(self, plans: Sequence[Plan]) -> list[Metrics]:
+        return self.scorer.evaluate_many(plans)
+
+    def remember(self, plan: Plan, metrics: Metrics) -> None:
+        self.scorer.remember(plan, metrics)
+
+    def score(self, model: nn.Module, split: Split) -> float:
+        return self.evaluator.score(model, split)
+
+    def baseline_metrics(self) -> Metrics:
+        base = self.cost.baseline
+        return Metrics(base.macs, base.params, base.size_bytes, self.score(self.model, self.data.val),
+                       latency_us=round(self.baseline_latency_s * 1e6))
+
+
+__all__ = ["Budgets", "CompressionProblem", "DecisionSpace", "EvalSettings", "EvalStats", "EvaluationBackend",
+           "Evaluator", "Metrics", "Score", "State", "Step"]

@@ -1,0 +1,162 @@
+"""The decision space of an episode: its steps, the values each may take, and encode/decode.
+
+One step per layer (forward order) that takes at least one action of the search space; a
+unit-scoped action (channels kept) is decided at its unit's first layer. A :class:`State` holds
+one state array per action kind (every kind, searched or not: unsearched slots stay at their
+only value).
+
+Example:
+    >>> decisions = DecisionSpace(cost, SearchSpace.load("prune"))  # doctest: +SKIP
+    >>> decisions.plan_of(decisions.full_state()).get("keep") == {u.name: u.channels for u in cost.graph.units}  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from autocomp.cost import CostModel
+from autocomp.kinds import KINDS, ActionKind, by_stage
+from autocomp.plan import Plan
+from autocomp.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class Step:
+    """One decision of an episode: the actions of one layer. ``slots``/``choices``: action name
+    -> the slot it sets (unit or layer index) and the values allowed there, for the actions taken
+    here; ``unit``: the unit decided here, if a unit-scoped action is."""
+
+    index: int
+    layer: str
+    layer_index: int
+    slots: Mapping[str, int]
+    choices: Mapping[str, np.ndarray]
+    unit: int | None
+
+
+@dataclass
+class State:
+    """State arrays of a (partial) plan, by kind key."""
+
+    values: dict[str, np.ndarray]
+
+    def copy(self) -> State:
+        return State({k: v.copy() for k, v in self.values.items()})
+
+
+def nearest(choices: np.ndarray, action: float) -> int:
+    """Index of the allowed value nearest to ``action`` in [-1, 1] mapped onto the value range."""
+    target = choices[0] + (float(np.clip(action, -1, 1)) + 1) / 2 * (choices[-1] - choices[0])
+    return int(np.argmin(np.abs(choices - target)))
+
+
+def to_action(choices: np.ndarray, value: float) -> float:
+    span = float(choices[-1] - choices[0])
+    return 0.0 if span == 0 else float(np.clip(2 * (value - choices[0]) / span - 1, -1, 1))
+
+
+class DecisionSpace:
+    def __init__(self, cost: CostModel, space: SearchSpace) -> None:
+        self.cost = cost
+        self.space = space
+        graph = cost.graph
+        self.kinds: tuple[ActionKind, ...] = tuple(KINDS[a] for a in space.actions)
+        layers = graph.layers
+        ranges = [space.for_layer(layer.name, graph.tags(layer)) for layer in layers]
+        by_name = {layer.name: i for i, layer in enumerate(layers)}
+        first_layer = [by_name[u.layers[0]] if u.layers else None for u in graph.units]
+        self.choices: dict[str, list[np.ndarray]] = {}
+        for kind in KINDS.values():
+            if kind.scope == "unit":
+                where = [ranges[i].get(kind.action) if i is not None else None for i in first_layer]
+            else:
+                where = [r.get(kind.action) for r in ranges]
+            self.choices[kind.key] = [kind.choices(r, cost, i) for i, r in enumerate(where)]
+        unit_at = {i: u for u, i in enumerate(first_layer) if i is not None}
+        steps: list[Step] = []
+        for i, layer in enumerate(layers):
+            slots = {}
+            for kind in self.kinds:
+                slot = unit_at.get(i) if kind.scope == "unit" else i
+                if slot is not None and len(self.choices[kind.key][slot]) > 1:
+                    slots[kind.action] = slot
+            if slots:
+                unit = next((s for a, s in slots.items() if KINDS[a].scope == "unit"), None)
+                steps.append(Step(len(steps), layer.name, i, slots,
+                                  {a: self.choices[KINDS[a].key][s] for a, s in slots.items()}, unit))
+        self.steps = steps
+        # which slots are still open after each step (they take their minimum when clipping)
+        self.later = {kind.key: np.zeros((len(steps), len(self.choices[kind.key])), dtype=bool) for kind in KINDS.values()}
+        for i in range(len(steps)):
+            for later in steps[i + 1:]:
+                for action, slot in later.slots.items():
+                    self.later[KINDS[action].key][i, slot] = True
+
+    @property
+    def action_kinds(self) -> tuple[str, ...]:
+        return tuple(kind.action for kind in self.kinds)
+
+    def _pick(self, index: int) -> State:
+        return State({kind.key: np.array([c[index] for c in self.choices[kind.key]], dtype=kind.dtype)
+                      for kind in KINDS.values()})
+
+    def full_state(self) -> State:
+        """Every decision at its largest value (nothing compressed beyond what rules fix)."""
+        return self._pick(-1)
+
+    def min_state(self) -> State:
+        return self._pick(0)
+
+    def uniform_state(self, level: float) -> State:
+        """One setting for every slot: each kind's value at ``level`` (see its ``uniform_threshold``),
+        the largest allowed value not above it."""
+        values = {}
+        for kind in KINDS.values():
+            space_value = self.space.ranges.get(kind.action)
+            picked = []
+            for i, choices in enumerate(self.choices[kind.key]):
+                fit = choices[choices <= kind.uniform_threshold(level, space_value, self.cost, i) + 1e-9]
+                picked.append(fit[-1] if len(fit) else choices[0])
+            values[kind.key] = np.array(picked, dtype=kind.dtype)
+        return State(values)
+
+    def plan_arrays(self, state: State) -> dict[str, np.ndarray]:
+        """Plan arrays (what a plan stores) of a state, kind by kind in stage order."""
+        done: dict[str, np.ndarray] = {}
+        for kind in by_stage():
+            done[kind.key] = kind.plan_array(state.values[kind.key], done, self.cost)
+        return done
+
+    def plan_of(self, state: State) -> Plan:
+        return self.cost.plan_of(self.plan_arrays(state))
+
+    def actions_of(self, plan: Plan) -> list[list[float]]:
+        """Actions that reproduce ``plan`` when it is feasible (e.g. to record a uniform plan)."""
+        arrays = self.cost.plan_arrays(plan)
+        done = {kind.key: arrays[kind.key] for kind in by_stage() if kind.stage == 0}
+        rows = []
+        for step in self.steps:
+            row = []
+            for kind in self.kinds:
+                slot = step.slots.get(kind.action)
+                if slot is None:
+                    row.append(0.0)
+                else:
+                    row.append(to_action(step.choices[kind.action], kind.state_value(arrays[kind.key], done, self.cost, slot)))
+            rows.append(row)
+        return rows
+
+    def observe(self, step: Step, taken: Mapping[str, float]) -> dict[str, float]:
+        """Taken values of ``step`` as the environment observes them, in [0, 1]."""
+        return {a: KINDS[a].observe(v, self.cost, step.slots[a]) for a, v in taken.items()}
+
+    def display(self, step: Step, taken: Mapping[str, float]) -> dict[str, float]:
+        """Taken values of ``step`` as a person reads them (keep ratio, bits, rank ratio)."""
+        return {a: KINDS[a].display(v, self.cost, step.slots[a]) for a, v in taken.items()}
+
+    def rows(self, actions: Sequence[Sequence[float]] | Sequence[float]) -> np.ndarray:
+        return np.asarray(actions, dtype=float).reshape(len(self.steps), len(self.kinds))

@@ -1,0 +1,84 @@
+"""Scoring one candidate: compress the model physically, recalibrate batch norm, measure accuracy.
+
+An :class:`Evaluator` holds only what scoring needs (the model, its layer graph, the
+calibration and validation images): a Ray worker holds one on its own, without any budget,
+search space or cost model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from autocomp.data import Split
+from autocomp.evaluate import ForwardTimer, accuracy, recalibrate_batchnorm
+from autocomp.graph import LayerGraph
+from autocomp.ops import Compressor
+from autocomp.plan import Plan
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a candidate is scored. Defaults suit a 2-core CPU (see README: sizing)."""
+
+    recalibrate: bool = True
+    calib_batches: int = 4
+    calib_batch_size: int = 128
+    eval_batch_size: int = 500
+
+
+@dataclass(frozen=True)
+class Score:
+    """What scoring one plan measured: validation accuracy and the seconds it took."""
+
+    val_accuracy: float
+    eval_seconds: float = 0.0
+    forward_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def calibration_split(train: Split, settings: EvalSettings) -> Split:
+    """The same random training images recalibrate every candidate (seed 0)."""
+    count = settings.calib_batches * settings.calib_batch_size if settings.recalibrate else 0
+    if count >= len(train):
+        return train
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count]
+    return Split(train.x[idx], train.y[idx])
+
+
+class Evaluator:
+    def __init__(self, model: nn.Module, graph: LayerGraph, *, val: Split, calibration: Split,
+                 settings: EvalSettings, compressor: Compressor | None = None) -> None:
+        self.model = model.eval()
+        self.graph = graph
+        self.val = val
+        self.calibration = calibration
+        self.settings = settings
+        self.compressor = compressor or Compressor(self.model, graph)
+
+    def _recalibrate(self, model: nn.Module, timer: ForwardTimer | None = None) -> None:
+        recalibrate_batchnorm(model, self.calibration, batch_size=self.settings.calib_batch_size, timer=timer)
+
+    def build(self, plan: Plan) -> nn.Module:
+        """The physically compressed model of ``plan`` with recalibrated batch norm."""
+        model = self.compressor.apply(plan)
+        self._recalibrate(model)
+        return model
+
+    def score_plan(self, plan: Plan) -> Score:
+        start = time.perf_counter()
+        timer = ForwardTimer()
+        model = self.compressor.apply(plan)
+        with parametrize.cached():  # quantised weights computed once per candidate, not per batch
+            self._recalibrate(model, timer)
+            acc = accuracy(model, self.val, batch_size=self.settings.eval_batch_size, timer=timer)
+        return Score(acc, time.perf_counter() - start, timer.seconds)
+
+    def score(self, model: nn.Module, split: Split) -> float:
+        return accuracy(model, split, batch_size=self.settings.eval_batch_size)
