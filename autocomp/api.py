@@ -1,25 +1,31 @@
-"""The Python API: everything the CLI does, ``import autocomp`` can do."""
+"""The Python API: everything the CLI does, ``import autocomp`` can do. The CLI only parses
+arguments, calls these functions and prints what they return."""
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
+from autocomp.compress import Compressor
 from autocomp.config import SearchConfig
 from autocomp.errors import ConfigError
 from autocomp.graph import LayerGraph
 from autocomp.models import build_model
-from autocomp.ops import Compressor
 from autocomp.plan import Plan
+from autocomp.rundir import RunDir
 
 
-def search(*, resume: bool = False, progress: bool = True, **settings: Any) -> dict[str, Any]:
+def search(*, config: SearchConfig | None = None, resume: bool = False, progress: bool = True,
+           **settings: Any) -> dict[str, Any]:
     """Run a search and return its summary (the content of ``runs/<name>/summary.json``).
+
+    ``settings`` are :class:`SearchConfig` fields (applied over ``config`` when both are given).
+    A new search needs a budget; ``resume=True`` needs the ``name`` of the run to continue, and
+    fails on a setting that differs from the run's (``episodes`` may be raised).
 
     Example:
         >>> summary = autocomp.search(budget_flops="0.5", agent="uniform", name="api-demo")  # doctest: +SKIP
@@ -28,28 +34,102 @@ def search(*, resume: bool = False, progress: bool = True, **settings: Any) -> d
     """
     from autocomp.runners import run_search
 
-    return run_search(SearchConfig(**settings), resume=resume, progress=progress).summary
+    config = SearchConfig.from_dict({**(config or SearchConfig()).to_dict(), **settings})
+    return run_search(config, resume=resume, progress=progress).summary
 
 
-def load_compressed(run_dir: str | Path, *, finetuned: bool = False) -> nn.Module:
+def finetune(run_dir: str | os.PathLike[str], *, epochs: int = 5, lr: float = 0.01, batch_size: int = 128,
+             temperature: float = 4.0, alpha: float = 0.9, kd: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune a run's best model, distilled from the original unless ``kd=False``; writes
+    ``finetuned/`` and the ``finetuned`` section of summary.json, and returns that section.
+
+    Example:
+        >>> result = autocomp.finetune("runs/r20-ddpg", epochs=2)  # doctest: +SKIP
+        >>> result["test_accuracy"] > 0.5  # doctest: +SKIP
+        True
+    """
+    from autocomp.finetuning import finetune_run
+
+    return finetune_run(run_dir, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
+                        alpha=alpha, kd=kd, progress=progress)
+
+
+def export(run_dir: str | os.PathLike[str], *, fmt: str = "torchscript", threads: int = 1,
+           out_dir: str | os.PathLike[str] | None = None, finetuned: bool = False) -> dict[str, Any]:
+    """Export a run's best model (``torchscript``, ``onnx``, ``state_dict`` or ``packed``) to
+    ``run_dir/export/`` (or ``out_dir``); returns its size, latency and output check, also
+    recorded in summary.json under ``exports``.
+
+    Example:
+        >>> info = autocomp.export("runs/r20-ddpg", fmt="onnx")  # doctest: +SKIP
+        >>> info["file"]  # doctest: +SKIP
+        'model.onnx'
+    """
+    from autocomp.exporting import export_run
+
+    return export_run(run_dir, fmt=fmt, threads=threads, out_dir=out_dir, finetuned=finetuned)
+
+
+def report(run_dir: str | os.PathLike[str], *, uniform: bool = True) -> Path:
+    """Write ``report.html`` and its plots into a finished run; returns the HTML path
+    (``uniform=False``: skip evaluating the uniform baseline when the run has none).
+
+    Example:
+        >>> autocomp.report("runs/r20-ddpg")  # doctest: +SKIP
+        PosixPath('runs/r20-ddpg/report.html')
+    """
+    from autocomp.reporting import write_report
+
+    return write_report(run_dir, uniform=uniform)
+
+
+def sweep(sweep_file: str | Path, *, runs_dir: str | Path = "runs", address: str | None = None) -> Path:
+    """Run a grid of searches as Ray Tune trials (``pip install 'autocomp[ray]'``); returns the
+    sweep folder with summary.md, summary.csv and accuracy_vs_budget.png.
+
+    Example:
+        >>> autocomp.sweep("sweeps/digits.yaml")  # doctest: +SKIP
+        PosixPath('/.../runs/digits-sweep')
+    """
+    from autocomp.runners.sweep import run_sweep
+
+    return run_sweep(sweep_file, runs_dir=str(runs_dir), address=address)
+
+
+def dashboard(run_dir: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve optuna-dashboard on a run's study until interrupted (``pip install 'autocomp[dashboard]'``).
+
+    Example:
+        >>> autocomp.dashboard("runs/r20-ddpg", port=8081)  # doctest: +SKIP
+    """
+    from autocomp.runners.storage import open_storage
+
+    run = RunDir(run_dir)
+    kind = run.read_config().storage
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise ConfigError("optuna-dashboard is not installed: pip install 'autocomp[dashboard]'") from None
+    optuna_dashboard.run_server(open_storage(run, kind), host=host, port=port)
+
+
+def load_compressed(run_dir: str | os.PathLike[str], *, finetuned: bool = False) -> nn.Module:
     """The best compressed model of a finished run, as an ``nn.Module`` in eval mode
     (``finetuned=True``: the weights written by ``autocomp finetune``). Quantised layers carry
-    their quantiser (``autocomp.ops.bake`` turns them into plain weights).
+    their quantiser (``autocomp.ops.bake`` turns them into plain weights). Torch's random state
+    is left as it was.
 
     Example:
         >>> model = autocomp.load_compressed("runs/r20-ddpg")  # doctest: +SKIP
     """
-    run_dir = Path(run_dir)
-    weights = run_dir / ("finetuned" if finetuned else "best") / "model.pt"
-    needed = [run_dir / "config.yaml", run_dir / "summary.json", run_dir / "best" / "plan.json", weights]
-    missing = [str(p) for p in needed if not p.is_file()]
-    if missing:
-        fix = f"autocomp finetune {run_dir}" if finetuned and missing == [str(weights)] else f"autocomp search --name {run_dir.name} --resume"
-        raise ConfigError(f"{run_dir} is not a finished run (missing {missing[0]}): finish it with `{fix}`.")
-    config = SearchConfig.from_dict(yaml.safe_load(needed[0].read_text()))
-    summary = json.loads(needed[1].read_text())
-    model = build_model(config.model, num_classes=summary["num_classes"]).eval()
-    graph = LayerGraph.build(model, tuple(summary["input_shape"]))
-    compressed = Compressor(model, graph).apply(Plan.load(needed[2]), copy_model=False)
-    compressed.load_state_dict(torch.load(needed[3], weights_only=True))
+    run = RunDir(run_dir)
+    run.require_finished(finetuned=finetuned)
+    config = run.read_config()
+    summary = run.read_summary()
+    plan = Plan.load(run.finetuned_plan if finetuned else run.best_plan)
+    with torch.random.fork_rng(devices=[]):  # initial weights and tracing inputs: keep the caller's RNG
+        model = build_model(config.model, num_classes=summary["num_classes"]).eval()
+        graph = LayerGraph.build(model, tuple(summary["input_shape"]))
+        compressed = Compressor(model, graph).apply(plan, copy_model=False)
+    compressed.load_state_dict(torch.load(run.finetuned_model if finetuned else run.best_model, weights_only=True))
     return compressed.eval()

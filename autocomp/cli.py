@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from autocomp import api
 from autocomp.config import SearchConfig
-from autocomp.errors import AutocompError, ConfigError
+from autocomp.errors import AutocompError
+from autocomp.rundir import RunDir
 
 
 def _agent_option(text: str) -> tuple[str, Any]:
@@ -70,8 +73,6 @@ class SearchCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from autocomp.runners import run_search
-
         config = SearchConfig(
             model=args.model, weights=args.weights, num_classes=args.num_classes, data=args.data,
             data_dir=args.data_dir, mean=args.mean, std=args.std, preprocess=args.preprocess,
@@ -83,29 +84,22 @@ class SearchCommand:
             threads=args.threads, name=args.name, runs_dir=args.runs_dir, storage=args.storage,
             workers=args.workers, address=args.address,
         )
-        if args.resume and not args.name:
-            raise ConfigError("--resume needs --name NAME of the run to continue.")
-        if not args.resume and not any(config.budgets().values()):
-            raise ConfigError("no budget given: pass --budget-flops (e.g. 0.5), --budget-params (e.g. 100K), "
-                              "--budget-size (e.g. 0.125 or 200KB) and/or --budget-latency (e.g. 0.6 or 3ms).")
         try:
-            result = run_search(config, resume=args.resume, progress=not args.no_progress)
+            s = api.search(config=config, resume=args.resume, progress=not args.no_progress)
         except KeyboardInterrupt:
             print(f"\ninterrupted: every finished candidate is stored. Continue with: "
                   f"autocomp search --name {config.name or '<name>'} --runs-dir {config.runs_dir} --resume", file=sys.stderr)
             return 130
-        s = result.summary
+        run = RunDir(Path(config.runs_dir) / s["name"])
         base, best = s["baseline"], s["best"]
         print(f"best of {s['candidates']} candidates: MACs {best['flops']:,} ({best['flops'] / base['flops']:.3f} of "
               f"{base['flops']:,}), params {best['params']:,}, bytes {best['size_bytes']:,} "
               f"({best['size_bytes'] / base['size_bytes']:.3f}), val acc {best['val_accuracy']:.4f} "
               f"(original {base['val_accuracy']:.4f}), test acc {best['test_accuracy']:.4f} (original {base['test_accuracy']:.4f})")
         if args.finetune_epochs > 0:
-            from autocomp.finetune import finetune_run
-
-            r = finetune_run(result.run_dir, epochs=args.finetune_epochs, progress=not args.no_progress)
+            r = api.finetune(run.path, epochs=args.finetune_epochs, progress=not args.no_progress)
             print(f"fine-tuned {r['epochs']} epochs with distillation: test acc {r['test_accuracy']:.4f}")
-        print(f"run saved in {result.run_dir}/ ; dashboard: autocomp dashboard {result.run_dir}")
+        print(f"run saved in {run}/ ; dashboard: autocomp dashboard {run}")
         return 0
 
 
@@ -150,9 +144,7 @@ class SweepCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from autocomp.runners.sweep import run_sweep
-
-        sweep_dir = run_sweep(args.sweep_file, runs_dir=args.runs_dir, address=args.address)
+        sweep_dir = api.sweep(args.sweep_file, runs_dir=args.runs_dir, address=args.address)
         print((sweep_dir / "summary.md").read_text())
         print(f"sweep saved in {sweep_dir}/ (summary.md, summary.csv, accuracy_vs_budget.png)")
         return 0
@@ -169,21 +161,9 @@ class DashboardCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from pathlib import Path
-
-        from autocomp.runners.storage import dashboard_target, open_storage
-
-        run_dir = Path(args.run_dir)
-        config_file = run_dir / "config.yaml"
-        if not config_file.is_file():
-            raise ConfigError(f"{run_dir} is not a run directory (no config.yaml): pass runs/<name>.")
-        kind = SearchConfig.from_dict(yaml.safe_load(config_file.read_text())).storage
-        try:
-            import optuna_dashboard
-        except ImportError:
-            raise ConfigError("optuna-dashboard is not installed: pip install 'autocomp[dashboard]'") from None
-        print(f"optuna-dashboard on {dashboard_target(run_dir, kind)}: http://{args.host}:{args.port}/")
-        optuna_dashboard.run_server(open_storage(run_dir, kind), host=args.host, port=args.port)
+        RunDir(args.run_dir).read_config()  # a folder that is no run fails before the address is printed
+        print(f"optuna-dashboard on {args.run_dir}: http://{args.host}:{args.port}/ (Ctrl-C stops it)")
+        api.dashboard(args.run_dir, host=args.host, port=args.port)
         return 0
 
 
@@ -200,9 +180,7 @@ class ExportCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from autocomp.export import export_run
-
-        info = export_run(args.run_dir, fmt=args.format, threads=args.threads, out_dir=args.out, finetuned=args.finetuned)
+        info = api.export(args.run_dir, fmt=args.format, threads=args.threads, out_dir=args.out, finetuned=args.finetuned)
         payload = f" (tensors {info['payload_bytes']:,} bytes)" if "payload_bytes" in info else ""
         print(f"{info['file']}: {info['size_bytes']:,} bytes{payload}, {info['latency_s'] * 1e3:.3f} ms per sample "
               f"({info['threads']} thread), max |output - PyTorch| = {info['max_abs_diff']:.2e}")
@@ -225,9 +203,7 @@ class FinetuneCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from autocomp.finetune import finetune_run
-
-        r = finetune_run(args.run_dir, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        r = api.finetune(args.run_dir, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          temperature=args.temperature, alpha=args.alpha, kd=not args.no_kd, progress=not args.no_progress)
         print(f"fine-tuned {r['epochs']} epochs{' with distillation' if r['distillation'] else ''}: "
               f"val acc {r['val_accuracy']:.4f}, test acc {r['test_accuracy']:.4f} -> {args.run_dir}/finetuned/")
@@ -244,9 +220,7 @@ class ReportCommand:
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        from autocomp.report import write_report
-
-        print(f"report written to {write_report(args.run_dir, uniform=not args.no_uniform)}")
+        print(f"report written to {api.report(args.run_dir, uniform=not args.no_uniform)}")
         return 0
 
 

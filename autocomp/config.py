@@ -8,6 +8,10 @@ from typing import Any
 
 from autocomp.errors import ConfigError
 
+RUN_FIELDS = ("name", "runs_dir", "episodes", "threads", "workers", "address")
+"""Where a run lives, how long it goes on and what it runs on: a resumed run may change these.
+Every other field says what is searched, and a resumed run keeps it."""
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -62,6 +66,41 @@ class SearchConfig:
         if self.calib_batches < 0 or self.calib_batch_size < 1:
             raise ConfigError("--calib-batches must be >= 0 and --calib-batch-size >= 1.")
 
+    def check_start(self, *, resume: bool) -> None:
+        """What a search needs before it starts: a name to resume, a budget to start afresh."""
+        if resume and not self.name:
+            raise ConfigError("--resume needs --name NAME of the run to continue (name= in the Python API).")
+        if not resume and not any(self.budgets().values()):
+            raise ConfigError("no budget given: pass --budget-flops (e.g. 0.5), --budget-params (e.g. 100K), "
+                              "--budget-size (e.g. 0.125 or 200KB) and/or --budget-latency (e.g. 0.6 or 3ms).")
+
+    def resumed(self, stored: SearchConfig, *, source: str) -> SearchConfig:
+        """The settings of a resumed run: ``stored`` (read from ``source``), with this config's
+        name, runs_dir and the run fields it sets (``episodes`` may be raised).
+
+        A field outside :data:`RUN_FIELDS` that this config sets to something other than both
+        its default and the stored value is an error: the run would silently ignore it.
+
+        Example:
+            >>> stored = SearchConfig(budget_flops="0.5", name="x")
+            >>> SearchConfig(name="x", episodes=20).resumed(stored, source="runs/x/config.yaml").episodes
+            20
+        """
+        default = SearchConfig()
+        changed = [
+            f"{f.name} is {getattr(self, f.name)} here but {getattr(stored, f.name)} in {source}"
+            for f in dataclasses.fields(self)
+            if f.name not in RUN_FIELDS
+            and not _same(getattr(self, f.name), getattr(default, f.name))
+            and not _same(getattr(self, f.name), getattr(stored, f.name))
+        ]
+        if changed:
+            flags = "the flag" if len(changed) == 1 else "the flags"
+            raise ConfigError(f"--resume: {', '.join(changed)}: drop {flags} to continue the run, "
+                              "or start a new run with another --name.")
+        run = {k: getattr(self, k) for k in RUN_FIELDS if not _same(getattr(self, k), getattr(default, k))}
+        return stored.replace(**{**run, "name": self.name, "runs_dir": self.runs_dir})
+
     def budgets(self) -> dict[str, str | None]:
         return {"flops": self.budget_flops, "params": self.budget_params, "size": self.budget_size, "latency": self.budget_latency}
 
@@ -78,3 +117,8 @@ class SearchConfig:
 
     def replace(self, **changes: Any) -> SearchConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, or equal as text: a budget given as 0.5 in Python and as "0.5" on the command line."""
+    return bool(a == b) or (a is not None and b is not None and str(a) == str(b))

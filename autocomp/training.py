@@ -21,42 +21,44 @@ def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size:
     """SGD (Nesterov momentum 0.9, weight decay 5e-4); returns the mean loss of each epoch.
 
     With a ``teacher`` the loss is ``alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE``.
+    Torch's global random state is the caller's again afterwards.
     """
     if epochs < 1:
         raise ConfigError(f"--epochs {epochs} must be at least 1.")
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    steps = epochs * ((len(split) + batch_size - 1) // batch_size)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    scheduler: torch.optim.lr_scheduler.LRScheduler = (
-        torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps) if schedule == "one_cycle"
-        else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    )
-    if teacher is not None:
-        teacher.eval()
-    losses = []
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
-    for _ in range(epochs):
-        model.train()
-        total, count, correct = 0.0, 0, 0
-        for x, y in split.batches(batch_size, shuffle=True, generator=generator):
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if teacher is not None:
-                with torch.no_grad():
-                    soft = F.softmax(teacher(x) / temperature, dim=1)
-                kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean")
-                loss = alpha * temperature**2 * kd + (1 - alpha) * loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(y)
-            count += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            bar.update()
-            bar.set_postfix(loss=f"{total / count:.3f}", acc=f"{correct / count:.3f}")
-        losses.append(total / count)
-    bar.close()
-    model.eval()
-    return losses
+    with torch.random.fork_rng(devices=[]):  # the model's random layers draw from it: keep the caller's
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        steps = epochs * ((len(split) + batch_size - 1) // batch_size)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        scheduler: torch.optim.lr_scheduler.LRScheduler = (
+            torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps) if schedule == "one_cycle"
+            else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        )
+        if teacher is not None:
+            teacher.eval()
+        losses = []
+        bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+        for _ in range(epochs):
+            model.train()
+            total, count, correct = 0.0, 0, 0
+            for x, y in split.batches(batch_size, shuffle=True, generator=generator):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = F.softmax(teacher(x) / temperature, dim=1)
+                    kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean")
+                    loss = alpha * temperature**2 * kd + (1 - alpha) * loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(y)
+                count += len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                bar.update()
+                bar.set_postfix(loss=f"{total / count:.3f}", acc=f"{correct / count:.3f}")
+            losses.append(total / count)
+        bar.close()
+        model.eval()
+        return losses

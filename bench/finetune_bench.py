@@ -38,8 +38,8 @@ from common import RESNET20, cifar_dir, commit, machine, save_json, write_sectio
 from autocomp.api import load_compressed  # noqa: E402
 from autocomp.config import SearchConfig  # noqa: E402
 from autocomp.data import Split  # noqa: E402
-from autocomp.export import export_model  # noqa: E402
-from autocomp.finetune import finetune_run  # noqa: E402
+from autocomp.exporting import export_model  # noqa: E402
+from autocomp.finetuning import finetune_run  # noqa: E402
 from autocomp.problem import CompressionProblem, EvalSettings  # noqa: E402
 from autocomp.runners.setup import load_config_data, prepare_model  # noqa: E402
 from autocomp.space import SearchSpace  # noqa: E402

@@ -15,6 +15,7 @@ from autocomp.latency import LatencyTable
 from autocomp.runners import run_search
 
 
+@pytest.mark.slow
 def test_latency_table_is_reused_from_cache_on_a_second_run(tmp_path, digits_model, digits_data) -> None:
     graph = LayerGraph.build(digits_model, digits_data.input_shape)
     cost = CostModel(graph)
@@ -24,11 +25,12 @@ def test_latency_table_is_reused_from_cache_on_a_second_run(tmp_path, digits_mod
     second = LatencyTable(graph, cost, threads=1, cache_dir=tmp_path)
     second.warm()
     assert second.measured == 0  # every layer shape came from the cache
-    full = second.predict(cost.channels, cost.no_rank)
-    half = second.predict(np.maximum(1, cost.channels // 4), cost.no_rank)
-    assert full == first.predict(cost.channels, cost.no_rank) and 0 < half < full
+    full = second.predict(cost.geometry(cost.defaults))
+    quarter = second.predict(cost.geometry({"keep": np.maximum(1, cost.channels // 4)}))
+    assert full == first.predict(cost.geometry(cost.defaults)) and 0 < quarter < full
 
 
+@pytest.mark.slow
 def test_latency_budget_is_enforced_and_measured(tmp_path) -> None:
     result = run_search(SearchConfig(budget_latency="0.95", agent="random", episodes=8, name="lat",
                                      runs_dir=str(tmp_path)), progress=False)

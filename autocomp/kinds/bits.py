@@ -19,6 +19,7 @@ from torch import nn
 
 from autocomp.errors import ConfigError
 from autocomp.kinds.base import ActionKind, Geometry, Op, Panel
+from autocomp.ops.quant import quantize_modules
 
 if TYPE_CHECKING:
     from autocomp.cost import CostModel
@@ -81,8 +82,6 @@ class Bits(ActionKind):
                                  + BYTES_PER_FLOAT * scales)
 
     def make_op(self, model: nn.Module, graph: LayerGraph, space_value: BitsChoice | None) -> Op:
-        from autocomp.ops.quant import quantize_modules
-
         def apply(target: nn.Module, entries: Mapping[str, int]) -> nn.Module:
             modules = dict(target.named_modules())
             quantize_modules({name: modules[name] for name in entries}, dict(entries))

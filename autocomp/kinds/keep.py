@@ -22,6 +22,7 @@ from torch import nn
 from autocomp.errors import ConfigError
 from autocomp.kinds.base import ActionKind, Geometry, Op, Panel
 from autocomp.kinds.ranges import parse_fields
+from autocomp.ops.prune import ChannelPruner
 
 if TYPE_CHECKING:
     from autocomp.cost import CostModel
@@ -91,8 +92,6 @@ class KeepRatio(ActionKind):
         geometry.kept_fraction = geometry.kept_fraction - cost.channel_deps @ pruned
 
     def make_op(self, model: nn.Module, graph: LayerGraph, space_value: KeepRange | None) -> Op:
-        from autocomp.ops.prune import ChannelPruner
-
         p = IMPORTANCE[space_value.importance if space_value is not None else "l1"]
         pruner = ChannelPruner(model, graph, p=p)
         return lambda target, entries: pruner.apply(dict(entries), copy_model=False, target=target)

@@ -22,6 +22,7 @@ from torch import nn
 from autocomp.errors import ConfigError
 from autocomp.kinds.base import ActionKind, Geometry, Op, Panel
 from autocomp.kinds.ranges import parse_fields
+from autocomp.ops.lowrank import factorize
 
 if TYPE_CHECKING:
     from autocomp.cost import CostModel
@@ -106,8 +107,6 @@ class RankRatio(ActionKind):
         geometry.rows_second = np.where(factorised, geometry.out_f, 0.0)
 
     def make_op(self, model: nn.Module, graph: LayerGraph, space_value: RankRange | None) -> Op:
-        from autocomp.ops.lowrank import factorize
-
         def apply(target: nn.Module, entries: Mapping[str, int]) -> nn.Module:
             factorize(target, dict(entries))
             return target

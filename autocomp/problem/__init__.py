@@ -26,11 +26,11 @@ from collections.abc import Mapping, Sequence
 
 from torch import nn
 
+from autocomp.compress import Compressor
 from autocomp.cost import Cost, CostModel
 from autocomp.data import DataBundle, Split
 from autocomp.graph import LayerGraph
 from autocomp.latency import LatencyTable
-from autocomp.ops import Compressor
 from autocomp.plan import Plan
 from autocomp.problem.budgets import Budgets
 from autocomp.problem.decisions import DecisionSpace, State, Step

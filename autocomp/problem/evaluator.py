@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from autocomp.compress import Compressor
 from autocomp.data import Split
 from autocomp.evaluate import ForwardTimer, accuracy, recalibrate_batchnorm
 from autocomp.graph import LayerGraph
-from autocomp.ops import Compressor
 from autocomp.plan import Plan
 
 

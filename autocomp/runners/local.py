@@ -1,8 +1,7 @@
-"""Run a search on this machine: every candidate into ``runs/<name>/study.db``, the best exported.
+"""Run a search on this machine: every candidate into the run's Optuna study, the best exported.
 
 Example:
-    >>> from autocomp.budget import METRICS
-from autocomp.config import SearchConfig
+    >>> from autocomp.config import SearchConfig
     >>> result = run_search(SearchConfig(budget_flops="0.5", agent="uniform", name="doc"))  # doctest: +SKIP
     >>> result.summary["best"]["flops"] <= 0.5 * result.summary["baseline"]["flops"]  # doctest: +SKIP
     True
@@ -10,7 +9,6 @@ from autocomp.config import SearchConfig
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,25 +16,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from autocomp.budget import METRICS
 from autocomp.config import SearchConfig
 from autocomp.errors import ConfigError
-from autocomp.files import save_torch, write_text
 from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem, EvalSettings, Metrics
+from autocomp.rundir import RunDir
 from autocomp.runners.interrupt import GracefulStop
-from autocomp.runners.setup import load_config_data, prepare_model
+from autocomp.runners.setup import load_config_data, prepare_model, process_settings
 from autocomp.runners.storage import open_storage
 from autocomp.searchers import SEARCHERS
+from autocomp.searchers.base import Searcher
 from autocomp.searchers.record import Candidate, TrialRecorder
 from autocomp.space import SearchSpace
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @dataclass
@@ -50,19 +47,26 @@ def default_name(config: SearchConfig) -> str:
     return f"{model}-{Path(config.agent).stem}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def resolve_run(config: SearchConfig, *, resume: bool) -> tuple[SearchConfig, Path]:
-    """Pick the run directory; on resume read the stored config (``episodes`` may be raised)."""
-    name = config.name or default_name(config)
-    run_dir = Path(config.runs_dir) / name
-    stored = run_dir / "config.yaml"
+def resolve_run(config: SearchConfig, *, resume: bool) -> tuple[SearchConfig, RunDir]:
+    """Pick the run directory; on resume continue with the stored config (see ``SearchConfig.resumed``)."""
+    config.check_start(resume=resume)
+    config = config.replace(name=config.name or default_name(config))
+    run = RunDir.of(config)
     if resume:
-        if not stored.is_file():
-            raise ConfigError(f"--resume: {run_dir} holds no earlier run (no config.yaml): check --name and --runs-dir.")
-        saved = SearchConfig.from_dict(yaml.safe_load(stored.read_text()))
-        return saved.replace(episodes=config.episodes or saved.episodes, name=name, runs_dir=config.runs_dir), run_dir
-    if stored.is_file():
-        raise ConfigError(f"run {run_dir} already exists: pass --resume to continue it, or another --name.")
-    return config.replace(name=name), run_dir
+        if not run.exists():
+            raise ConfigError(f"--resume: {run} holds no earlier run (no config.yaml): check --name and --runs-dir.")
+        return config.resumed(run.read_config(), source=str(run.config_file)), run
+    if run.exists():
+        raise ConfigError(f"run {run} already exists: pass --resume to continue it, or another --name.")
+    return config, run
+
+
+def search_seed(seed: int, stored_trials: int) -> int:
+    """The seed handed to the searcher and its sampler: ``seed`` for a new study; for a resumed
+    one a seed drawn from both, so that it proposes new candidates rather than its first ones again."""
+    if stored_trials == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, stored_trials]).generate_state(1)[0])
 
 
 def agent_settings(config: SearchConfig) -> tuple[dict[str, Any], int]:
@@ -80,18 +84,23 @@ def _metrics_dict(metrics: Metrics, test_accuracy: float | None) -> dict[str, An
 
 
 def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = True) -> SearchResult:
-    """Search, record every candidate, then export the best plan and write ``summary.json``."""
+    """Search, record every candidate, then save the best plan and write ``summary.json``.
+
+    Torch threads, random states and Optuna's log level are the caller's again afterwards.
+    """
     start = time.perf_counter()
-    config, run_dir = resolve_run(config, resume=resume)
+    config, run = resolve_run(config, resume=resume)
     settings, episodes = agent_settings(config)
     searcher_cls = SEARCHERS.get(str(settings["searcher"]))
     searcher_cls.resolve(settings)
     searcher_cls.validate(settings, episodes)
     space = SearchSpace.load(config.space)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
+    with process_settings(threads=config.threads, seed=config.seed):
+        return _search(config, run, settings, episodes, searcher_cls, space, start=start, progress=progress)
 
+
+def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episodes: int, searcher_cls: type[Searcher],
+            space: SearchSpace, *, start: float, progress: bool) -> SearchResult:
     data = load_config_data(config)
     model = prepare_model(config, data, progress=progress)
     problem = CompressionProblem(
@@ -99,22 +108,24 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
         evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size),
         latency_threads=config.latency_threads,
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    run.write_config(config)
 
     if config.workers > 1 or config.address:
         from autocomp.runners.ray_backend import RayBackend, connect
 
         connect(config.address, num_cpus=None)
         problem.backend = RayBackend(problem, config, workers=config.workers, threads=config.threads or 1)
-    study = optuna.create_study(
-        storage=open_storage(run_dir, config.storage), study_name=config.name,
-        directions=searcher_cls.directions(settings), sampler=searcher_cls.sampler(settings, config.seed),
-        load_if_exists=True,
-    )
+    study = optuna.create_study(storage=open_storage(run, config.storage), study_name=config.name,
+                                directions=searcher_cls.directions(settings), load_if_exists=True)
+    seed = search_seed(config.seed, len(study.get_trials(deepcopy=False)))
+    sampler = searcher_cls.sampler(settings, seed)
+    if sampler is not None:
+        study.sampler = sampler
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["val_accuracy", "macs"][: len(study.directions)])
+    baseline = problem.baseline_metrics()
+    _describe(study, config, settings, problem, baseline)
     base_macs = problem.cost.baseline.macs
     bar = tqdm(total=episodes, desc=f"search {config.name}", disable=not progress, unit="cand")
 
@@ -126,8 +137,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
                              on_record=on_record)
     bar.update(min(len(recorder.history), episodes))
     if "policy_file" in searcher_cls.defaults:
-        settings = {**settings, "policy_file": str(run_dir / "agent_policy.pt")}
-    searcher = searcher_cls(problem, recorder, settings=settings, seed=config.seed, reward_kind=config.reward)
+        settings = {**settings, "policy_file": str(run.policy_file)}
+    searcher = searcher_cls(problem, recorder, settings=settings, seed=seed, reward_kind=config.reward)
     done_before = len(recorder.history)
     search_start = time.perf_counter()
     try:
@@ -148,23 +159,37 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
         "evaluation": round(problem.stats.seconds, 2),
         "forward_passes": round(problem.stats.forward_seconds, 2),
     }
-    summary = finish(run_dir, config, problem, recorder, settings, start, timing)
-    return SearchResult(run_dir, summary)
+    summary = finish(run, config, problem, recorder, settings, baseline, start, timing)
+    return SearchResult(run.path, summary)
 
 
-def finish(run_dir: Path, config: SearchConfig, problem: CompressionProblem, recorder: TrialRecorder,
-           settings: dict[str, Any], start: float, timing: dict[str, Any]) -> dict[str, Any]:
-    """Export the best candidate and write ``summary.json``."""
+def _budgets(problem: CompressionProblem) -> dict[str, dict[str, Any]]:
+    return {k: {"given": v, "limit": problem.limits[METRICS[k]]} for k, v in problem.budgets.items()}
+
+
+def _describe(study: optuna.Study, config: SearchConfig, settings: dict[str, Any], problem: CompressionProblem,
+              baseline: Metrics) -> None:
+    """What the study is about, as study attributes (optuna-dashboard shows them)."""
+    attrs = {
+        "model": config.model, "data": config.data, "agent": config.agent, "searcher": str(settings["searcher"]),
+        "space": config.space, "budgets": _budgets(problem),
+        "baseline": {"macs": baseline.macs, "params": baseline.params, "size_bytes": baseline.size_bytes,
+                     "val_accuracy": baseline.val_accuracy},
+    }
+    for key, value in attrs.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
+
+
+def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recorder: TrialRecorder,
+           settings: dict[str, Any], baseline: Metrics, start: float, timing: dict[str, Any]) -> dict[str, Any]:
+    """Save the best candidate and write ``summary.json`` (keeping its fine-tuning and export records)."""
     best = recorder.best
     if best is None:
         raise ConfigError("the search evaluated no candidate: raise --episodes.")
-    best_dir = run_dir / "best"
-    best_dir.mkdir(exist_ok=True)
-    best.plan.save(best_dir / "plan.json")
     model = problem.build(best.plan)
-    save_torch(model.state_dict(), best_dir / "model.pt")
-    baseline = problem.baseline_metrics()
-    previous = _previous_wall(run_dir)
+    run.save_best(best.plan, model.state_dict())
+    previous = run.previous_wall_seconds()
     summary: dict[str, Any] = {
         "name": config.name,
         "model": config.model,
@@ -174,7 +199,7 @@ def finish(run_dir: Path, config: SearchConfig, problem: CompressionProblem, rec
         "space": config.space,
         "space_actions": list(problem.action_kinds),
         "layers": [layer.name for layer in problem.graph.layers],
-        "budgets": {k: {"given": v, "limit": problem.limits[METRICS[k]]} for k, v in problem.budgets.items()},
+        "budgets": _budgets(problem),
         "flops_unit": "MACs (multiply-accumulates of conv and linear layers)",
         "candidates": len(recorder.history),
         "wall_seconds": round(previous + time.perf_counter() - start, 2),
@@ -198,12 +223,4 @@ def finish(run_dir: Path, config: SearchConfig, problem: CompressionProblem, rec
             "best_predicted_ms": round(best.metrics.latency_us / 1e3, 4),
             "best_measured_ms": round(measure_latency(bake(model), example, threads=config.latency_threads) * 1e3, 4),
         }
-    write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
-    return summary
-
-
-def _previous_wall(run_dir: Path) -> float:
-    path = run_dir / "summary.json"
-    if path.is_file():
-        return float(json.loads(path.read_text()).get("wall_seconds", 0.0))
-    return 0.0
+    return run.write_summary(summary)

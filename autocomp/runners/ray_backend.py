@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
+from autocomp.compress import Compressor
 from autocomp.config import SearchConfig
 from autocomp.data import Split
 from autocomp.errors import ConfigError
-from autocomp.ops import Compressor
 from autocomp.plan import Plan
 from autocomp.problem import CompressionProblem, Evaluator, Score
 

@@ -1,11 +1,16 @@
-"""Loading what a search needs: data and the user's (or the embedded) trained model."""
+"""What a search needs: its data, the user's (or the embedded) trained model, and the
+process-wide settings it runs under, restored when it ends."""
 
 from __future__ import annotations
 
-import os
+import random
 import re
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
+import numpy as np
+import optuna
 import torch
 from torch import nn
 
@@ -13,17 +18,36 @@ from autocomp.config import SearchConfig
 from autocomp.data import DataBundle, Preprocess, load_data
 from autocomp.data.sources import DEFAULT_PREPROCESS
 from autocomp.errors import ConfigError, IncompatibleModelError
-from autocomp.files import save_torch
+from autocomp.files import cache_root, save_torch
 from autocomp.models import build_model, load_weights
 from autocomp.training import train
 
-TRAIN_ON_THE_SPOT = {"digits_cnn": {"epochs": 15, "lr": 0.05, "batch_size": 64, "schedule": "one_cycle"}}
+TRAIN_ON_THE_SPOT: dict[str, dict[str, Any]] = {
+    "digits_cnn": {"epochs": 15, "lr": 0.05, "batch_size": 64, "schedule": "one_cycle"}}
 
 
-def cache_dir() -> Path:
-    path = Path(os.environ.get("AUTOCOMP_CACHE", "~/.cache/autocomp")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+@contextmanager
+def process_settings(*, threads: int | None, seed: int) -> Iterator[None]:
+    """Run a block with ``threads`` torch threads (None: as they are), torch seeded with ``seed``
+    and Optuna logging warnings only; afterwards the caller's threads, random states (torch,
+    numpy and ``random``, which stable-baselines3 reseeds) and Optuna log level are back.
+    """
+    saved_threads = torch.get_num_threads()
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    verbosity = optuna.logging.get_verbosity()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            if threads:
+                torch.set_num_threads(threads)
+            torch.manual_seed(seed)
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            yield
+        finally:
+            torch.set_num_threads(saved_threads)
+            np.random.set_state(numpy_state)
+            random.setstate(python_state)
+            optuna.logging.set_verbosity(verbosity)
 
 
 def load_config_data(config: SearchConfig) -> DataBundle:
@@ -43,12 +67,14 @@ def prepare_model(config: SearchConfig, data: DataBundle, *, progress: bool = Tr
     elif config.model in TRAIN_ON_THE_SPOT:
         recipe = TRAIN_ON_THE_SPOT[config.model]
         data_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.data)
-        cached = cache_dir() / f"{config.model}-{data_key}-val{len(data.val)}-e{recipe['epochs']}.pt"
-        if cached.is_file():
+        root = cache_root()
+        cached = root / f"{config.model}-{data_key}-val{len(data.val)}-e{recipe['epochs']}.pt" if root else None
+        if cached is not None and cached.is_file():
             model.load_state_dict(torch.load(cached, weights_only=True))
         else:
             train(model, data.train, progress=progress, **recipe)
-            save_torch(model.state_dict(), cached)
+            if cached is not None:
+                save_torch(model.state_dict(), cached)
     else:
         raise ConfigError(
             f"--model {config.model} needs --weights: only {sorted(TRAIN_ON_THE_SPOT)} is trained on the spot. "

@@ -11,25 +11,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from autocomp.rundir import RunDir
 
-def open_storage(run_dir: Path, kind: str) -> str | optuna.storages.BaseStorage:
-    if kind == "sqlite":
-        return f"sqlite:///{run_dir / 'study.db'}"
+
+def open_storage(run_dir: str | os.PathLike[str], kind: str) -> str | optuna.storages.BaseStorage:
+    """The storage of the run in ``run_dir`` (a path or a :class:`RunDir`)."""
     if kind == "journal":
-        return JournalStorage(JournalFileBackend(str(run_dir / "study.journal")))
-    return kind
+        return JournalStorage(JournalFileBackend(str(RunDir(run_dir).study_journal)))
+    return dashboard_target(run_dir, kind)
 
 
-def dashboard_target(run_dir: Path, kind: str) -> str:
+def dashboard_target(run_dir: str | os.PathLike[str], kind: str) -> str:
     """What to pass to ``optuna-dashboard`` for this run."""
+    run = RunDir(run_dir)
     if kind == "sqlite":
-        return f"sqlite:///{run_dir / 'study.db'}"
+        return f"sqlite:///{run.study_db}"
     if kind == "journal":
-        return str(run_dir / "study.journal")
+        return str(run.study_journal)
     return kind

@@ -19,8 +19,8 @@ killed is retried (up to ``max_failures``) and resumes from its own storage.
 from __future__ import annotations
 
 import csv
+import io
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ import yaml
 
 from autocomp.config import SearchConfig
 from autocomp.errors import ConfigError
+from autocomp.files import atomic_path, write_text
+from autocomp.rundir import RunDir
 
 GRID_KEYS = {"budget_flops", "budget_params", "budget_size", "agent", "space", "seed"}
 
@@ -68,8 +70,7 @@ def _search_trial(params: dict[str, Any]) -> None:
     point = {k: (str(v) if k.startswith("budget") else v) for k, v in params["point"].items()}
     config = SearchConfig.from_dict({**settings, **point, "name": trial_name(params["point"]),
                                      "runs_dir": params["runs_dir"], "workers": 1, "address": None})
-    resume = (Path(params["runs_dir"]) / config.name / "config.yaml").is_file()
-    summary = run_search(config, resume=resume, progress=False).summary
+    summary = run_search(config, resume=RunDir.of(config).exists(), progress=False).summary
     tune.report({"val_accuracy": summary["best"]["val_accuracy"], "test_accuracy": summary["best"]["test_accuracy"],
                  "flops": summary["best"]["flops"], "candidates": summary["candidates"]})
 
@@ -102,33 +103,33 @@ def write_summary(sweep_dir: Path, points: list[dict[str, Any]]) -> list[dict[st
     """Table (Markdown + CSV) and accuracy-vs-budget plot of every search in the sweep."""
     rows = []
     for point in points:
-        summary_file = sweep_dir / trial_name(point) / "summary.json"
+        run = RunDir(sweep_dir / trial_name(point))
         row: dict[str, Any] = {**point, "trial": trial_name(point), "status": "missing"}
-        if summary_file.is_file():
-            s = json.loads(summary_file.read_text())
+        if run.summary_file.is_file():
+            s = run.read_summary()
             row.update(status="done", candidates=s["candidates"], flops_kept=round(s["best"]["flops"] / s["baseline"]["flops"], 4),
                        val_accuracy=round(s["best"]["val_accuracy"], 4), test_accuracy=round(s["best"]["test_accuracy"], 4),
                        baseline_test_accuracy=round(s["baseline"]["test_accuracy"], 4))
         rows.append(row)
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(sweep_dir / "summary.csv", table.getvalue())
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-    (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n" + "\n".join(lines) + "\n\n![accuracy vs budget](accuracy_vs_budget.png)\n")
+    write_text(sweep_dir / "summary.md", f"# Sweep {sweep_dir.name}\n\n" + "\n".join(lines)
+               + "\n\n![accuracy vs budget](accuracy_vs_budget.png)\n")
     _plot(sweep_dir, rows)
     return rows
 
 
 def _plot(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig = Figure(figsize=(6, 4), dpi=120)
+    ax = fig.subplots()
     done = [r for r in rows if r["status"] == "done"]
     series: dict[str, list[tuple[float, float]]] = {}
     for r in done:
@@ -145,5 +146,5 @@ def _plot(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(sweep_dir / "accuracy_vs_budget.png")
-    plt.close(fig)
+    with atomic_path(sweep_dir / "accuracy_vs_budget.png") as tmp:
+        fig.savefig(tmp)

@@ -17,7 +17,6 @@ from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem
 from autocomp.searchers.record import TrialRecorder
 
-
 META_KEYS = frozenset({"searcher", "name", "description", "episodes"})
 """Preset keys that describe the agent rather than set the searcher."""
 

@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from autocomp.compress import Compressor
 from autocomp.cost import CostModel, measure_cost
 from autocomp.graph import LayerGraph
+from autocomp.kinds import KINDS
 from autocomp.models import build_model
-from autocomp.ops import Compressor, Factorized, pack_model, payload_bytes, unpack_state
+from autocomp.ops import Factorized, pack_model, payload_bytes, unpack_state
 from autocomp.ops.lowrank import factorize_layer
 from autocomp.ops.quant import QuantizedWeight, quantize_tensor, weight_quantizer
-from autocomp.kinds import KINDS
 from autocomp.plan import Plan
 
 MODELS = [

@@ -14,27 +14,28 @@ Example:
 from __future__ import annotations
 
 import html
-import json
+import os
 from pathlib import Path
 from typing import Any
 
-import optuna
-import yaml
-
 from autocomp.config import SearchConfig
-from autocomp.errors import ConfigError, InfeasibleBudgetError
+from autocomp.errors import InfeasibleBudgetError
+from autocomp.kinds import KINDS, Panel
 from autocomp.plan import Plan
+from autocomp.rundir import RunDir
 
 
-def _trials(run_dir: Path, config: SearchConfig) -> list[dict[str, Any]]:
+def _trials(run: RunDir, config: SearchConfig) -> list[dict[str, Any]]:
+    import optuna
+
     from autocomp.runners.storage import open_storage
     from autocomp.searchers.record import completed_trials
 
-    study = optuna.load_study(study_name=config.name, storage=open_storage(run_dir, config.storage))
+    study = optuna.load_study(study_name=config.name, storage=open_storage(run, config.storage))
     return [dict(t.user_attrs, number=t.number) for t in sorted(completed_trials(study), key=lambda t: t.number)]
 
 
-def uniform_baseline(run_dir: Path, config: SearchConfig, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
+def uniform_baseline(run: RunDir, config: SearchConfig, trials: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The uniform plan at the run's budget: from the run itself, else evaluated now."""
     own = [t for t in trials if t.get("searcher") == "uniform"]
     if own:
@@ -46,7 +47,7 @@ def uniform_baseline(run_dir: Path, config: SearchConfig, trials: list[dict[str,
     data = load_config_data(config)
     budgets = config.budgets()
     if budgets.get("latency"):  # the limit the search used, not a fraction of a new measurement
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = run.read_summary()
         budgets["latency"] = f"{summary['budgets']['latency']['limit']}us"
     try:
         problem = CompressionProblem(model=prepare_model(config, data, progress=False), data=data,
@@ -68,18 +69,25 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def _plots(run_dir: Path, summary: dict[str, Any], trials: list[dict[str, Any]], uniform: dict[str, Any] | None) -> None:
-    import matplotlib
+def _best_plan_panels(plan: Plan, summary: dict) -> list[Panel]:
+    """The bar charts of ``best_plan.png`` as (title, names, values, y limits), one per action kind
+    that has something to show (each kind draws its own, see ``ActionKind.panel``)."""
+    searched = set(summary.get("space_actions") or ())
+    layers = summary.get("layers") or list(dict.fromkeys(n for k in plan.decisions.values() for n in k))
+    panels = [kind.panel(plan.get(kind.key), plan.channels, layers, kind.action in searched) for kind in KINDS.values()]
+    return [p for p in panels if p is not None]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _plots(run: RunDir, summary: dict[str, Any], trials: list[dict[str, Any]], uniform: dict[str, Any] | None) -> None:
+    from matplotlib.figure import Figure
 
     base = summary["baseline"]
     accs = [t["val_accuracy"] for t in trials]
     for metric, key, label, out in (("flops", "macs", "MACs", "accuracy_vs_flops.png"),
                                     ("size_bytes", "size_bytes", "bytes", "accuracy_vs_size.png")):
         xs = [t[key] / base[metric] for t in trials]
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        fig = Figure(figsize=(7, 4.5), dpi=120)
+        ax = fig.subplots()
         ax.scatter(xs, accs, s=12, alpha=0.5, label=f"candidates ({len(trials)})")
         front = pareto_front(list(zip(xs, accs)))
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="C3", label="Pareto front")
@@ -98,18 +106,12 @@ def _plots(run_dir: Path, summary: dict[str, Any], trials: list[dict[str, Any]],
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
-        fig.savefig(run_dir / out)
-        plt.close(fig)
+        run.save_figure(fig, out)
 
-    plan = Plan.load(run_dir / "best" / "plan.json")
-    panels = [("keep ratio per channel group", list(plan.kept), [plan.keep_ratio(n) for n in plan.kept], (0, 1.05))]
-    layers = summary.get("layers") or list(dict.fromkeys([*plan.bits, *plan.rank]))
-    if plan.bits or "bits" in str(summary.get("space_actions", "")):
-        panels.append(("weight bits per layer (32 = float)", layers, [plan.bits_of(n) for n in layers], (0, 33)))
-    if plan.rank:
-        panels.append(("rank of factorised layers (0 = whole)", layers, [plan.rank.get(n, 0) for n in layers], None))
+    panels = _best_plan_panels(Plan.load(run.best_plan), summary)
     width = max(6.0, 0.35 * max(len(p[1]) for p in panels))
-    fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.2 * len(panels)), dpi=120, squeeze=False)
+    fig = Figure(figsize=(width, 3.2 * len(panels)), dpi=120)
+    axes = fig.subplots(len(panels), 1, squeeze=False)
     for ax, (title, names, values, ylim) in zip(axes[:, 0], panels):
         ax.bar(range(len(names)), values, color="C0")
         ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
@@ -118,10 +120,10 @@ def _plots(run_dir: Path, summary: dict[str, Any], trials: list[dict[str, Any]],
         ax.set_title(f"Best plan: {title} (forward order)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(run_dir / "best_plan.png")
-    plt.close(fig)
+    run.save_figure(fig, "best_plan.png")
 
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    fig = Figure(figsize=(7, 3.5), dpi=120)
+    ax = fig.subplots()
     running, best_so_far = 0.0, []
     for acc in accs:
         running = max(running, acc)
@@ -133,20 +135,21 @@ def _plots(run_dir: Path, summary: dict[str, Any], trials: list[dict[str, Any]],
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(run_dir / "best_so_far.png")
-    plt.close(fig)
+    run.save_figure(fig, "best_so_far.png")
 
 
-def write_report(run_dir: str | Path, *, uniform: bool = True) -> Path:
+def write_report(run_dir: str | os.PathLike[str], *, uniform: bool = True) -> Path:
     """Write ``report.html`` and its PNGs into ``run_dir``; return the HTML path."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "summary.json").is_file():
-        raise ConfigError(f"{run_dir} is not a finished run (no summary.json): run or --resume the search first.")
-    config = SearchConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    summary = json.loads((run_dir / "summary.json").read_text())
-    trials = _trials(run_dir, config)
-    baseline = uniform_baseline(run_dir, config, trials) if uniform else None
-    _plots(run_dir, summary, trials, baseline)
+    from autocomp.runners.setup import process_settings
+
+    run = RunDir(run_dir)
+    run.require_finished()
+    config = run.read_config()
+    summary = run.read_summary()
+    trials = _trials(run, config)
+    with process_settings(threads=config.threads, seed=config.seed):
+        baseline = uniform_baseline(run, config, trials) if uniform else None
+    _plots(run, summary, trials, baseline)
     rows = []
     for label, m in (("original", summary["baseline"]), ("best", summary["best"])):
         rows.append(f"<tr><td>{label}</td><td>{m['flops']:,}</td><td>{m['params']:,}</td><td>{m['size_bytes']:,}</td>"
@@ -176,6 +179,4 @@ th:first-child,td:first-child{{text-align:left}}img{{max-width:100%}}</style></h
 <h2>Best so far</h2><img src="best_so_far.png" alt="best so far">
 </body></html>
 """
-    path = run_dir / "report.html"
-    path.write_text(page)
-    return path
+    return run.write_report(page)

@@ -12,8 +12,8 @@ import torch
 
 import autocomp
 from autocomp.config import SearchConfig
-from autocomp.export import export_run
-from autocomp.report import pareto_front, write_report
+from autocomp.exporting import export_run
+from autocomp.reporting import pareto_front, write_report
 from autocomp.runners import run_search
 
 BLOCK_AUTOCOMP = "import sys; sys.modules['autocomp'] = None; "
@@ -46,19 +46,26 @@ def test_torchscript_runs_without_autocomp(run_dir: Path, tmp_path: Path) -> Non
     assert json.loads((tmp_path / "export-torchscript.json").read_text())["size_bytes"] == (tmp_path / info["file"]).stat().st_size
 
 
-def test_onnx_agrees_with_pytorch_in_onnxruntime(run_dir: Path, tmp_path: Path) -> None:
+def test_onnx_runs_any_batch_size_in_onnxruntime(run_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     info = export_run(run_dir, fmt="onnx", out_dir=tmp_path)
-    assert info["max_abs_diff"] <= 1e-4
-    x, y = reference(run_dir)
+    assert info["max_abs_diff"] <= 1e-4 and info["batch_sizes_checked"] == [1, 5]
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    model = autocomp.load_compressed(run_dir)
+    with torch.inference_mode():
+        y = model(x)
     code = (BLOCK_AUTOCOMP + "import numpy as np, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1]); "
-            "x = np.load(sys.argv[2]); print(repr([s.run(None, {s.get_inputs()[0].name: x[i:i+1]})[0][0].tolist() for i in range(len(x))]))")
+            "x = np.load(sys.argv[2]); name = s.get_inputs()[0].name; "
+            "print(repr([s.run(None, {name: x[:1]})[0].tolist(), s.run(None, {name: x})[0].tolist()]))")
     import numpy as np
 
     np.save(tmp_path / "x.npy", x.numpy())
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / info["file"]), str(tmp_path / "x.npy")],
                          capture_output=True, text=True, check=True).stdout
-    assert torch.allclose(torch.tensor(eval(out)), y, atol=1e-4)
+    one, five = eval(out)
+    assert torch.allclose(torch.tensor(one), y[:1], atol=1e-4)
+    assert torch.allclose(torch.tensor(five), y, atol=1e-4)
+    assert json.loads((run_dir / "summary.json").read_text())["exports"]["onnx"]["dir"] == str(tmp_path.resolve())
 
 
 def test_state_dict_export_reloads(run_dir: Path, tmp_path: Path) -> None:
@@ -86,16 +93,19 @@ def test_pareto_front() -> None:
 def test_bad_format_and_missing_run(capsys, tmp_path: Path) -> None:
     from autocomp.cli import main
 
-    assert main(["report", str(tmp_path / "nope")]) == 2
-    assert "not a finished run" in capsys.readouterr().err
-    assert main(["export", str(tmp_path / "nope")]) == 2
-    assert "not a finished run" in capsys.readouterr().err
+    for command in ("report", "export", "finetune", "dashboard"):
+        assert main([command, str(tmp_path / "nope")]) == 2
+        assert f"{tmp_path / 'nope'} is not a run directory (no config.yaml)" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text("name: half\n")
+    assert main(["export", str(tmp_path / "half")]) == 2
+    assert "is not a finished run (missing" in capsys.readouterr().err
 
 
 def test_finetuning_with_distillation_improves_a_pruned_model(tmp_path: Path, digits_data) -> None:
     from autocomp.cost import measure_cost
     from autocomp.evaluate import accuracy
-    from autocomp.finetune import finetune_run
+    from autocomp.finetuning import finetune_run
 
     run = run_search(SearchConfig(budget_flops="0.12", agent="uniform", name="u", runs_dir=str(tmp_path)), progress=False)
     before = run.summary["best"]

@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch import nn
 
+from autocomp.compress import Compressor
 from autocomp.cost import CostModel, measure_cost
 from autocomp.evaluate import recalibrate_batchnorm
 from autocomp.graph import LayerGraph
 from autocomp.kinds import KINDS, by_stage
 from autocomp.models import build_model
-from autocomp.ops import Compressor
 from autocomp.plan import Plan
 
-PACKAGE = Path(__file__).resolve().parents[1] / "autocomp"
+PACKAGE = Path(__file__).resolve().parents[2] / "autocomp"
 KIND_NAMES = {name for kind in KINDS.values() for name in (kind.action, kind.key)}
 
 

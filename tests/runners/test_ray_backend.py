@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def free_port() -> int:

@@ -34,6 +34,7 @@ def _writer(journal: str, index: int, count: int) -> None:
     RandomSearcher(problem, recorder, settings={}, seed=index).run(count)
 
 
+@pytest.mark.slow
 def test_four_concurrent_writers(tmp_path: Path, digits_model) -> None:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend

@@ -18,12 +18,13 @@ from autocomp.config import SearchConfig
 from autocomp.env import LayerCompressEnv
 from autocomp.errors import ConfigError, InfeasibleBudgetError
 from autocomp.evaluate import accuracy
+from autocomp.graph import LayerGraph
 from autocomp.ops import pack_model, payload_bytes
 from autocomp.presets import list_presets
 from autocomp.problem import CompressionProblem
 from autocomp.runners import run_search
-from autocomp.graph import LayerGraph
 from autocomp.space import SearchSpace
+
 
 def model_for_graph():
     from autocomp.models import build_model
@@ -142,7 +143,7 @@ def test_bad_space_files_fail_with_the_rule(tmp_path, text: str, message: str) -
 def test_packed_export_matches_the_predicted_size_and_reloads(tmp_path) -> None:
     run = run_search(SearchConfig(budget_size="0.25", space="joint", agent="random", episodes=6, name="q",
                                   runs_dir=str(tmp_path)), progress=False)
-    from autocomp.export import export_run, load_packed
+    from autocomp.exporting import export_run, load_packed
 
     info = export_run(run.run_dir, fmt="packed")
     assert info["payload_bytes"] == run.summary["best"]["size_bytes"]
@@ -156,8 +157,8 @@ def test_packed_export_matches_the_predicted_size_and_reloads(tmp_path) -> None:
 
 
 def test_finetuning_a_quantised_run_keeps_it_quantised(tmp_path, digits_data) -> None:
-    from autocomp.export import export_run, load_packed
-    from autocomp.finetune import finetune_run
+    from autocomp.exporting import export_run, load_packed
+    from autocomp.finetuning import finetune_run
 
     run = run_search(SearchConfig(budget_size="0.15", space="quant", agent="uniform", name="q", runs_dir=str(tmp_path)),
                      progress=False)

@@ -29,6 +29,7 @@ def snapshot(db: Path, name: str) -> dict[int, dict]:
     return {t.number: dict(t.user_attrs, params=t.params) for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("agent", "episodes", "extra"), [
     ("optuna", 60, []),
     ("ddpg", 60, ["--agent-opt", "warmup_episodes=5"]),
@@ -93,3 +94,52 @@ def test_resume_survives_an_unreadable_agent_policy(tmp_path: Path) -> None:
         assert main(["search", "--name", "r", "--runs-dir", str(tmp_path), "--resume", "--episodes", "6", "--no-progress"]) == 0
     study = optuna.load_study(study_name="r", storage=f"sqlite:///{tmp_path / 'r' / 'study.db'}")
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 6
+
+
+def _actions(db: Path, name: str) -> list[tuple]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    trials = sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number)
+    return [tuple(sorted(t.params.items())) for t in trials]
+
+
+def test_resumed_optuna_search_proposes_new_candidates(tmp_path: Path) -> None:
+    """Six trials, then six more on resume, all within TPE's random start-up trials: reseeded
+    with the same seed, the sampler would propose the first six again."""
+    import autocomp
+
+    settings = {"name": "r", "runs_dir": str(tmp_path), "progress": False}
+    autocomp.search(budget_flops="0.5", agent="optuna", episodes=6, **settings)
+    autocomp.search(episodes=12, resume=True, **settings)
+    actions = _actions(tmp_path / "r" / "study.db", "r")
+    assert len(actions) == 12
+    assert not set(actions[6:]) & set(actions[:6])
+    assert len(set(actions)) == 12
+
+
+def test_ddpg_resumed_in_warmup_proposes_new_candidates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped after 3 of 8 random warm-up episodes, the resumed agent's warm-up goes on with
+    other random actions, not the first ones again."""
+    import signal as signals
+
+    import autocomp
+    from autocomp.runners import local
+    from autocomp.runners.interrupt import GracefulStop
+
+    class CtrlCAfterThree(GracefulStop):  # the first Ctrl-C, pressed during the third episode
+        def __call__(self) -> bool:
+            self.asked = getattr(self, "asked", 0) + 1
+            if self.asked == 3:
+                self._handle(signals.SIGINT, None)
+            return self.requested
+
+    settings = {"name": "r", "runs_dir": str(tmp_path), "progress": False}
+    monkeypatch.setattr(local, "GracefulStop", CtrlCAfterThree)
+    with pytest.raises(KeyboardInterrupt):
+        autocomp.search(budget_flops="0.5", agent="ddpg", episodes=10, agent_options={"warmup_episodes": 8}, **settings)
+    monkeypatch.undo()
+    db = tmp_path / "r" / "study.db"
+    assert len(_actions(db, "r")) == 3
+    autocomp.search(resume=True, **settings)
+    actions = _actions(db, "r")
+    assert len(actions) == 10
+    assert not set(actions[3:]) & set(actions[:3])

@@ -14,6 +14,8 @@ from autocomp.runners import prepare_model
 from autocomp.runners.setup import load_config_data
 from autocomp.space import SearchSpace
 
+pytestmark = pytest.mark.slow  # decodes the 60,000 shared CIFAR-10 JPEGs
+
 
 @pytest.fixture(scope="module")
 def resnet20(cifar_dir):

@@ -1,0 +1,49 @@
+"""Fine-tune a run's best model with knowledge distillation from the original (Hinton et al. 2015).
+
+The loss is ``alpha * T^2 * KL(softmax(student/T) || softmax(teacher/T)) + (1 - alpha) * CE(student, y)``;
+with ``kd=False`` it is plain cross-entropy. The compressed architecture is fixed: pruned
+channels stay gone, only the remaining weights are trained.
+
+Example:
+    >>> result = finetune_run("runs/r20-ddpg", epochs=2)  # doctest: +SKIP
+    >>> result["test_accuracy"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from autocomp.evaluate import accuracy
+from autocomp.rundir import RunDir
+from autocomp.training import train
+
+
+def finetune_run(run_dir: str | os.PathLike[str], *, epochs: int, lr: float = 0.01, batch_size: int = 128,
+                 temperature: float = 4.0, alpha: float = 0.9, kd: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune the best model of a run; write ``finetuned/`` and a ``finetuned`` section in summary.json."""
+    from autocomp.api import load_compressed
+    from autocomp.runners.setup import load_config_data, prepare_model, process_settings
+
+    run = RunDir(run_dir)
+    student = load_compressed(run.path)
+    config = run.read_config()
+    trial = run.read_summary()["best"].get("trial")
+    with process_settings(threads=config.threads, seed=config.seed):
+        data = load_config_data(config)
+        teacher = prepare_model(config, data, progress=progress) if kd else None
+        start = time.perf_counter()
+        losses = train(student, data.train, epochs=epochs, lr=lr, batch_size=batch_size, teacher=teacher,
+                       temperature=temperature, alpha=alpha, seed=config.seed, progress=progress,
+                       desc="fine-tune (KD)" if kd else "fine-tune")
+        run.save_finetuned(student.state_dict())
+        result = {
+            "trial": trial, "epochs": epochs, "lr": lr, "batch_size": batch_size, "distillation": kd,
+            "temperature": temperature if kd else None, "alpha": alpha if kd else None,
+            "train_images": len(data.train), "epoch_losses": [round(loss, 5) for loss in losses],
+            "seconds": round(time.perf_counter() - start, 1),
+            "val_accuracy": accuracy(student, data.val), "test_accuracy": accuracy(student, data.test),
+        }
+    run.update_summary("finetuned", result)
+    return result
