@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from autocomp.api import dashboard, export, finetune, load_compressed, report, search, sweep
+from autocomp.api import dashboard, export, finetune, inspect, load_compressed, report, search, sweep
 from autocomp.config import SearchConfig
 from autocomp.errors import (
     AutocompError,
@@ -31,5 +31,5 @@ __version__ = "0.1.0"
 __all__ = [
     "AutocompError", "BudgetFormatError", "ConfigError", "DataError", "IncompatibleModelError",
     "InfeasibleBudgetError", "Plan", "RunDir", "SearchConfig", "UnknownNameError", "dashboard", "export",
-    "finetune", "load_compressed", "report", "search", "sweep",
+    "finetune", "inspect", "load_compressed", "report", "search", "sweep",
 ]

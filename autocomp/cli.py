@@ -12,7 +12,7 @@ import yaml
 
 from autocomp import api
 from autocomp.config import SearchConfig
-from autocomp.errors import AutocompError
+from autocomp.errors import AutocompError, ConfigError
 from autocomp.rundir import RunDir
 
 
@@ -224,8 +224,43 @@ class ReportCommand:
         return 0
 
 
+class InspectCommand:
+    help = "show what autocomp sees in a model: layers, channel groups, costs, actions, what is left out"
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        d = SearchConfig()
+        p.add_argument("--model", default=d.model, help="registry name, torchvision:NAME or path/file.py:factory")
+        p.add_argument("--space", default=d.space, help="preset from search_spaces/ or a .yaml file (default: %(default)s)")
+        p.add_argument("--data", default=d.data, help="the data the model takes (for its input shape and classes)")
+        p.add_argument("--data-dir", help="where cifar10 lives")
+        p.add_argument("--image-size", type=int, help="resize ImageFolder images to N x N")
+        p.add_argument("--input-shape", help="one sample's shape, e.g. 3,32,32 (skips loading the data)")
+        p.add_argument("--num-classes", type=int, help="classes of the model's output (default: the data's)")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        import json
+
+        from autocomp.api import inspect
+
+        shape = None
+        if args.input_shape:
+            try:
+                shape = tuple(int(v) for v in args.input_shape.split(","))
+            except ValueError:
+                raise ConfigError(f"--input-shape {args.input_shape!r} is not a shape: write e.g. 3,32,32.") from None
+        seen = inspect(model=args.model, space=args.space, input_shape=shape,
+                       num_classes=args.num_classes or (10 if shape else None), data=args.data,
+                       data_dir=args.data_dir, image_size=args.image_size)
+        print(json.dumps(seen.to_dict(), indent=1) if args.json else seen.table())
+        return 0
+
+
 COMMANDS = {"search": SearchCommand, "sweep": SweepCommand, "dashboard": DashboardCommand,
-            "finetune": FinetuneCommand, "export": ExportCommand, "report": ReportCommand, "list": ListCommand}
+            "finetune": FinetuneCommand, "export": ExportCommand, "report": ReportCommand, "list": ListCommand,
+            "inspect": InspectCommand}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

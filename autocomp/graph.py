@@ -19,6 +19,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from autocomp.errors import IncompatibleModelError
+
 COMPUTE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -91,6 +93,17 @@ class LayerGraph:
 
     @classmethod
     def build(cls, model: nn.Module, input_shape: tuple[int, ...]) -> LayerGraph:
+        """Trace ``model`` (raises ``IncompatibleModelError`` in one line when the trace fails)."""
+        try:
+            return cls._build(model, input_shape)
+        except (RuntimeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError, TypeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else ""
+            raise IncompatibleModelError(
+                f"autocomp cannot trace this model's layers and channel groups ({type(exc).__name__}: {reason}): "
+                "rerun with --debug to see the op where Torch-Pruning's dependency graph stops.") from exc
+
+    @classmethod
+    def _build(cls, model: nn.Module, input_shape: tuple[int, ...]) -> LayerGraph:
         model = model.eval()
         names = {m: n for n, m in model.named_modules()}
         positions: dict[str, int] = {}

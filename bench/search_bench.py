@@ -83,7 +83,8 @@ def distinct_plans(run_dir: Path, name: str) -> int | str:
     if not db.is_file():
         return "n/a"
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-    return len({json.dumps(t.user_attrs["kept"], sort_keys=True) for t in study.get_trials() if "kept" in t.user_attrs})
+    plans = [t.user_attrs.get("plan", t.user_attrs.get("kept")) for t in study.get_trials()]
+    return len({json.dumps(p, sort_keys=True) for p in plans if p is not None})
 
 
 def report(results: dict) -> None:

@@ -1,8 +1,10 @@
 """``keep_ratio``: channels kept per unit (a group of coupled channels), decided at its first layer.
 
 Space spec: ``keep_ratio: {min: 0.2, max: 1.0, round_to: 8, importance: l1}``. Allowed counts
-are the multiples of ``round_to`` between ``min`` and ``max`` of the unit's channels, plus both
-ends. ``importance`` ranks the channels to remove: ``l1`` (default) or ``l2``, the norm of each
+are the multiples of ``round_to`` between ``min`` and ``max`` of the unit's channels, and the
+whole unit when ``max`` is 1 (a unit with no multiple in range keeps its nearest multiple, or
+stays whole); with ``round_to: 1`` that is every count from ``min`` to ``max``. ``importance``
+ranks the channels to remove: ``l1`` (default) or ``l2``, the norm of each
 channel over its whole coupled group (Torch-Pruning's ``GroupMagnitudeImportance``).
 
 Example:
@@ -68,8 +70,16 @@ class KeepRatio(ActionKind):
             return np.array([channels], dtype=np.int64)
         low = max(1, round(value.min * channels))
         high = max(low, round(value.max * channels))
-        grid = np.arange(0, high + 1, value.round_to)
-        return np.unique(np.concatenate([[low, high], grid[(grid >= low) & (grid <= high)]])).astype(np.int64)
+        step = value.round_to
+        grid = np.arange(step, high + 1, step)
+        inside = grid[grid >= low]
+        if step == 1:
+            allowed = inside
+        elif len(inside):
+            allowed = np.concatenate([inside, [channels] if high == channels else []])
+        else:  # no multiple in range: the multiple nearest to it, else the whole unit
+            allowed = np.array([min(channels, max(step, round(low / step) * step))])
+        return np.unique(allowed).astype(np.int64)
 
     def uniform_threshold(self, level: float, space_value: KeepRange | None, cost: CostModel, index: int) -> float:
         return level * float(cost.channels[index])

@@ -83,8 +83,10 @@ class RankRatio(ActionKind):
     def plan_array(self, state: np.ndarray, done: Mapping[str, np.ndarray], cost: CostModel) -> np.ndarray:
         """Absolute ranks for rank ratios (after pruning); 0 where the layer stays whole (ratio 1,
         grouped conv, or no fewer weights factorised)."""
-        out_f, fan_in, full = self._full_rank(done, cost)
         ratios = np.asarray(state, dtype=float)
+        if np.all(ratios >= 1):
+            return self.plan_default(cost)  # nothing factorised (every search without rank_ratio)
+        out_f, fan_in, full = self._full_rank(done, cost)
         ranks = np.maximum(1, np.rint(ratios * full))
         smaller = ranks * (fan_in + out_f) < out_f * fan_in
         return np.where((ratios < 1) & cost.factorizable & smaller, ranks, 0).astype(np.int64)

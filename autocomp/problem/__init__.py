@@ -35,6 +35,7 @@ from autocomp.plan import Plan
 from autocomp.problem.budgets import Budgets
 from autocomp.problem.decisions import DecisionSpace, State, Step
 from autocomp.problem.evaluator import EvalSettings, Evaluator, Score, calibration_split
+from autocomp.problem.preflight import preflight, random_actions
 from autocomp.problem.scoring import CachedScorer, EvalStats, EvaluationBackend, Metrics
 from autocomp.space import SearchSpace
 
@@ -155,6 +156,11 @@ class CompressionProblem:
 
     def score(self, model: nn.Module, split: Split) -> float:
         return self.evaluator.score(model, split)
+
+    def preflight(self) -> None:
+        """Build and run the smallest and one random plan now (before a search starts); a model
+        that cannot be compressed fails here with one line naming the layer."""
+        preflight(self.decisions, self.evaluator, random_plan=self.decode(random_actions(self.decisions)))
 
     def baseline_metrics(self) -> Metrics:
         base = self.cost.baseline

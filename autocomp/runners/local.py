@@ -108,6 +108,7 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
         evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size),
         latency_threads=config.latency_threads,
     )
+    problem.preflight()  # a model autocomp cannot compress fails now, before the run directory exists
     run.write_config(config)
 
     if config.workers > 1 or config.address:

@@ -100,3 +100,16 @@ def test_recalibration_restores_momentum_and_mode(digits_model, digits_data) -> 
     assert [bn.momentum for bn in norms] == before
     assert model.training and all(bn.training for bn in norms)
     assert not torch.equal(norms[0].running_mean, stats)  # the statistics were re-estimated
+
+
+def test_prune_coarse_plans_hold_only_multiples_of_8_or_whole_units(digits_model, digits_data) -> None:
+    from autocomp.problem import CompressionProblem
+    from autocomp.space import SearchSpace
+
+    problem = CompressionProblem(model=digits_model, data=digits_data, space=SearchSpace.load("prune_coarse"),
+                                 budgets={"flops": "0.4"})
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        plan = problem.decode(rng.uniform(-1, 1, (len(problem.steps), problem.action_dims)))
+        for name, kept in plan.get("keep").items():
+            assert kept % 8 == 0 or kept == plan.channels[name], (name, kept, plan.channels[name])

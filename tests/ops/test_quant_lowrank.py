@@ -110,7 +110,7 @@ def test_quantised_weights_sit_on_their_grid_and_have_the_bits_asked() -> None:
         w = quantizer(layer.weight)
     levels = quantize_tensor(w, quantizer.scale, 3)
     assert torch.equal(levels * quantizer.scale, w)  # re-quantising changes nothing: w is on the grid
-    assert levels.abs().max() == 3 and len(torch.unique(levels)) <= 7  # 3 bits: -3..3
+    assert levels.min() >= -4 and levels.max() <= 3 and len(torch.unique(levels)) <= 8  # 3 bits: -4..3
 
 
 def test_quantisation_aware_training_keeps_weights_on_the_grid(digits_model, digits_data) -> None:
@@ -129,3 +129,30 @@ def test_quantisation_aware_training_keeps_weights_on_the_grid(digits_model, dig
         with torch.no_grad():
             w = module.weight
         assert torch.equal(quantize_tensor(w, q.scale, 4) * q.scale, w) and q.bits == 4
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_quantiser_error_is_below_the_max_abs_scale(bits: int, digits_model) -> None:
+    from autocomp.ops.quant import channel_scale, max_abs_scale
+
+    torch.manual_seed(0)
+    trained = [m.weight for m in digits_model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for w in [torch.randn(32, 288), *trained]:
+        errors = []
+        for scale in (channel_scale(w, bits), max_abs_scale(w, bits)):
+            errors.append(float(((quantize_tensor(w, scale, bits) * scale - w) ** 2).sum()))
+        assert errors[0] < errors[1]
+    scale = channel_scale(torch.randn(16, 512), 2)
+    assert len(torch.unique(quantize_tensor(torch.randn(16, 512), scale, 2))) == 4  # all four 2-bit levels used
+
+
+def test_packed_format_1_still_unpacks() -> None:
+    from autocomp.ops.quant import LEGACY_PACKED_FORMAT, qmax, unpack_state
+
+    levels = torch.tensor([[-3.0, 0.0, 2.0, 3.0]])  # format 1: 3-bit levels in [-qmax, qmax], offset qmax
+    unsigned = (levels.flatten().to(torch.int64) + qmax(3)).numpy().astype(np.uint8)
+    stream = np.unpackbits(unsigned[:, None], axis=1, bitorder="little")[:, :3]
+    packed = {"format": LEGACY_PACKED_FORMAT, "tensors": {},
+              "quantized": {"fc.weight": {"data": torch.from_numpy(np.packbits(stream.reshape(-1), bitorder="little")),
+                                          "bits": 3, "shape": [1, 4], "scale": torch.tensor([0.5])}}}
+    assert torch.equal(unpack_state(packed)["fc.weight"], levels * 0.5)

@@ -1,0 +1,125 @@
+"""What autocomp sees in a model: its compressible layers, their channel groups, costs and the
+actions a search space gives them, and every parameter it leaves out, with the reason.
+
+Example:
+    >>> from autocomp.models import build_model
+    >>> from autocomp.space import SearchSpace
+    >>> seen = inspect_model(build_model("resnet20"), (3, 32, 32), SearchSpace.load("joint"))
+    >>> seen.layers[0].name, seen.layers[0].actions["keep_ratio"]
+    ('conv1', '0.1875-1 (14 values)')
+    >>> seen.layers[-1].note
+    'classifier: its outputs are the classes, never pruned'
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import nn
+
+from autocomp.cost import CostModel
+from autocomp.graph import LayerGraph
+from autocomp.kinds import KINDS
+from autocomp.problem.decisions import DecisionSpace
+from autocomp.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class LayerView:
+    name: str
+    type: str  # conv, depthwise conv, linear
+    shape: str  # in -> out features (x kernel)
+    unit: str  # the channel group its outputs belong to ("-" for the classifier)
+    macs: int
+    params: int
+    actions: dict[str, str]  # action -> its values here, "fixed" or "-" (not applicable)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    module: str
+    type: str
+    params: int
+    reason: str
+
+
+@dataclass
+class Inspection:
+    layers: list[LayerView]
+    left_out: list[LeftOut]
+    totals: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [asdict(r) for r in self.layers], "left_out": [asdict(r) for r in self.left_out],
+                "totals": dict(self.totals)}
+
+    def table(self) -> str:
+        """The layers as a text table, then what is left out."""
+        actions = list(self.layers[0].actions) if self.layers else []
+        head = ["layer", "type", "shape", "group", "MACs", "params", *actions, "note"]
+        rows = [[r.name, r.type, r.shape, r.unit, f"{r.macs:,}", f"{r.params:,}", *r.actions.values(), r.note]
+                for r in self.layers]
+        widths = [max(len(str(x)) for x in column) for column in zip(head, *rows)]
+        lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *rows]]
+        lines.append(f"{len(self.layers)} layers, {self.totals['units']} channel groups, {self.totals['macs']:,} MACs, "
+                     f"{self.totals['params']:,} parameters ({self.totals['covered_params']:,} in the layers above)")
+        if self.left_out:
+            lines.append("left out (not compressed, still counted in parameters and bytes):")
+            lines += [f"  {r.module} ({r.type}, {r.params:,} params): {r.reason}" for r in self.left_out]
+        return "\n".join(lines)
+
+
+def _values(choices: Any, kind: Any, cost: CostModel, index: int) -> str:
+    if len(choices) <= 1:
+        return "fixed"
+    low, high = kind.display(choices[0], cost, index), kind.display(choices[-1], cost, index)
+    return f"{low:g}-{high:g} ({len(choices)} values)"
+
+
+def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchSpace) -> Inspection:
+    graph = LayerGraph.build(model, input_shape)
+    cost = CostModel(graph)
+    decisions = DecisionSpace(cost, space)
+    unit_of = {name: u for u in graph.units for name in u.layers}
+    first_of = {u.layers[0]: u for u in graph.units if u.layers}
+    modules = dict(model.named_modules())
+    rows = []
+    for i, layer in enumerate(graph.layers):
+        unit = unit_of.get(layer.name)
+        actions: dict[str, str] = {}
+        for kind in KINDS.values():
+            if kind.action not in space.ranges:
+                continue
+            if kind.scope == "unit":
+                owner = first_of.get(layer.name)
+                actions[kind.action] = (_values(decisions.choices[kind.key][owner.index], kind, cost, owner.index)
+                                        if owner is not None else f"with {unit.name}" if unit is not None else "-")
+            else:
+                actions[kind.action] = _values(decisions.choices[kind.key][i], kind, cost, i)
+        notes = []
+        if layer.name == graph.classifier:
+            notes.append("classifier: its outputs are the classes, never pruned")
+        if layer.groups > 1 and not layer.depthwise:
+            notes.append(f"grouped conv ({layer.groups} groups): never factorised")
+        if layer.depthwise:
+            notes.append("depthwise: follows the channels of its input")
+        size = getattr(modules[layer.name], "kernel_size", ())
+        kernel = f", {'x'.join(map(str, size))} kernel" if layer.kind == "conv" and size else ""
+        kind_name = "depthwise conv" if layer.depthwise else layer.kind
+        params = sum(p.numel() for p in modules[layer.name].parameters(recurse=False))
+        rows.append(LayerView(layer.name, kind_name, f"{layer.in_features} -> {layer.out_features}{kernel}",
+                              unit.name if unit is not None else "-", layer.macs, params, actions, "; ".join(notes)))
+    covered = {layer.name for layer in graph.layers} | {c.name for c in graph.channel_params}
+    left = []
+    for name, module in model.named_modules():
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        if own and name not in covered:
+            reason = ("its weights are used outside a conv/linear module autocomp can see (e.g. attention's "
+                      "in_proj_weight)" if isinstance(module, nn.MultiheadAttention)
+                      else "not a conv or linear layer, and not a per-channel module of a pruned group")
+            left.append(LeftOut(name or "(model)", type(module).__name__, own, reason))
+    totals = {"macs": cost.baseline.macs, "params": cost.baseline.params, "units": len(graph.units),
+              "covered_params": sum(r.params for r in rows)}
+    return Inspection(rows, left, totals)

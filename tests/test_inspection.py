@@ -1,0 +1,60 @@
+"""`autocomp inspect`: what autocomp sees in a model, and what it leaves out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import autocomp
+from autocomp.space import SearchSpace
+
+
+def test_inspect_resnet20_lists_every_layer_with_its_actions() -> None:
+    seen = autocomp.inspect(model="resnet20", space="joint", input_shape=(3, 32, 32), num_classes=10)
+    names = [r.name for r in seen.layers]
+    assert names[0] == "conv1" and names[-1] == "fc" and len(names) == 22  # 19 convs, 2 shortcut convs, fc
+    # 3 to 16 of the stem's 16 channels; first conv at 8 bits and whole (the joint space's rule)
+    assert seen.layers[0].actions == {"keep_ratio": "0.1875-1 (14 values)", "bits": "fixed", "rank_ratio": "fixed"}
+    assert seen.layers[0].shape == "3 -> 16, 3x3 kernel"
+    second = seen.layers[2]  # layers.0.conv2 adds into the stem's group: decided with it
+    assert second.unit == "conv1" and second.actions["keep_ratio"] == "with conv1"
+    assert "never pruned" in seen.layers[-1].note
+    assert sum(r.macs for r in seen.layers) == seen.totals["macs"]
+    assert seen.left_out == []  # batch norms are part of the pruned groups
+
+
+def test_inspect_names_what_it_leaves_out() -> None:
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(8, 32)
+            self.attention = nn.MultiheadAttention(32, 4, batch_first=True)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            tokens = self.embed(x.reshape(x.shape[0], 8, 8))
+            return self.fc(self.attention(tokens, tokens, tokens)[0].mean(1))
+
+    from autocomp.inspection import inspect_model
+
+    seen = inspect_model(Attention(), (1, 8, 8), SearchSpace.load("prune"))
+    left = {r.module: r for r in seen.left_out}
+    assert "attention" in left and left["attention"].params == 32 * 96 + 96
+    assert "in_proj_weight" in left["attention"].reason
+    assert seen.totals["params"] == sum(p.numel() for p in Attention().parameters())
+
+
+def test_inspect_on_the_command_line(tmp_path) -> None:
+    table = subprocess.run([sys.executable, "-m", "autocomp.cli", "inspect", "--model", "digits_cnn"],
+                           capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "features.0.0" in table and "channel groups" in table
+    out = subprocess.run([sys.executable, "-m", "autocomp.cli", "inspect", "--model", "resnet20", "--input-shape",
+                          "3,32,32", "--json"], capture_output=True, text=True, timeout=120, check=True).stdout
+    layers = json.loads(out)["layers"]
+    assert len(layers) == 22 and layers[-1]["name"] == "fc"
+    bad = subprocess.run([sys.executable, "-m", "autocomp.cli", "inspect", "--input-shape", "3x32"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 2 and "--input-shape" in bad.stderr and "Traceback" not in bad.stderr
