@@ -77,10 +77,12 @@ def finetune(run_dir: str | os.PathLike[str], *, epochs: int = 5, lr: float = 0.
 
 
 def export(run_dir: str | os.PathLike[str], *, fmt: str = "torchscript", threads: int = 1,
-           out_dir: str | os.PathLike[str] | None = None, finetuned: bool = False) -> dict[str, Any]:
-    """Export a run's best model (``torchscript``, ``onnx``, ``state_dict`` or ``packed``) to
-    ``run_dir/export/`` (or ``out_dir``); returns its size, latency and output check, also
-    recorded in summary.json under ``exports``.
+           out_dir: str | os.PathLike[str] | None = None, finetuned: bool = False, latency_batch: int = 32,
+           accuracy: bool = True) -> dict[str, Any]:
+    """Export a run's best model (``torchscript``, ``pt2``, ``onnx``, ``state_dict`` or ``packed``) to
+    ``run_dir/export/`` (or ``out_dir``); returns what was measured in the format's runtime (size,
+    latency at batch 1 and ``latency_batch``, the original's latency and the speed-ups, output
+    check, test accuracy unless ``accuracy=False``), also recorded in summary.json under ``exports``.
 
     Example:
         >>> info = autocomp.export("runs/r20-ddpg", fmt="onnx")  # doctest: +SKIP
@@ -89,7 +91,8 @@ def export(run_dir: str | os.PathLike[str], *, fmt: str = "torchscript", threads
     """
     from autocomp.exporting import export_run
 
-    return export_run(run_dir, fmt=fmt, threads=threads, out_dir=out_dir, finetuned=finetuned)
+    return export_run(run_dir, fmt=fmt, threads=threads, out_dir=out_dir, finetuned=finetuned,
+                      latency_batch=latency_batch, accuracy=accuracy)
 
 
 def report(run_dir: str | os.PathLike[str], *, uniform: bool = True) -> Path:

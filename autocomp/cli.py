@@ -168,22 +168,30 @@ class DashboardCommand:
 
 
 class ExportCommand:
-    help = "export a run's best model (torchscript, onnx, state_dict or packed) with its size and latency"
+    help = "export a run's best model (torchscript, pt2, onnx, state_dict or packed), measured where it runs"
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("run_dir")
-        p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "state_dict", "packed"])
+        p.add_argument("--format", default="torchscript", choices=["torchscript", "pt2", "onnx", "state_dict", "packed"])
         p.add_argument("--threads", type=int, default=1, help="threads for the latency measurement")
+        p.add_argument("--latency-batch", type=int, default=32, help="the second batch size latency is measured at")
+        p.add_argument("--no-accuracy", action="store_true", help="skip measuring test accuracy in the runtime")
         p.add_argument("--out", help="output folder (default: RUN_DIR/export)")
         p.add_argument("--finetuned", action="store_true", help="export the weights written by `autocomp finetune`")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
-        info = api.export(args.run_dir, fmt=args.format, threads=args.threads, out_dir=args.out, finetuned=args.finetuned)
+        if args.latency_batch < 1:
+            raise ConfigError(f"--latency-batch {args.latency_batch} must be at least 1.")
+        info = api.export(args.run_dir, fmt=args.format, threads=args.threads, out_dir=args.out, finetuned=args.finetuned,
+                          latency_batch=args.latency_batch, accuracy=not args.no_accuracy)
         payload = f" (tensors {info['payload_bytes']:,} bytes)" if "payload_bytes" in info else ""
-        print(f"{info['file']}: {info['size_bytes']:,} bytes{payload}, {info['latency_s'] * 1e3:.3f} ms per sample "
-              f"({info['threads']} thread), max |output - PyTorch| = {info['max_abs_diff']:.2e}")
+        accuracy = f", test acc {info['test_accuracy']:.4f} in the runtime" if "test_accuracy" in info else ""
+        print(f"{info['file']}: {info['size_bytes']:,} bytes{payload}; {info['latency_s'] * 1e3:.3f} ms at batch 1 "
+              f"({info['speedup']:.2f}x the original), {info['latency_batch_s'] * 1e3:.3f} ms at batch "
+              f"{info['latency_batch']} ({info['speedup_batch']:.2f}x), {info['threads']} thread(s){accuracy}; "
+              f"max |output - PyTorch| = {info['max_abs_diff']:.2e}")
         return 0
 
 

@@ -1,81 +1,82 @@
-"""Export a run's best model so it runs without autocomp, and measure what was exported.
+"""Export a run's best model so it runs without autocomp, and measure what was exported there.
 
 Formats:
-- ``torchscript``: ``torch.jit.trace`` -> ``model.torchscript.pt`` (``torch.jit.load`` needs only torch);
-- ``onnx``: ``torch.onnx.export`` -> ``model.onnx`` with a dynamic batch axis (checked with onnxruntime at
-  batch 1 and 5; ``pip install 'autocomp[export]'``);
+- ``torchscript``: ``torch.jit.trace`` -> ``model.torchscript.pt`` (``torch.jit.load`` needs only torch;
+  TorchScript is deprecated upstream, ``pt2`` is its successor);
+- ``pt2``: ``torch.export`` -> ``model.pt2`` with a dynamic batch axis (``torch.export.load(path).module()``);
+- ``onnx``: ``torch.onnx.export`` -> ``model.onnx`` with a dynamic batch axis (run in onnxruntime;
+  ``pip install 'autocomp[export]'``);
 - ``state_dict``: ``model.state_dict.pt`` + ``plan.json`` (rebuild with ``autocomp.load_compressed``);
 - ``packed``: ``model.packed.pt``, quantised weights packed at their bit-width with their scales
   (``autocomp.ops.pack_model``; ``load_packed`` rebuilds the model). ``payload_bytes`` in its
   JSON is the bytes of its tensors, the figure ``--budget-size`` limits.
 
-TorchScript and ONNX get quantised weights as float32 values on their grid (the runtimes'
+TorchScript, pt2 and ONNX get quantised weights as float32 values on their grid (the runtimes'
 integer kernels are not used), so those files are float-sized.
 
-Each export writes ``export-<format>.json`` beside the file: file size, measured latency (batch 1,
-fixed threads, ``torch.utils.benchmark`` or onnxruntime), and the largest output difference from
-the PyTorch model on a fixed random input. An export of a run is also recorded in the run's
-summary.json under ``exports``.
+Each export writes ``export-<format>.json`` beside the file, measured in the format's own runtime
+(torch for TorchScript, pt2, state_dict and packed; onnxruntime for ONNX) with fixed threads:
+file size, latency at batch 1 and at ``latency_batch``, the original model's latency written in
+the same format and timed the same way (and the speed-ups), the largest output difference from
+the PyTorch model at batch 1 and 5, and the test accuracy of the written file in its runtime.
+An export of a run is also recorded in the run's summary.json under ``exports``.
 
 Example:
     >>> info = export_run("runs/r20-ddpg", fmt="onnx")  # doctest: +SKIP
+    >>> info["speedup"], info["test_accuracy"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from autocomp.config import SearchConfig
+from autocomp.data import Split
 from autocomp.errors import ConfigError
 from autocomp.files import atomic_path, save_torch, write_text
-from autocomp.latency import measure_latency
 from autocomp.ops import bake
 from autocomp.rundir import RunDir
 
-FORMATS = ("torchscript", "onnx", "state_dict", "packed")
+FORMATS = ("torchscript", "pt2", "onnx", "state_dict", "packed")
+Runner = Callable[[torch.Tensor], torch.Tensor]
+"""Runs a written file in its runtime on one batch."""
 
 
-def _onnx_latency(session: Any, feed: dict[str, Any], repeats: int = 50) -> float:
-    session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+def _torch_runner(module: nn.Module) -> Runner:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x)
+
+    return run
 
 
-def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt: str, threads: int = 1) -> dict[str, Any]:
-    """Write ``model`` in ``fmt`` to ``out_dir``; return (and write) its size, latency and output check."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format {fmt} is not one of {', '.join(FORMATS)}.")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    with torch.inference_mode():
-        reference = model(example)
-    info: dict[str, Any] = {"format": fmt, "threads": threads, "input_shape": list(example.shape)}
-    if fmt == "packed":
-        from autocomp.ops import pack_model, payload_bytes
-
-        packed = pack_model(model)
-        info["payload_bytes"] = payload_bytes(packed)
-    bake(model)  # plain weights (already on their grid) for tracing and timing
+def _write(fmt: str, model: nn.Module, example: torch.Tensor, out_dir: Path, *, threads: int) -> tuple[Path, Runner]:
+    """Write ``model`` (baked, in eval mode) in ``fmt``; return the file and a runner of that file."""
     if fmt == "torchscript":
         path = out_dir / "model.torchscript.pt"
-        with torch.no_grad(), atomic_path(path) as tmp:
-            torch.jit.save(torch.jit.trace(model, example), str(tmp))
-        loaded = torch.jit.load(str(path)).eval()
-        with torch.inference_mode():
-            info["max_abs_diff"] = float((loaded(example) - reference).abs().max())
-        info["latency_s"] = measure_latency(loaded, example, threads=threads)
-    elif fmt == "onnx":
+        with warnings.catch_warnings():  # its deprecation is said once, in the docs, not on every export
+            warnings.simplefilter("ignore", FutureWarning)
+            with torch.no_grad(), atomic_path(path) as tmp:
+                torch.jit.save(torch.jit.trace(model, example), str(tmp))
+            return path, _torch_runner(torch.jit.load(str(path)).eval())
+    if fmt == "pt2":
+        path = out_dir / "model.pt2"
+        pair = torch.cat([example, example])  # torch.export specialises a batch of 1 to a constant
+        program = torch.export.export(model, (pair,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        with atomic_path(path) as tmp:
+            torch.export.save(program, str(tmp))
+        return path, _torch_runner(torch.export.load(str(path)).module())
+    if fmt == "onnx":
         try:
             import onnxruntime
         except ImportError:
@@ -89,33 +90,81 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt:
         options.intra_op_num_threads = threads
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        batch = torch.cat([example, torch.randn(4, *example.shape[1:], generator=torch.Generator().manual_seed(1))])
-        with torch.inference_mode():
-            batch_reference = model(batch)
-        info["max_abs_diff"] = max(float(abs(session.run(None, {name: x.numpy()})[0] - y.numpy()).max())
-                                   for x, y in ((example, reference), (batch, batch_reference)))
-        info["batch_sizes_checked"] = [len(example), len(batch)]
-        info["latency_s"] = _onnx_latency(session, {name: example.numpy()})
-    elif fmt == "packed":
-        path = out_dir / "model.packed.pt"
+        return path, lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    path = out_dir / "model.state_dict.pt"
+    save_torch(model.state_dict(), path)
+    return path, _torch_runner(model)
+
+
+def time_runner(run: Runner, x: torch.Tensor, *, threads: int, min_run_time: float = 0.5) -> float:
+    """Median seconds of one call (torch runners at ``threads`` threads, restored afterwards)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(3):
+            run(x)
+        times: list[float] = []
+        deadline = time.perf_counter() + min_run_time
+        while len(times) < 10 or time.perf_counter() < deadline:
+            start = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - start)
+        times.sort()
+        return times[len(times) // 2]
+    finally:
+        torch.set_num_threads(saved)
+
+
+def runtime_accuracy(run: Runner, split: Split, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy of a written file on ``split``, run in its own runtime."""
+    correct = sum(int((run(x).argmax(1) == y).sum()) for x, y in split.batches(batch_size))
+    return correct / max(1, len(split))
+
+
+def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt: str, threads: int = 1,
+                 latency_batch: int = 32) -> tuple[dict[str, Any], Runner]:
+    """Write ``model`` in ``fmt`` to ``out_dir``; return its record (size, latency at batch 1 and at
+    ``latency_batch``, output check at batch 1 and 5) and a runner of the written file."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt} is not one of {', '.join(FORMATS)}.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    info: dict[str, Any] = {"format": fmt, "threads": threads, "input_shape": list(example.shape)}
+    if fmt == "packed":
+        from autocomp.ops import pack_model, payload_bytes
+
+        packed = pack_model(model)
+        info["payload_bytes"] = payload_bytes(packed)
+    bake(model)  # plain weights (already on their grid) for tracing and timing
+    if fmt == "packed":  # the packed weights reload into the rebuilt model (``load_packed``), which runs eagerly
+        path, run = out_dir / "model.packed.pt", _torch_runner(model)
         save_torch(packed, path)
-        info["max_abs_diff"] = 0.0
-        info["latency_s"] = measure_latency(model, example, threads=threads)
     else:
-        path = out_dir / "model.state_dict.pt"
-        save_torch(model.state_dict(), path)
-        info["max_abs_diff"] = 0.0
-        info["latency_s"] = measure_latency(model, example, threads=threads)
+        path, run = _write(fmt, model, example, out_dir, threads=threads)
+    batch = torch.cat([example, torch.randn(4, *example.shape[1:], generator=torch.Generator().manual_seed(1))])
+    with torch.inference_mode():
+        info["max_abs_diff"] = max(float((run(x) - model(x)).abs().max()) for x in (example, batch))
+    info["batch_sizes_checked"] = [len(example), len(batch)]
+    big = torch.randn(latency_batch, *example.shape[1:], generator=torch.Generator().manual_seed(2))
+    info["latency_s"] = time_runner(run, example, threads=threads)
+    info["latency_batch"] = latency_batch
+    info["latency_batch_s"] = time_runner(run, big, threads=threads)
     info["file"] = path.name
     info["size_bytes"] = path.stat().st_size
     write_text(out_dir / f"export-{fmt}.json", json.dumps(info, indent=1) + "\n")
-    return info
+    return info, run
 
 
 def export_run(run_dir: str | os.PathLike[str], *, fmt: str, threads: int = 1,
-               out_dir: str | os.PathLike[str] | None = None, finetuned: bool = False) -> dict[str, Any]:
+               out_dir: str | os.PathLike[str] | None = None, finetuned: bool = False, latency_batch: int = 32,
+               accuracy: bool = True) -> dict[str, Any]:
     """Export the best model of a finished run (``finetuned``: its fine-tuned weights) to
-    ``run_dir/export/`` (or ``out_dir``), and record the export in the run's summary."""
+    ``run_dir/export/`` (or ``out_dir``), and record the export in the run's summary.
+
+    Besides :func:`export_model`'s record: the original model's latency in the same runtime and
+    session settings (``original_latency_s``, ``original_latency_batch_s``, ``speedup``,
+    ``speedup_batch``) and, with ``accuracy``, the exported file's test accuracy measured in its
+    runtime (``test_accuracy``)."""
     from autocomp.api import load_compressed
 
     run = RunDir(run_dir)
@@ -123,7 +172,7 @@ def export_run(run_dir: str | os.PathLike[str], *, fmt: str, threads: int = 1,
     summary = run.read_summary()
     example = torch.randn(1, *summary["input_shape"], generator=torch.Generator().manual_seed(0))
     target = Path(out_dir) if out_dir else run.export_dir
-    info = export_model(model, example, target, fmt=fmt, threads=threads)
+    info, runner = export_model(model, example, target, fmt=fmt, threads=threads, latency_batch=latency_batch)
     if fmt in ("state_dict", "packed"):
         write_text(target / "plan.json", (run.finetuned_plan if finetuned else run.best_plan).read_text())
     if fmt == "packed":
@@ -131,10 +180,31 @@ def export_run(run_dir: str | os.PathLike[str], *, fmt: str, threads: int = 1,
         original = load_compressed(run.path, finetuned=finetuned)
         with torch.inference_mode():
             info["max_abs_diff"] = float((reloaded(example) - original(example)).abs().max())
-        write_text(target / "export-packed.json", json.dumps(info, indent=1) + "\n")
+    config = run.read_config()
+    info.update(_original_latency(config, summary, example, fmt, threads=threads, latency_batch=latency_batch))
+    info["speedup"] = round(info["original_latency_s"] / info["latency_s"], 3)
+    info["speedup_batch"] = round(info["original_latency_batch_s"] / info["latency_batch_s"], 3)
+    if accuracy:
+        from autocomp.runners.setup import load_config_data
+
+        info["test_accuracy"] = runtime_accuracy(runner, load_config_data(config).test)
+    write_text(target / f"export-{fmt}.json", json.dumps(info, indent=1) + "\n")
     trial = (summary.get("finetuned") or {}).get("trial") if finetuned else summary["best"].get("trial")
     run.record_export(fmt, {**info, "finetuned": finetuned, "trial": trial}, target)
     return info
+
+
+def _original_latency(config: SearchConfig, summary: dict[str, Any], example: torch.Tensor, fmt: str, *,
+                      threads: int, latency_batch: int) -> dict[str, float]:
+    """The uncompressed model written in the same format and timed in the same runtime."""
+    from autocomp.models import build_model
+
+    original = build_model(config.model, num_classes=summary["num_classes"]).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        _, run = _write("state_dict" if fmt == "packed" else fmt, original, example, Path(tmp), threads=threads)
+        big = torch.randn(latency_batch, *example.shape[1:], generator=torch.Generator().manual_seed(2))
+        return {"original_latency_s": time_runner(run, example, threads=threads),
+                "original_latency_batch_s": time_runner(run, big, threads=threads)}
 
 
 def load_packed(run_dir: str | os.PathLike[str], path: str | Path, *, finetuned: bool = False) -> nn.Module:

@@ -121,8 +121,8 @@ def speedup(config: SearchConfig, runs_dir: Path) -> dict:
                 sources[f"coarse-{agent}"] = coarse
         models = {"original": original, **{name: load_compressed(path) for name, path in sources.items()}}
         for name, model in models.items():
-            onnx = export_model(model, example, Path(tmp) / name, fmt="onnx", threads=1)
-            eager = export_model(model, example, Path(tmp) / name, fmt="state_dict", threads=1)
+            onnx, _ = export_model(model, example, Path(tmp) / name, fmt="onnx", threads=1)
+            eager, _ = export_model(model, example, Path(tmp) / name, fmt="state_dict", threads=1)
             out[name] = {"onnx_ms": onnx["latency_s"] * 1e3, "eager_ms": eager["latency_s"] * 1e3,
                          "onnx_bytes": onnx["size_bytes"]}
     for name, path in sources.items():

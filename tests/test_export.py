@@ -68,6 +68,44 @@ def test_onnx_runs_any_batch_size_in_onnxruntime(run_dir: Path, tmp_path: Path) 
     assert json.loads((run_dir / "summary.json").read_text())["exports"]["onnx"]["dir"] == str(tmp_path.resolve())
 
 
+def test_pt2_runs_without_autocomp_at_any_batch_size(run_dir: Path, tmp_path: Path) -> None:
+    info = export_run(run_dir, fmt="pt2", out_dir=tmp_path, latency_batch=8)
+    assert info["file"] == "model.pt2" and info["max_abs_diff"] <= 1e-4 and info["batch_sizes_checked"] == [1, 5]
+    x, y = reference(run_dir)
+    torch.save(x, tmp_path / "x.pt")
+    code = (BLOCK_AUTOCOMP + "import torch; m = torch.export.load(sys.argv[1]).module(); "
+            "x = torch.load(sys.argv[2]); print(repr([m(x[:1]).tolist(), m(x).tolist()]))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / info["file"]), str(tmp_path / "x.pt")],
+                         capture_output=True, text=True, check=True).stdout
+    one, four = eval(out)
+    assert torch.allclose(torch.tensor(one), y[:1], atol=1e-4) and torch.allclose(torch.tensor(four), y, atol=1e-4)
+
+
+def test_export_record_measures_the_runtime(run_dir: Path, tmp_path: Path) -> None:
+    """Latency at batch 1 and at the latency batch, the original's in the same runtime, and the
+    written file's test accuracy in its runtime, equal to PyTorch's on the same images."""
+    from autocomp.evaluate import accuracy
+    from autocomp.runners.setup import load_config_data
+
+    info = export_run(run_dir, fmt="onnx" if _has_onnxruntime() else "pt2", out_dir=tmp_path, latency_batch=16)
+    assert info["latency_batch"] == 16 and info["latency_batch_s"] > info["latency_s"] > 0
+    assert info["original_latency_s"] > 0 and info["speedup"] == round(info["original_latency_s"] / info["latency_s"], 3)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    test = load_config_data(autocomp.RunDir(run_dir).read_config()).test
+    assert info["test_accuracy"] == pytest.approx(accuracy(autocomp.load_compressed(run_dir), test), abs=1 / len(test))
+    assert info["test_accuracy"] == pytest.approx(summary["best"]["test_accuracy"], abs=1 / len(test))
+    stored = json.loads((tmp_path / f"export-{info['format']}.json").read_text())
+    assert stored["test_accuracy"] == info["test_accuracy"] and stored["speedup_batch"] == info["speedup_batch"]
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def test_state_dict_export_reloads(run_dir: Path, tmp_path: Path) -> None:
     info = export_run(run_dir, fmt="state_dict", out_dir=tmp_path)
     assert (tmp_path / "plan.json").is_file()
