@@ -3,9 +3,13 @@
 AMC-faithful details (He et al. 2018), set in ``agents/ddpg.yaml`` (the only home of the defaults):
 - ``warmup_episodes`` of random actions before any update (SB3's ``learning_starts``);
 - exploration by truncated-normal noise around the policy's action, kept within the action
-  bounds, its sigma (0.5 in keep-ratio units) decaying x0.95 per episode after warm-up;
+  bounds, its sigma (``noise_sigma``, 0.5 in keep-ratio units) decaying geometrically over the
+  episodes after warm-up to ``noise_final`` at the last one of the search;
 - discount 1, and the episode's final reward copied to every transition of that episode
   (rewritten in the replay buffer when the episode ends);
+- updates after each episode, as many as its steps, once every transition has its reward
+  (a transition without one is never sampled: the buffer refuses to);
+- a replay buffer of the last ``buffer_episodes`` episodes (AMC keeps about 100);
 - separate actor and critic learning rates, 300x300 hidden units, tau 0.01, batch 64;
 - sampled rewards centred on a moving average of batch means (AMC's ``moving_average``).
 
@@ -36,21 +40,37 @@ from autocomp.files import save_torch
 from autocomp.searchers.base import Searcher
 
 
-class BaselineReplayBuffer(ReplayBuffer):
-    """AMC's reward normalisation: sampled rewards minus a moving average of batch means.
+class EpisodeReplayBuffer(ReplayBuffer):
+    """Transitions whose reward is the episode's, written when the episode ends.
 
-    With discount 1 and the episode's reward on every step, raw rewards (about -0.1 to -0.9)
-    pile up along the episode; centring them keeps the critic's targets near zero.
+    A transition is stored with reward NaN until its episode's reward is written (``rewrite``);
+    sampling one raises, so no update ever learns from a reward that does not exist yet.
+    With ``baseline``, AMC's reward normalisation: sampled rewards minus a moving average of
+    batch means (with discount 1 and the episode's reward on every step, raw rewards pile up
+    along the episode; centring them keeps the critic's targets near zero).
     """
 
     moving_alpha = 0.5
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, baseline: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.baseline = baseline
         self.moving_average: float | None = None
+
+    def add(self, obs: Any, next_obs: Any, action: Any, reward: Any, done: Any, infos: Any) -> None:
+        pending = np.where(np.asarray(done, dtype=bool), np.asarray(reward, dtype=np.float32), np.nan)
+        super().add(obs, next_obs, action, pending, done, infos)
+
+    def rewrite(self, positions: list[int], env_index: int, reward: float) -> None:
+        """Give the transitions at ``positions`` (one episode of env ``env_index``) its reward."""
+        self.rewards[np.asarray(positions, dtype=np.int64), env_index] = reward
 
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> ReplayBufferSamples:
         data = super()._get_samples(batch_inds, env)
+        if torch.isnan(data.rewards).any():
+            raise RuntimeError("sampled a transition whose episode has no reward yet: updates must wait for the episode")
+        if not self.baseline:
+            return data
         mean = float(data.rewards.mean())
         if self.moving_average is None:
             self.moving_average = mean
@@ -119,7 +139,7 @@ class EpisodeCallback(BaseCallback):
         self.searcher = searcher
         self.n_episodes = n_episodes
         self.done_episodes = 0
-        self._episode_start: int | None = None
+        self._positions: list[int] = []
         self._actions: list[np.ndarray] = []
         self._started = datetime.now()
 
@@ -128,9 +148,9 @@ class EpisodeCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         buffer = self.model.replay_buffer
-        if self._episode_start is None:
-            self._episode_start = buffer.pos  # this step's transition is stored at pos, after on_step
+        if not self._positions:
             self._started = datetime.now()
+        self._positions.append(buffer.pos)  # this step's transition is stored at pos, after on_step
         self._actions.append(np.asarray(self.locals["actions"]).reshape(len(self.locals["dones"]), -1))
         dones = self.locals["dones"]
         if not dones.any():
@@ -138,14 +158,15 @@ class EpisodeCallback(BaseCallback):
         # every env runs the same number of steps, so all episodes end together; each env's
         # column of the buffer gets its own episode's reward
         for env_index in np.flatnonzero(dones):
-            buffer.rewards[self._episode_start:buffer.pos, env_index] = float(self.locals["rewards"][env_index])
+            # the last transition is stored after this call, with its (final) reward
+            buffer.rewrite(self._positions[:-1], int(env_index), float(self.locals["rewards"][env_index]))
             info = self.locals["infos"][env_index]
             if self.done_episodes < self.n_episodes:
                 actions = [a[env_index].tolist() for a in self._actions]
                 self.searcher.recorder.record(info["plan"], info["metrics"], actions=actions, started=self._started)
                 self.searcher.end_episode(self.model)
                 self.done_episodes += 1
-        self._episode_start, self._actions = None, []
+        self._positions, self._actions = [], []
         return self.done_episodes < self.n_episodes and not self.searcher.recorder.should_stop()
 
 
@@ -168,12 +189,17 @@ class DDPGSearcher(Searcher):
         self.steps = len(self.problem.steps)
         self.n_envs = max(1, self.problem.parallelism)
         self._episodes_seen = len(self.recorder.history)
+        self.total_episodes = self._episodes_seen  # set by ``run``: the search's whole episode budget
 
     @property
     def sigma(self) -> float:
-        """Exploration noise (keep-ratio units) for the next episode: decays after warm-up."""
-        after_warmup = max(0, self._episodes_seen - int(self.settings["warmup_episodes"]))
-        return float(self.settings["noise_sigma"]) * float(self.settings["noise_decay"]) ** after_warmup
+        """Exploration noise (keep-ratio units) for the next episode: ``noise_sigma`` until the
+        end of warm-up, then decaying geometrically to ``noise_final`` at the last episode."""
+        warmup = int(self.settings["warmup_episodes"])
+        start, final = float(self.settings["noise_sigma"]), float(self.settings["noise_final"])
+        span = max(1, self.total_episodes - 1 - warmup)
+        progress = min(1.0, max(0, self._episodes_seen - warmup) / span)
+        return start * (final / start) ** progress if start > 0 else 0.0
 
     def end_episode(self, model: AMCDDPG) -> None:
         self._episodes_seen += 1
@@ -191,7 +217,7 @@ class DDPGSearcher(Searcher):
             group = history[first:first + self.n_envs]
             envs = [LayerCompressEnv(self.problem, reward_kind=self.reward_kind) for _ in group]
             obs = np.stack([env.reset()[0] for env in envs])
-            start = buffer.pos
+            positions = []
             rewards = np.zeros(len(group))
             for step in range(self.steps):
                 actions = np.array([c.actions[step] for c in group], dtype=np.float32)
@@ -199,9 +225,11 @@ class DDPGSearcher(Searcher):
                 next_obs = np.stack([r[0] for r in results])
                 done = np.array([r[2] for r in results])
                 rewards = np.where(done, [r[1] for r in results], rewards)
+                positions.append(buffer.pos)
                 buffer.add(obs, next_obs, actions, np.zeros(len(group)), done, [r[4] for r in results])
                 obs = next_obs
-            buffer.rewards[start:buffer.pos] = rewards[None, :]
+            for env_index, reward in enumerate(rewards):
+                buffer.rewrite(positions, env_index, float(reward))
         policy_file = self.settings["policy_file"]
         if self.recorder.history and policy_file and Path(policy_file).is_file():
             try:
@@ -215,17 +243,21 @@ class DDPGSearcher(Searcher):
             return
         s = self.settings
         done = len(self.recorder.history)
+        self.total_episodes = done + n_candidates
         warmup_steps = max(0, int(s["warmup_episodes"]) - done) * self.steps
         env = ParallelEpisodesVecEnv([lambda: LayerCompressEnv(self.problem, reward_kind=self.reward_kind)
                                       for _ in range(self.n_envs)])
         model = AMCDDPG(
             "MlpPolicy", env,
             actor_lr=float(s["actor_lr"]), critic_lr=float(s["critic_lr"]), noise_sigma=self.sigma,
-            buffer_size=(done + n_candidates + 2 * self.n_envs) * self.steps,
+            buffer_size=int(s["buffer_episodes"]) * self.steps * self.n_envs,
             learning_starts=warmup_steps, batch_size=int(s["batch_size"]), tau=float(s["tau"]),
-            gamma=float(s["gamma"]), train_freq=(1, "step"), gradient_steps=-1,
+            gamma=float(s["gamma"]), gradient_steps=-1,
+            # every episode has the same steps and the envs run in lockstep: training every `steps`
+            # vector steps is training after each episode (SB3's "episode" unit allows one env only)
+            train_freq=(self.steps, "step"),
             policy_kwargs={"net_arch": list(s["hidden"])},
-            replay_buffer_class=BaselineReplayBuffer if s["reward_baseline"] else ReplayBuffer,
+            replay_buffer_class=EpisodeReplayBuffer, replay_buffer_kwargs={"baseline": bool(s["reward_baseline"])},
             seed=self.seed, device="cpu", verbose=0,
         )
         callback = EpisodeCallback(self, n_candidates)

@@ -29,7 +29,7 @@ class OptunaSearcher(Searcher):
         s = cls.resolve(settings)
         if s["sampler"] == "tpe":
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(s["n_startup_trials"]),
-                                              multivariate=bool(s["multivariate"]))
+                                              multivariate=bool(s["multivariate"]), constant_liar=bool(s["constant_liar"]))
         if s["sampler"] == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=int(s["population_size"]))
         if s["sampler"] == "random":

@@ -92,7 +92,69 @@ def test_ddpg_rewrites_episode_reward_to_every_step(monkeypatch, digits_problem)
     for episode in range(4):
         chunk = rewards[episode * steps:(episode + 1) * steps]
         assert torch.allclose(chunk, torch.full_like(chunk, recorder.history[episode].metrics.val_accuracy - 1.0))
-    assert captured["noise"] == pytest.approx(0.5 * 0.95 ** 1)  # decayed once: 4 episodes seen, 3 warm-up
+    assert captured["noise"] == pytest.approx(0.05)  # the last episode explores with noise_final
+
+
+def test_ddpg_noise_decays_over_the_episode_budget(digits_problem) -> None:
+    from autocomp.searchers.ddpg import DDPGSearcher
+    from autocomp.searchers.record import TrialRecorder
+
+    recorder = TrialRecorder(optuna.create_study(directions=["maximize"]), digits_problem, searcher="ddpg")
+    searcher = DDPGSearcher(digits_problem, recorder, settings={"warmup_episodes": 10}, seed=0)
+    searcher.total_episodes = 110
+    sigmas = {}
+    for seen in (0, 10, 60, 109):
+        searcher._episodes_seen = seen
+        sigmas[seen] = searcher.sigma
+    assert sigmas[0] == sigmas[10] == pytest.approx(0.5)  # warm-up and the first learning episode
+    assert sigmas[60] == pytest.approx(0.5 * 0.1 ** (50 / 99))  # geometric over the budget, not per episode
+    assert sigmas[109] == pytest.approx(0.05)
+
+
+def test_ddpg_never_samples_an_unrewarded_transition(monkeypatch, digits_problem) -> None:
+    """Updates run after each episode, when all its transitions have their reward; the buffer keeps
+    only the last ``buffer_episodes`` and rewrites rewards across its wrap-around."""
+    from autocomp.searchers.ddpg import DDPGSearcher, EpisodeReplayBuffer
+    from autocomp.searchers.record import TrialRecorder
+
+    sampled = []
+    original = EpisodeReplayBuffer._get_samples
+
+    def spy(self, batch_inds, env=None):
+        sampled.append(np.isnan(self.rewards[batch_inds, 0]).any())
+        return original(self, batch_inds, env)
+
+    monkeypatch.setattr(EpisodeReplayBuffer, "_get_samples", spy)
+    recorder = TrialRecorder(optuna.create_study(directions=["maximize"]), digits_problem, searcher="ddpg")
+    searcher = DDPGSearcher(digits_problem, recorder, settings={"warmup_episodes": 2, "buffer_episodes": 3,
+                                                                 "batch_size": 8}, seed=0)
+    captured = {}
+    spy_on_episode_end(monkeypatch, lambda self, model: captured.update(buffer=model.replay_buffer))
+    searcher.run(7)
+    assert sampled and not any(sampled)  # updates happened, and none saw a missing reward
+    buffer = captured["buffer"]
+    steps = len(digits_problem.steps)
+    assert buffer.buffer_size == 3 * steps and buffer.full  # bounded: it wrapped around
+    held = buffer.rewards[:, 0]
+    last = np.array([c.metrics.val_accuracy - 1.0 for c in recorder.history[-3:]], dtype=np.float32)
+    # every slot holds the reward of one of the last three episodes, but the one the newest
+    # episode's last step goes to (stored after the episode-end callback, still an evicted episode's)
+    assert not np.isnan(held).any()
+    assert np.isclose(held[:, None], last[None, :]).any(axis=1).sum() >= 3 * steps - 1
+
+
+def test_episode_buffer_refuses_a_missing_reward() -> None:
+    from gymnasium import spaces
+
+    from autocomp.searchers.ddpg import EpisodeReplayBuffer
+
+    buffer = EpisodeReplayBuffer(4, spaces.Box(0, 1, (2,)), spaces.Box(-1, 1, (1,)), device="cpu", n_envs=1)
+    obs = np.zeros((1, 2), dtype=np.float32)
+    buffer.add(obs, obs, np.zeros((1, 1)), np.zeros(1), np.array([False]), [{}])
+    with pytest.raises(RuntimeError, match="no reward yet"):
+        buffer.sample(1)
+    buffer.rewrite([0], 0, -0.25)
+    assert float(buffer.sample(1).rewards) == pytest.approx(0.0)  # -0.25 minus its own moving average
 
 
 def test_ddpg_resume_refills_replay_buffer(monkeypatch, digits_problem, tmp_path) -> None:
@@ -105,7 +167,6 @@ def test_ddpg_resume_refills_replay_buffer(monkeypatch, digits_problem, tmp_path
     recorder = TrialRecorder(study, digits_problem, searcher="ddpg")  # as a resumed run sees the storage
     assert len(recorder.history) == 5
     resumed = DDPGSearcher(digits_problem, recorder, settings=settings, seed=0)
-    assert resumed.sigma == pytest.approx(0.5 * 0.95 ** 2)
     captured = {}
 
     def capture(self, model):
@@ -186,3 +247,12 @@ def test_ddpg_exploration_stays_in_bounds_and_centres_on_policy(digits_problem) 
     assert samples.std() > 0.3
     model.noise_sigma = 0.0
     assert np.allclose(model._sample_action(0)[0], policy_action)
+
+
+def test_optuna_batches_use_the_constant_liar() -> None:
+    """Trials asked together for several workers are told apart (a sequential search asks one at a time)."""
+    from autocomp.searchers.optuna_search import OptunaSearcher
+
+    sampler = OptunaSearcher.sampler(OptunaSearcher.defaults, seed=0)
+    assert sampler._constant_liar is True
+    assert OptunaSearcher.sampler({**OptunaSearcher.defaults, "constant_liar": False}, seed=0)._constant_liar is False
