@@ -6,7 +6,7 @@ Example:
     >>> from autocomp.space import SearchSpace
     >>> seen = inspect_model(build_model("resnet20"), (3, 32, 32), SearchSpace.load("joint"))
     >>> seen.layers[0].name, seen.layers[0].actions["keep_ratio"]
-    ('conv1', '0.1875-1 (14 values)')
+    ('conv1', '0.188-1 (14 values)')
     >>> seen.layers[-1].note
     'classifier: its outputs are the classes, never pruned'
 """
@@ -75,7 +75,7 @@ def _values(choices: Any, kind: Any, cost: CostModel, index: int) -> str:
     if len(choices) <= 1:
         return "fixed"
     low, high = kind.display(choices[0], cost, index), kind.display(choices[-1], cost, index)
-    return f"{low:g}-{high:g} ({len(choices)} values)"
+    return f"{low:.3g}-{high:.3g} ({len(choices)} values)"
 
 
 def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchSpace) -> Inspection:

@@ -15,7 +15,7 @@ def test_inspect_resnet20_lists_every_layer_with_its_actions() -> None:
     names = [r.name for r in seen.layers]
     assert names[0] == "conv1" and names[-1] == "fc" and len(names) == 22  # 19 convs, 2 shortcut convs, fc
     # 3 to 16 of the stem's 16 channels; first conv at 8 bits and whole (the joint space's rule)
-    assert seen.layers[0].actions == {"keep_ratio": "0.1875-1 (14 values)", "bits": "fixed", "rank_ratio": "fixed"}
+    assert seen.layers[0].actions == {"keep_ratio": "0.188-1 (14 values)", "bits": "fixed", "rank_ratio": "fixed"}
     assert seen.layers[0].shape == "3 -> 16, 3x3 kernel"
     second = seen.layers[2]  # layers.0.conv2 adds into the stem's group: decided with it
     assert second.unit == "conv1" and second.actions["keep_ratio"] == "with conv1"
