@@ -10,10 +10,14 @@ unit's keep ratio (decided at the unit's first layer), its bit-width, its rank r
 
 ``Box(-1, 1, (d,), float32)`` with ``d`` the number of actions the space declares, in the order
 of :data:`autocomp.kinds.KINDS` (``keep_ratio``, ``bits``, ``rank_ratio``); each entry maps linearly onto that action's range and
-is rounded to the nearest allowed value (entries a step does not take are ignored). The budgets
-are enforced by construction (AMC's clipping, generalised): the step's actions shrink together
-toward their minimum until the budgets can still be met with every later decision at its
-minimum. Every finished episode is therefore a feasible candidate.
+picks one of the allowed values, spread evenly over [-1, 1] (entries a step does not take are
+ignored). During the episode the state holds the values asked for. The budgets are enforced
+when the episode ends: the whole plan asked for is projected onto the budget surface
+(:meth:`autocomp.problem.budgets.Budgets.project`: scaled toward it by one common factor, then
+filled up where it asked for more), so every finished episode is a feasible candidate that
+spends its budget. The last step's ``info["taken_actions"]`` holds the actions that ask for
+exactly the plan taken, and :meth:`LayerCompressEnv.observations` the observations they
+would have met: a learner stores those (what was done), not what was asked.
 
 ## Observation space
 
@@ -45,8 +49,8 @@ accuracy after batch-norm recalibration: ``-error`` (default) or ``-error * log(
 ## Episode end
 
 ``terminated`` after the last step; never truncated. Every step's ``info`` holds ``wanted``
-and ``taken`` (action name -> value asked for and value taken after clipping); the last one
-also ``plan`` (a :class:`~autocomp.plan.Plan`) and ``metrics``.
+(action name -> value asked for); the last one also ``plan`` (a :class:`~autocomp.plan.Plan`),
+``metrics`` and ``taken_actions`` (one row per step).
 
 Example:
     >>> import gymnasium, autocomp.env
@@ -55,6 +59,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gymnasium
@@ -65,7 +70,7 @@ from autocomp.env.reward import reward
 from autocomp.kinds import KINDS
 from autocomp.plan import Plan
 from autocomp.problem import CompressionProblem
-from autocomp.problem.decisions import nearest
+from autocomp.problem.decisions import State, nearest
 
 
 class LayerCompressEnv(gymnasium.Env):
@@ -86,6 +91,7 @@ class LayerCompressEnv(gymnasium.Env):
         self._step = 0
         self._state = problem.full_state()
         self._prev = dict.fromkeys(self.kinds, 1.0)
+        self._rows: list[np.ndarray] = []
 
     def _static_features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         graph = self.problem.graph
@@ -106,25 +112,49 @@ class LayerCompressEnv(gymnasium.Env):
         return table, np.array(macs, dtype=np.float64), np.array(weight_bytes, dtype=np.float64)
 
     def _observation(self) -> np.ndarray:
-        i = min(self._step, len(self.problem.steps) - 1)
-        cost = self.problem.state_cost(self._state)
+        return self._observe(self._step, self._state, self._prev)
+
+    def _observe(self, index: int, state: State, prev: dict[str, float]) -> np.ndarray:
+        i = min(index, len(self.problem.steps) - 1)
+        cost = self.problem.state_cost(state)
         removed = (self._total_macs - cost.macs) / self._total_macs
         to_come = self._step_macs[i + 1:].sum() / self._step_macs.sum()
         features = [*self._static[i], self._step_macs[i] / self._step_macs.max(), removed, to_come,
-                    self._prev[self._amc_kind] if self._amc_kind else 1.0]
+                    prev[self._amc_kind] if self._amc_kind else 1.0]
         if self.extended:
             step = self.problem.steps[i]
             features += [(self._total_bytes - cost.size_bytes) / self._total_bytes,
                          self._step_bytes[i + 1:].sum() / self._total_bytes]
             for kind in self.kinds:
-                features += [float(kind in step.choices), self._prev[kind]]
+                features += [float(kind in step.choices), prev[kind]]
         return np.clip(np.array(features, dtype=np.float64), 0.0, 1.0).astype(np.float32)
+
+    def _apply(self, index: int, state: State, prev: dict[str, float], row: np.ndarray) -> dict[str, float]:
+        """Put the values step ``index``'s action ``row`` asks for into ``state``; returns them."""
+        step = self.problem.steps[index]
+        wanted = {kind: step.choices[kind][nearest(step.choices[kind], a)]
+                  for kind, a in zip(self.kinds, row) if kind in step.choices}
+        for kind, value in wanted.items():
+            state.values[KINDS[kind].key][step.slots[kind]] = value
+        prev.update(self.problem.decisions.observe(step, wanted))
+        return {kind: float(v) for kind, v in wanted.items()}
+
+    def observations(self, actions: Sequence[Sequence[float]]) -> np.ndarray:
+        """The observations an episode taking ``actions`` (one row per step) meets: one before
+        each step and one after the last."""
+        state, prev = self.problem.full_state(), dict.fromkeys(self.kinds, 1.0)
+        out = [self._observe(0, state, prev)]
+        for index, row in enumerate(actions):
+            self._apply(index, state, prev, self._row(np.asarray(row)))
+            out.append(self._observe(index + 1, state, prev))
+        return np.stack(out)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._step = 0
         self._state = self.problem.full_state()
         self._prev = dict.fromkeys(self.kinds, 1.0)
+        self._rows: list[np.ndarray] = []
         return self._observation(), {}
 
     def _row(self, action: np.ndarray) -> np.ndarray:
@@ -135,24 +165,20 @@ class LayerCompressEnv(gymnasium.Env):
         env evaluate the final plans of several episodes in parallel before stepping)."""
         if self._step != len(self.problem.steps) - 1:
             return None
-        state = self._state.copy()
-        self.problem.take(self.problem.steps[self._step], state, self._row(action))
-        return self.problem.plan_of(state)
+        return self.problem.decode([*self._rows, self._row(action)])
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         step = self.problem.steps[self._step]
         row = self._row(action)
-        wanted = {kind: float(step.choices[kind][nearest(step.choices[kind], a)])
-                  for kind, a in zip(self.kinds, row) if kind in step.choices}
-        taken = self.problem.take(step, self._state, row)
-        self._prev.update(self.problem.decisions.observe(step, taken))
+        wanted = self._apply(self._step, self._state, self._prev, row)
+        self._rows.append(row)
         self._step += 1
-        info: dict[str, Any] = {"layer": step.layer, "wanted": wanted, "taken": taken}
+        info: dict[str, Any] = {"layer": step.layer, "wanted": wanted}
         if step.unit is not None:
             info["unit"] = self.problem.units[step.unit].name
         if self._step < len(self.problem.steps):
             return self._observation(), 0.0, False, False, info
-        plan = self.problem.plan_of(self._state)
+        plan, taken = self.problem.decode_taken(self._rows)
         metrics = self.problem.evaluate(plan)
-        info.update(plan=plan, metrics=metrics)
+        info.update(plan=plan, metrics=metrics, taken_actions=taken)
         return self._observation(), float(reward(metrics, self.reward_kind)), True, False, info

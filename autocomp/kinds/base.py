@@ -67,6 +67,7 @@ class ActionKind(ABC):
     dtype: ClassVar[type] = np.int64
     amc_feature: ClassVar[bool] = False  # its previous value is AMC's observation feature 9
     plural: ClassVar[str] = ""  # what the report calls it
+    categorical: ClassVar[bool] = False  # a trial parameter of a few named values, not a range
 
     # ---- the search space --------------------------------------------------------------
     @abstractmethod

@@ -50,6 +50,7 @@ class Bits(ActionKind):
     scope: ClassVar = "layer"
     stage: ClassVar[int] = 2
     plural: ClassVar[str] = "weight bits per layer (32 = float)"
+    categorical: ClassVar[bool] = True
 
     def parse(self, spec: Mapping[str, Any]) -> BitsChoice:
         try:

@@ -4,7 +4,7 @@ No gym, no optuna, no ray here: the environment and every searcher drive this ob
 composes one object per concept:
 
 - :class:`~autocomp.problem.decisions.DecisionSpace`: the steps of an episode and their choices;
-- :class:`~autocomp.problem.budgets.Budgets`: limits, feasibility, clipping, the uniform level;
+- :class:`~autocomp.problem.budgets.Budgets`: limits, feasibility, projection onto the budgets, the uniform level;
 - :class:`~autocomp.problem.evaluator.Evaluator`: compress, recalibrate, score (what a Ray worker holds);
 - :class:`~autocomp.problem.scoring.CachedScorer`: the cache and the parallel backend.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from torch import nn
 
 from autocomp.compress import Compressor
@@ -111,11 +112,14 @@ class CompressionProblem:
     def state_cost(self, state: State) -> Cost:
         return self.constraints.estimate(state)
 
-    def take(self, step: Step, state: State, actions: Sequence[float]) -> dict[str, float]:
-        return self.constraints.take(step, state, actions)
-
     def decode(self, actions: Sequence[Sequence[float]] | Sequence[float]) -> Plan:
         return self.constraints.decode(actions)
+
+    def decode_taken(self, actions: Sequence[Sequence[float]] | Sequence[float]) -> tuple[Plan, list[list[float]]]:
+        return self.constraints.decode_taken(actions)
+
+    def decode_positions(self, positions: np.ndarray) -> tuple[Plan, list[list[float]]]:
+        return self.constraints.decode_positions(positions)
 
     def largest_uniform_level(self) -> float:
         return self.constraints.largest_uniform_level()

@@ -1,5 +1,5 @@
-"""Budgets of a search: limits, feasibility, the clipping that keeps every episode within them,
-the largest uniform setting that fits, and the error for a budget no plan can meet.
+"""Budgets of a search: limits, feasibility, the projection that puts every plan on the budget
+surface, the largest uniform setting that fits, and the error for a budget no plan can meet.
 
 Example:
     >>> budgets = Budgets(decisions, {"flops": "0.5"})  # doctest: +SKIP
@@ -20,7 +20,7 @@ from autocomp.cost import Cost
 from autocomp.errors import InfeasibleBudgetError
 from autocomp.latency import LatencyTable
 from autocomp.plan import Plan
-from autocomp.problem.decisions import DecisionSpace, State, Step, nearest
+from autocomp.problem.decisions import DecisionSpace, State
 
 
 class Budgets:
@@ -62,43 +62,74 @@ class Budgets:
     def feasible(self, cost: Cost) -> bool:
         return all(getattr(cost, metric) <= limit for metric, limit in self.limits.items())
 
-    # ---- clipping ---------------------------------------------------------------------
-    def take(self, step: Step, state: State, actions: Sequence[float]) -> dict[str, float]:
-        """Apply step ``step``'s wanted ``actions`` (one per action kind) to ``state``, clipped so the
-        budgets stay reachable with every later decision at its minimum (AMC's clipping,
-        generalised: all of the step's actions shrink together toward their minimum until the
-        plan fits). Returns the values taken, by action name."""
-        kinds = self.decisions.kinds
-        wanted = {kind: nearest(step.choices[kind.action], a)
-                  for kind, a in zip(kinds, actions) if kind.action in step.choices}
-        trial = state.copy()
-        for key, later in self.decisions.later.items():
-            mask = later[step.index]
-            trial.values[key][mask] = self._min.values[key][mask]
-        top = max(wanted.values(), default=0)
+    # ---- projection onto the budgets ---------------------------------------------------
+    def fits(self, indices: np.ndarray) -> bool:
+        return self.feasible(self.estimate(self.decisions.state_at(indices)))
 
-        def put(target: State, level: int) -> None:
-            for kind, index in wanted.items():
-                target.values[kind.key][step.slots[kind.action]] = step.choices[kind.action][index * level // top if top else 0]
+    def project(self, positions: np.ndarray) -> np.ndarray:
+        """The plan (as allowed-value numbers of the searched decisions) that the wanted
+        ``positions`` (in [0, 1] along each decision's values) ask for, moved onto the budget
+        surface: feasible for every budget at once, and no decision can take one more step.
 
-        lo, hi = 0, top  # invariant: level lo is feasible (all minimum, checked up front / by the previous step)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            put(trial, mid)
-            if self.feasible(self.estimate(trial)):
+        1. Scale: every decision moves toward its minimum (when the wanted plan is over a budget)
+           or toward its maximum (when it is under every budget) by one common factor, the
+           largest that still fits (bisection), so the plan keeps the shape it was asked for.
+        2. Fill up: what is left of the budgets goes one step at a time to the decisions whose
+           value lies furthest below what was asked of them.
+        """
+        tops = self.decisions.tops
+        wanted = np.clip(np.asarray(positions, dtype=float), 0.0, 1.0) * tops
+        if self.fits(np.rint(wanted).astype(np.int64)):
+            def at(level: float) -> np.ndarray:  # level 0 is the wanted plan, 1 every decision at its maximum
+                return np.rint(wanted + level * (tops - wanted)).astype(np.int64)
+        else:
+            def at(level: float) -> np.ndarray:  # level 0 is the space's minimum (checked up front), 1 the wanted plan
+                return np.rint(level * wanted).astype(np.int64)
+        lo, hi = 0.0, 1.0
+        best = at(lo)
+        if self.fits(at(hi)):
+            best, lo = at(hi), hi
+        while hi - lo > 1e-4:
+            mid = (lo + hi) / 2
+            indices = at(mid)
+            if np.array_equal(indices, best):
                 lo = mid
+            elif self.fits(indices):
+                best, lo = indices, mid
             else:
-                hi = mid - 1
-        put(state, lo)
-        return {kind.action: float(state.values[kind.key][step.slots[kind.action]]) for kind in wanted}
+                hi = mid
+        return self._fill_up(best, wanted)
+
+    def _fill_up(self, indices: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        tops = self.decisions.tops
+        indices = indices.copy()
+        raised = True
+        while raised:
+            raised = False
+            shortfall = (wanted - indices) / tops
+            for d in np.argsort(-shortfall, kind="stable"):
+                if indices[d] >= tops[d]:
+                    continue
+                indices[d] += 1
+                if self.fits(indices):
+                    raised = True
+                else:
+                    indices[d] -= 1
+        return indices
+
+    def decode_positions(self, positions: np.ndarray) -> tuple[Plan, list[list[float]]]:
+        """The feasible plan that ``positions`` ask for (see :meth:`project`), and the actions
+        that ask for exactly that plan (what a searcher learns from)."""
+        indices = self.project(positions)
+        return self.decisions.plan_of(self.decisions.state_at(indices)), self.decisions.actions_at(indices)
+
+    def decode_taken(self, actions: Sequence[Sequence[float]] | Sequence[float]) -> tuple[Plan, list[list[float]]]:
+        """:meth:`decode_positions` of ``actions`` (one row per step, one entry per action kind)."""
+        return self.decode_positions(self.decisions.positions(actions))
 
     def decode(self, actions: Sequence[Sequence[float]] | Sequence[float]) -> Plan:
-        """Turn actions (one row per step, one entry per action kind) into a feasible plan, step by
-        step, as the environment does."""
-        state = self.decisions.full_state()
-        for step, row in zip(self.decisions.steps, self.decisions.rows(actions)):
-            self.take(step, state, row)
-        return self.decisions.plan_of(state)
+        """The feasible plan that ``actions`` ask for (see :meth:`project`)."""
+        return self.decode_taken(actions)[0]
 
     # ---- uniform baseline and feasibility ---------------------------------------------
     def largest_uniform_level(self) -> float:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from autocomp.cost import CostModel
-from autocomp.kinds import KINDS, ActionKind, by_stage
+from autocomp.kinds import KINDS, ActionKind, by_key, by_stage
 from autocomp.plan import Plan
 from autocomp.space import SearchSpace
 
@@ -38,6 +38,22 @@ class Step:
     unit: int | None
 
 
+@dataclass(frozen=True)
+class Decision:
+    """One searched value: a slot of one action kind with more than one allowed value, taken at
+    step ``step`` from entry ``column`` of the step's action vector."""
+
+    step: int
+    column: int
+    key: str
+    slot: int
+    choices: np.ndarray
+
+    @property
+    def top(self) -> int:
+        return len(self.choices) - 1
+
+
 @dataclass
 class State:
     """State arrays of a (partial) plan, by kind key."""
@@ -48,15 +64,25 @@ class State:
         return State({k: v.copy() for k, v in self.values.items()})
 
 
+def position(action: float) -> float:
+    """An action in [-1, 1] as a position in [0, 1] along a slot's allowed values."""
+    return (float(np.clip(action, -1, 1)) + 1) / 2
+
+
 def nearest(choices: np.ndarray, action: float) -> int:
-    """Index of the allowed value nearest to ``action`` in [-1, 1] mapped onto the value range."""
-    target = choices[0] + (float(np.clip(action, -1, 1)) + 1) / 2 * (choices[-1] - choices[0])
-    return int(np.argmin(np.abs(choices - target)))
+    """Index of the allowed value an action in [-1, 1] asks for: the actions are spread evenly
+    over the allowed values (so 2, 4, 8 and 32 bits each get a quarter of the range)."""
+    return int(np.rint(position(action) * (len(choices) - 1)))
+
+
+def index_of(choices: np.ndarray, value: float) -> int:
+    return int(np.argmin(np.abs(choices - value)))
 
 
 def to_action(choices: np.ndarray, value: float) -> float:
-    span = float(choices[-1] - choices[0])
-    return 0.0 if span == 0 else float(np.clip(2 * (value - choices[0]) / span - 1, -1, 1))
+    """The action that asks for ``value`` (inverse of :func:`nearest`)."""
+    top = len(choices) - 1
+    return 0.0 if top == 0 else 2 * index_of(choices, value) / top - 1
 
 
 class DecisionSpace:
@@ -89,12 +115,12 @@ class DecisionSpace:
                 steps.append(Step(len(steps), layer.name, i, slots,
                                   {a: self.choices[KINDS[a].key][s] for a, s in slots.items()}, unit))
         self.steps = steps
-        # which slots are still open after each step (they take their minimum when clipping)
-        self.later = {kind.key: np.zeros((len(steps), len(self.choices[kind.key])), dtype=bool) for kind in KINDS.values()}
-        for i in range(len(steps)):
-            for later in steps[i + 1:]:
-                for action, slot in later.slots.items():
-                    self.later[KINDS[action].key][i, slot] = True
+        column = {kind.action: c for c, kind in enumerate(self.kinds)}
+        self.searched: list[Decision] = [
+            Decision(step.index, column[action], KINDS[action].key, slot, step.choices[action])
+            for step in steps for action, slot in sorted(step.slots.items(), key=lambda item: column[item[0]])
+        ]
+        self.tops = np.array([d.top for d in self.searched], dtype=np.int64)
 
     @property
     def action_kinds(self) -> tuple[str, ...]:
@@ -134,21 +160,38 @@ class DecisionSpace:
     def plan_of(self, state: State) -> Plan:
         return self.cost.plan_of(self.plan_arrays(state))
 
-    def actions_of(self, plan: Plan) -> list[list[float]]:
-        """Actions that reproduce ``plan`` when it is feasible (e.g. to record a uniform plan)."""
+    # ---- searched decisions as index vectors -----------------------------------------
+    def state_at(self, indices: Sequence[int] | np.ndarray) -> State:
+        """The state with every searched decision at its allowed value number ``indices[d]``
+        (every other slot at its only value)."""
+        state = self.full_state()
+        for decision, index in zip(self.searched, indices):
+            state.values[decision.key][decision.slot] = decision.choices[index]
+        return state
+
+    def indices_of(self, plan: Plan) -> np.ndarray:
+        """Each searched decision's allowed value number in ``plan``."""
         arrays = self.cost.plan_arrays(plan)
         done = {kind.key: arrays[kind.key] for kind in by_stage() if kind.stage == 0}
-        rows = []
-        for step in self.steps:
-            row = []
-            for kind in self.kinds:
-                slot = step.slots.get(kind.action)
-                if slot is None:
-                    row.append(0.0)
-                else:
-                    row.append(to_action(step.choices[kind.action], kind.state_value(arrays[kind.key], done, self.cost, slot)))
-            rows.append(row)
-        return rows
+        return np.array([index_of(d.choices, by_key(d.key).state_value(arrays[d.key], done, self.cost, d.slot))
+                         for d in self.searched], dtype=np.int64)
+
+    def positions(self, actions: Sequence[Sequence[float]] | Sequence[float]) -> np.ndarray:
+        """Each searched decision's position in [0, 1] along its allowed values, as ``actions`` ask."""
+        rows = self.rows(actions)
+        return np.array([position(rows[d.step, d.column]) for d in self.searched])
+
+    def actions_at(self, indices: Sequence[int] | np.ndarray) -> list[list[float]]:
+        """Actions (one row per step) that ask for exactly the values ``indices`` name; 0 where a
+        step does not take an action kind."""
+        rows = np.zeros((len(self.steps), len(self.kinds)))
+        for decision, index in zip(self.searched, indices):
+            rows[decision.step, decision.column] = 2 * index / decision.top - 1
+        return rows.tolist()
+
+    def actions_of(self, plan: Plan) -> list[list[float]]:
+        """Actions that reproduce ``plan`` when it is feasible (e.g. to record a uniform plan)."""
+        return self.actions_at(self.indices_of(plan))
 
     def observe(self, step: Step, taken: Mapping[str, float]) -> dict[str, float]:
         """Taken values of ``step`` as the environment observes them, in [0, 1]."""

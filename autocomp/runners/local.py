@@ -119,9 +119,6 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
     study = optuna.create_study(storage=open_storage(run, config.storage), study_name=config.name,
                                 directions=searcher_cls.directions(settings), load_if_exists=True)
     seed = search_seed(config.seed, len(study.get_trials(deepcopy=False)))
-    sampler = searcher_cls.sampler(settings, seed)
-    if sampler is not None:
-        study.sampler = sampler
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["val_accuracy", "macs"][: len(study.directions)])

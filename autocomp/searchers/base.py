@@ -58,10 +58,6 @@ class Searcher(ABC):
         return ["maximize"]
 
     @classmethod
-    def sampler(cls, settings: dict[str, Any], seed: int) -> optuna.samplers.BaseSampler | None:
-        return None
-
-    @classmethod
     def validate(cls, settings: dict[str, Any], episodes: int) -> None:
         """Fail up front on settings that cannot work with ``episodes`` candidates."""
 

@@ -11,7 +11,7 @@ from autocomp.searchers.base import Searcher
 
 
 class RandomSearcher(Searcher):
-    """Uniform random actions per unit, clipped to the budget like the environment does."""
+    """Uniform random actions per decision, projected onto the budgets like every plan."""
 
     preset: ClassVar[str | None] = "random"
 
@@ -21,9 +21,10 @@ class RandomSearcher(Searcher):
             batch = min(n_candidates, self.problem.batch_size)
             actions = [rng.uniform(-1, 1, (len(self.problem.steps), self.problem.action_dims)) for _ in range(batch)]
             started = datetime.now()
-            plans = [self.problem.decode(a) for a in actions]
-            for plan, metrics, a in zip(plans, self.problem.evaluate_many(plans), actions):
-                self.recorder.record(plan, metrics, actions=a.tolist(), started=started)
+            decoded = [self.problem.decode_taken(a) for a in actions]
+            plans = [plan for plan, _ in decoded]
+            for (plan, taken), metrics in zip(decoded, self.problem.evaluate_many(plans)):
+                self.recorder.record(plan, metrics, actions=taken, started=started)
             n_candidates -= batch
 
 

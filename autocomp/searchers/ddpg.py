@@ -9,6 +9,8 @@ AMC-faithful details (He et al. 2018), set in ``agents/ddpg.yaml`` (the only hom
   (rewritten in the replay buffer when the episode ends);
 - updates after each episode, as many as its steps, once every transition has its reward
   (a transition without one is never sampled: the buffer refuses to);
+- the buffer holds what was done: when an episode ends, its actions are replaced by the taken
+  ones (the plan after projection onto the budgets) and its observations by those they meet;
 - a replay buffer of the last ``buffer_episodes`` episodes (AMC keeps about 100);
 - separate actor and critic learning rates, 300x300 hidden units, tau 0.01, batch 64;
 - sampled rewards centred on a moving average of batch means (AMC's ``moving_average``).
@@ -132,7 +134,9 @@ class ParallelEpisodesVecEnv(DummyVecEnv):
 
 
 class EpisodeCallback(BaseCallback):
-    """Copies each episode's reward to all its transitions, decays noise, records candidates."""
+    """Ends each episode in the replay buffer: every transition gets the episode's reward, and
+    the taken actions (the plan after projection onto the budgets) with the observations they
+    meet replace the actions asked for. Also decays noise and records candidates."""
 
     def __init__(self, searcher: DDPGSearcher, n_episodes: int) -> None:
         super().__init__()
@@ -140,8 +144,9 @@ class EpisodeCallback(BaseCallback):
         self.n_episodes = n_episodes
         self.done_episodes = 0
         self._positions: list[int] = []
-        self._actions: list[np.ndarray] = []
+        self._ended: list[tuple[list[int], int, list[list[float]]]] = []
         self._started = datetime.now()
+        self._replayer = LayerCompressEnv(searcher.problem, reward_kind=searcher.reward_kind)
 
     def _on_training_start(self) -> None:
         self.searcher.replay_history(self.model)
@@ -151,7 +156,6 @@ class EpisodeCallback(BaseCallback):
         if not self._positions:
             self._started = datetime.now()
         self._positions.append(buffer.pos)  # this step's transition is stored at pos, after on_step
-        self._actions.append(np.asarray(self.locals["actions"]).reshape(len(self.locals["dones"]), -1))
         dones = self.locals["dones"]
         if not dones.any():
             return True
@@ -161,13 +165,21 @@ class EpisodeCallback(BaseCallback):
             # the last transition is stored after this call, with its (final) reward
             buffer.rewrite(self._positions[:-1], int(env_index), float(self.locals["rewards"][env_index]))
             info = self.locals["infos"][env_index]
+            self._ended.append((list(self._positions), int(env_index), info["taken_actions"]))
             if self.done_episodes < self.n_episodes:
-                actions = [a[env_index].tolist() for a in self._actions]
-                self.searcher.recorder.record(info["plan"], info["metrics"], actions=actions, started=self._started)
+                self.searcher.recorder.record(info["plan"], info["metrics"], actions=info["taken_actions"],
+                                              started=self._started)
                 self.searcher.end_episode(self.model)
                 self.done_episodes += 1
-        self._positions, self._actions = [], []
+        self._positions = []
         return self.done_episodes < self.n_episodes and not self.searcher.recorder.should_stop()
+
+    def _on_rollout_end(self) -> None:
+        # a rollout is one episode per env, and its last transition is stored by now: replace
+        # what was asked by what was taken before the updates that follow
+        for positions, env_index, taken in self._ended:
+            self.searcher.store_taken(self.model.replay_buffer, positions, env_index, taken, self._replayer)
+        self._ended = []
 
 
 class DDPGSearcher(Searcher):
@@ -206,6 +218,16 @@ class DDPGSearcher(Searcher):
         model.noise_sigma = self.sigma
         if self.settings["policy_file"]:
             save_torch(model.policy.state_dict(), self.settings["policy_file"])
+
+    @staticmethod
+    def store_taken(buffer: EpisodeReplayBuffer, positions: list[int], env_index: int, taken: list[list[float]],
+                    env: LayerCompressEnv) -> None:
+        """Make the episode stored at ``positions`` of env ``env_index`` the one that took ``taken``."""
+        rows = np.asarray(positions, dtype=np.int64)
+        observations = env.observations(taken)
+        buffer.actions[rows, env_index] = np.asarray(taken, dtype=buffer.actions.dtype)
+        buffer.observations[rows, env_index] = observations[:-1]
+        buffer.next_observations[rows, env_index] = observations[1:]
 
     def replay_history(self, model: DDPG) -> None:
         """Put every earlier episode from storage back into the replay buffer (resume)."""

@@ -1,10 +1,10 @@
 """Every evaluated candidate becomes a trial in an Optuna study (so optuna-dashboard shows it).
 
 A trial's parameters are the plan's real per-layer values as a person reads them (keep ratio,
-bits, rank ratio), named ``<unit>`` in a pruning-only space and ``<layer>:<action>`` otherwise.
-Optuna's own trials keep the raw actions it suggested, named ``action:<name>``. Every trial
-stores its plan, its metrics and its raw actions (``actions``, one row per step) as user
-attributes, so a resumed search rebuilds its candidates and DDPG its replay buffer.
+bits, rank ratio), named ``<unit>`` in a pruning-only space and ``<layer>:<action>`` otherwise,
+for every searcher alike: the values taken, after projection onto the budgets. Every trial
+stores its plan, its metrics and the actions that ask for it (``actions``, one row per step) as
+user attributes, so a resumed search rebuilds its candidates and DDPG its replay buffer.
 """
 
 from __future__ import annotations
@@ -20,12 +20,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from autocomp.env.reward import reward
-from autocomp.kinds import KINDS
+from autocomp.kinds import KINDS, by_key
 from autocomp.plan import Plan
 from autocomp.problem import CompressionProblem, Metrics
-
-ACTION_PREFIX = "action:"
-
 
 @dataclass
 class Candidate:
@@ -45,11 +42,6 @@ def param_names(problem: CompressionProblem) -> list[list[str | None]]:
             for s in problem.steps]
 
 
-def action_names(problem: CompressionProblem) -> list[list[str | None]]:
-    """Names of the raw actions an Optuna sampler suggests (``action:<parameter name>``)."""
-    return [[f"{ACTION_PREFIX}{n}" if n else None for n in row] for row in param_names(problem)]
-
-
 class TrialRecorder:
     """Writes candidates to ``study`` and keeps the best one; ``on_record`` drives progress bars."""
 
@@ -62,8 +54,8 @@ class TrialRecorder:
         self.on_record = on_record
         # asked between candidates: true once the user wants the search to stop (Ctrl-C)
         self.should_stop: Callable[[], bool] = lambda: False
-        self._names = param_names(problem)
-        self._distributions = self._value_distributions()
+        self.names = param_names(problem)
+        self.distributions = self._value_distributions()
         self.history: list[Candidate] = [self._from_trial(t) for t in completed_trials(study)]
         for c in self.history:
             problem.remember(c.plan, c.metrics)
@@ -75,30 +67,43 @@ class TrialRecorder:
     def _value_distributions(self) -> dict[str, BaseDistribution]:
         cost = self.problem.cost
         out: dict[str, BaseDistribution] = {}
-        for step, names in zip(self.problem.steps, self._names):
+        for step, names in zip(self.problem.steps, self.names):
             for action, name in zip(self.problem.action_kinds, names):
                 if name is None:
                     continue
                 kind, slot, choices = KINDS[action], step.slots[action], step.choices[action]
-                if np.issubdtype(choices.dtype, np.integer) and len(choices) <= 16:
+                if kind.categorical:
                     out[name] = CategoricalDistribution([round(kind.display(c, cost, slot), 6) for c in choices])
                 else:
                     out[name] = FloatDistribution(*kind.display_range(choices, cost, slot))
         return out
 
-    def _values(self, plan: Plan) -> dict[str, float]:
+    def positions(self, params: dict[str, Any]) -> np.ndarray:
+        """The position in [0, 1] along its allowed values (see ``Budgets.project``) that each
+        searched decision's parameter value in ``params`` names, between allowed values where
+        it falls between them."""
+        cost = self.problem.cost
+        out = []
+        for d in self.problem.decisions.searched:
+            name = self.names[d.step][d.column]
+            kind = by_key(d.key)
+            shown = [kind.display(c, cost, d.slot) for c in d.choices]
+            out.append(float(np.interp(float(params[name]), shown, np.arange(len(shown)))) / d.top)
+        return np.array(out)
+
+    def params(self, plan: Plan) -> dict[str, float]:
         """The plan's real value at each step, as a person reads it, by parameter name."""
         cost = self.problem.cost
         arrays = cost.plan_arrays(plan)
         done = {kind.key: arrays[kind.key] for kind in KINDS.values() if kind.stage == 0}
         values: dict[str, float] = {}
-        for step, names in zip(self.problem.steps, self._names):
+        for step, names in zip(self.problem.steps, self.names):
             for action, name in zip(self.problem.action_kinds, names):
                 if name is None:
                     continue
                 kind, slot = KINDS[action], step.slots[action]
                 value = kind.display(kind.state_value(arrays[kind.key], done, cost, slot), cost, slot)
-                dist = self._distributions[name]
+                dist = self.distributions[name]
                 values[name] = round(value, 6) if isinstance(dist, CategoricalDistribution) else value
         return values
 
@@ -110,9 +115,9 @@ class TrialRecorder:
         return [metrics.val_accuracy, float(metrics.macs)] if self.multi_objective else [metrics.val_accuracy]
 
     def record(self, plan: Plan, metrics: Metrics, *, actions: Sequence[Sequence[float]] | None = None,
-               trial: optuna.Trial | None = None, started: datetime | None = None) -> Candidate:
-        """Store one evaluated candidate; ``trial`` is an asked trial to tell, else a new one is
-        added (``started``: when its evaluation began, for the dashboard's timeline)."""
+               started: datetime | None = None) -> Candidate:
+        """Store one evaluated candidate as a new trial (``started``: when its evaluation began,
+        for the dashboard's timeline)."""
         if actions is None:
             actions = self.problem.plan_actions(plan)
         rows = [[float(a) for a in row] for row in actions]
@@ -123,21 +128,11 @@ class TrialRecorder:
             "searcher": self.searcher,
             **metrics.to_dict(),
         }
-        values = self.values(metrics)
-        if trial is not None:
-            for key, value in attrs.items():
-                trial.set_user_attr(key, value)
-            number = self.study.tell(trial, values).number
-        else:
-            params = self._values(plan)
-            created = optuna.trial.create_trial(
-                params=params, distributions={name: self._distributions[name] for name in params},
-                values=values, user_attrs=attrs,
-            )
-            if started is not None:
-                created.datetime_start = started
-            self.study.add_trial(created)
-            number = self._next_number
+        created = self.trial(plan, metrics, user_attrs=attrs)
+        if started is not None:
+            created.datetime_start = started
+        self.study.add_trial(created)
+        number = self._next_number
         self._next_number = number + 1
         candidate = Candidate(plan, metrics, rows, number)
         self.history.append(candidate)
@@ -146,6 +141,12 @@ class TrialRecorder:
         if self.on_record is not None:
             self.on_record(candidate, self.best)
         return candidate
+
+    def trial(self, plan: Plan, metrics: Metrics, **kwargs: Any) -> FrozenTrial:
+        """A finished trial of ``plan``: its parameters and values (``kwargs``: more fields)."""
+        params = self.params(plan)
+        return optuna.trial.create_trial(params=params, distributions={n: self.distributions[n] for n in params},
+                                         values=self.values(metrics), **kwargs)
 
     def _from_trial(self, trial: FrozenTrial) -> Candidate:
         attrs = trial.user_attrs
@@ -158,7 +159,7 @@ class TrialRecorder:
         if "actions" in attrs:
             actions = [[float(a) for a in row] for row in attrs["actions"]]
         else:
-            actions = [[float(trial.params.get(name, 0.0)) if name else 0.0 for name in names] for names in self._names]
+            actions = self.problem.plan_actions(plan)
         return Candidate(plan, metrics, actions, trial.number)
 
 
@@ -168,4 +169,4 @@ def completed_trials(study: optuna.Study) -> list[FrozenTrial]:
             if "plan" in t.user_attrs or "kept" in t.user_attrs]
 
 
-__all__ = ["Candidate", "TrialRecorder", "action_names", "completed_trials", "param_names"]
+__all__ = ["Candidate", "TrialRecorder", "completed_trials", "param_names"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from autocomp.budget import parse_budget
@@ -35,3 +36,50 @@ def test_two_budgets_both_hold(digits_model, digits_data) -> None:
     cost = problem.cost.predict(plan)
     assert cost.macs <= 0.7 * problem.cost.baseline.macs
     assert cost.params <= 0.3 * problem.cost.baseline.params
+
+
+def _resnet18_budgets(space: str, budgets: dict):
+    from torchvision.models import resnet18
+
+    from autocomp.cost import CostModel
+    from autocomp.graph import LayerGraph
+    from autocomp.problem import Budgets, DecisionSpace
+
+    graph = LayerGraph.build(resnet18(num_classes=10).eval(), (3, 32, 32))
+    return Budgets(DecisionSpace(CostModel(graph), SearchSpace.load(space)), budgets)
+
+
+@pytest.mark.parametrize(("space", "budgets"), [
+    ("prune", {"flops": "0.5"}), ("prune", {"flops": "0.3", "params": "0.4"}),
+    ("joint", {"size": "0.125"}), ("prune_quant", {"flops": "0.6", "size": "0.1"}),
+])
+def test_random_plans_land_on_the_budget_surface(space: str, budgets: dict) -> None:
+    """Projection, not shrink-only clipping: every random plan spends at least 97% of its
+    binding budget and exceeds none."""
+    b = _resnet18_budgets(space, budgets)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        cost = b.estimate_plan(b.decode(rng.uniform(-1, 1, (len(b.decisions.steps), len(b.decisions.kinds)))))
+        used = [getattr(cost, metric) / limit for metric, limit in b.limits.items()]
+        assert max(used) <= 1.0
+        assert max(used) >= 0.97, used
+
+
+def test_projection_keeps_the_shape_asked_for() -> None:
+    """Asking one unit for more than the rest keeps it above them after projection."""
+    b = _resnet18_budgets("prune", {"flops": "0.5"})
+    d = b.decisions
+    actions = np.full((len(d.steps), 1), -0.2)
+    favourite = len(d.searched) // 2
+    actions[d.searched[favourite].step, 0] = 0.9
+    indices = b.project(d.positions(actions))
+    relative = indices / d.tops
+    assert relative[favourite] == relative.max() and relative[favourite] > np.median(relative)
+
+
+def test_taken_actions_decode_to_the_same_plan() -> None:
+    b = _resnet18_budgets("joint", {"size": "0.2"})
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        plan, taken = b.decode_taken(rng.uniform(-1, 1, (len(b.decisions.steps), len(b.decisions.kinds))))
+        assert b.decode(taken) == plan
