@@ -32,7 +32,11 @@ def _trials(run: RunDir, config: SearchConfig) -> list[dict[str, Any]]:
     from autocomp.searchers.record import completed_trials
 
     study = optuna.load_study(study_name=config.name, storage=open_storage(run, config.storage))
-    return [dict(t.user_attrs, number=t.number) for t in sorted(completed_trials(study), key=lambda t: t.number)]
+    trials = [dict(t.user_attrs, number=t.number) for t in sorted(completed_trials(study), key=lambda t: t.number)]
+    # the plans a search could return: not probes (outside the budgets), not the ones a staged
+    # search scored on fewer validation images
+    full = max((t.get("val_images", 0) for t in trials), default=0)
+    return [t for t in trials if not t.get("probe") and t.get("val_images", 0) == full]
 
 
 def uniform_baseline(run: RunDir, config: SearchConfig, trials: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -149,11 +149,11 @@ class CompressionProblem:
         """The physically compressed model of ``plan`` with recalibrated batch norm."""
         return self.evaluator.build(plan)
 
-    def evaluate(self, plan: Plan) -> Metrics:
-        return self.scorer.evaluate(plan)
+    def evaluate(self, plan: Plan, images: int | None = None) -> Metrics:
+        return self.scorer.evaluate(plan, images)
 
-    def evaluate_many(self, plans: Sequence[Plan]) -> list[Metrics]:
-        return self.scorer.evaluate_many(plans)
+    def evaluate_many(self, plans: Sequence[Plan], images: int | None = None) -> list[Metrics]:
+        return self.scorer.evaluate_many(plans, images)
 
     def remember(self, plan: Plan, metrics: Metrics) -> None:
         self.scorer.remember(plan, metrics)

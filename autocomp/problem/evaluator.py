@@ -38,6 +38,7 @@ class Score:
     val_accuracy: float
     eval_seconds: float = 0.0
     forward_seconds: float = 0.0
+    val_images: int = 0  # validation images scored (the first ones; all of them unless staged)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -71,14 +72,17 @@ class Evaluator:
         self._recalibrate(model)
         return model
 
-    def score_plan(self, plan: Plan) -> Score:
+    def score_plan(self, plan: Plan, images: int | None = None) -> Score:
+        """Accuracy of ``plan`` on the first ``images`` validation images (all by default; the
+        validation split is a random sample, so its first images are one too)."""
         start = time.perf_counter()
         timer = ForwardTimer()
+        val = self.val if images is None or images >= len(self.val) else Split(self.val.x[:images], self.val.y[:images])
         model = self.compressor.apply(plan)
         with parametrize.cached():  # quantised weights computed once per candidate, not per batch
             self._recalibrate(model, timer)
-            acc = accuracy(model, self.val, batch_size=self.settings.eval_batch_size, timer=timer)
-        return Score(acc, time.perf_counter() - start, timer.seconds)
+            acc = accuracy(model, val, batch_size=self.settings.eval_batch_size, timer=timer)
+        return Score(acc, time.perf_counter() - start, timer.seconds, len(val))
 
     def score(self, model: nn.Module, split: Split) -> float:
         return accuracy(model, split, batch_size=self.settings.eval_batch_size)

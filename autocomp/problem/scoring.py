@@ -22,11 +22,12 @@ class Metrics:
     eval_seconds: float = 0.0
     forward_seconds: float = 0.0
     latency_us: int = 0  # predicted by the latency table (0 without a latency budget)
+    val_images: int = 0  # validation images scored (fewer than the split's when a staged search stopped it early)
 
     @classmethod
     def of(cls, cost: Cost, score: Score) -> Metrics:
         return cls(cost.macs, cost.params, cost.size_bytes, score.val_accuracy, score.eval_seconds,
-                   score.forward_seconds, cost.latency_us)
+                   score.forward_seconds, cost.latency_us, score.val_images)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -37,7 +38,7 @@ class EvaluationBackend(Protocol):
 
     workers: int
 
-    def score(self, plans: Sequence[Plan]) -> list[Score]: ...
+    def score(self, plans: Sequence[Plan], images: int | None = None) -> list[Score]: ...
 
     def close(self) -> None: ...
 
@@ -57,7 +58,8 @@ class EvalStats:
 
 
 class CachedScorer:
-    """Evaluates plans once each (here, or on ``backend`` when one is attached)."""
+    """Evaluates plans once each (here, or on ``backend`` when one is attached); ``images``
+    scores on the first validation images only (a staged search's early rounds)."""
 
     def __init__(self, evaluator: Evaluator, estimate: Callable[[Plan], Cost]) -> None:
         self.evaluator = evaluator
@@ -66,28 +68,35 @@ class CachedScorer:
         self.stats = EvalStats()
         self._cache: dict[str, Metrics] = {}
 
+    @property
+    def val_size(self) -> int:
+        return len(self.evaluator.val)
+
+    def _key(self, plan: Plan, images: int | None) -> tuple[str, int]:
+        return plan.key(), self.val_size if images is None else min(images, self.val_size)
+
     def _store(self, plan: Plan, score: Score) -> Metrics:
         metrics = Metrics.of(self.estimate(plan), score)
-        self._cache[plan.key()] = metrics
+        self._cache[plan.key(), score.val_images] = metrics
         self.stats.add(metrics)
         return metrics
 
-    def evaluate(self, plan: Plan) -> Metrics:
-        """Validation accuracy and cost of ``plan`` (cached by plan)."""
-        cached = self._cache.get(plan.key())
-        return cached if cached is not None else self._store(plan, self.evaluator.score_plan(plan))
+    def evaluate(self, plan: Plan, images: int | None = None) -> Metrics:
+        """Validation accuracy and cost of ``plan`` (cached by plan and images scored)."""
+        cached = self._cache.get(self._key(plan, images))
+        return cached if cached is not None else self._store(plan, self.evaluator.score_plan(plan, images))
 
-    def evaluate_many(self, plans: Sequence[Plan]) -> list[Metrics]:
+    def evaluate_many(self, plans: Sequence[Plan], images: int | None = None) -> list[Metrics]:
         """Evaluate several plans, in parallel when a backend is attached."""
-        todo = list({p.key(): p for p in plans if p.key() not in self._cache}.values())
+        todo = list({p.key(): p for p in plans if self._key(p, images) not in self._cache}.values())
         if self.backend is not None and todo:
-            for plan, score in zip(todo, self.backend.score(todo)):
+            for plan, score in zip(todo, self.backend.score(todo, images)):
                 self._store(plan, score)
-        return [self.evaluate(p) for p in plans]
+        return [self.evaluate(p, images) for p in plans]
 
     def remember(self, plan: Plan, metrics: Metrics) -> None:
         """Seed the cache with an evaluation done earlier (e.g. read back from storage)."""
-        self._cache[plan.key()] = metrics
+        self._cache[plan.key(), metrics.val_images or self.val_size] = metrics
 
     @property
     def parallelism(self) -> int:

@@ -127,9 +127,10 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
     base_macs = problem.cost.baseline.macs
     bar = tqdm(total=episodes, desc=f"search {config.name}", disable=not progress, unit="cand")
 
-    def on_record(candidate: Candidate, best: Candidate) -> None:
+    def on_record(candidate: Candidate, best: Candidate | None) -> None:
         bar.update()
-        bar.set_postfix(best_acc=f"{best.metrics.val_accuracy:.4f}", best_flops=f"{best.metrics.macs / base_macs:.3f}")
+        if best is not None:
+            bar.set_postfix(best_acc=f"{best.metrics.val_accuracy:.4f}", best_flops=f"{best.metrics.macs / base_macs:.3f}")
 
     recorder = TrialRecorder(study, problem, searcher=str(settings["searcher"]), reward_kind=config.reward,
                              on_record=on_record)

@@ -92,8 +92,8 @@ class EvalWorker:
         self.evaluator = Evaluator(model, graph, val=Split(*payload["val"]), calibration=Split(*payload["calibration"]),
                                    settings=payload["evaluation"], compressor=Compressor(model.eval(), graph, payload["ranges"]))
 
-    def score(self, plan: dict[str, Any]) -> dict[str, float]:
-        return self.evaluator.score_plan(Plan.from_dict(plan)).to_dict()
+    def score(self, plan: dict[str, Any], images: int | None = None) -> dict[str, float]:
+        return self.evaluator.score_plan(Plan.from_dict(plan), images).to_dict()
 
     def pid(self) -> int:
         return os.getpid()
@@ -123,9 +123,9 @@ class RayBackend:
         self.ray.get([a.pid.remote() for a in self.actors])  # fail here, not mid-search, if workers cannot start
         self.pool = ActorPool(self.actors)
 
-    def score(self, plans: Sequence[Plan]) -> list[Score]:
-        """Scores of ``plans``, in their order."""
-        results = self.pool.map(lambda actor, plan: actor.score.remote(plan.to_dict()), list(plans))
+    def score(self, plans: Sequence[Plan], images: int | None = None) -> list[Score]:
+        """Scores of ``plans``, in their order (on the first ``images`` validation images)."""
+        results = self.pool.map(lambda actor, plan: actor.score.remote(plan.to_dict(), images), list(plans))
         return [Score(**r) for r in results]
 
     def close(self) -> None:

@@ -231,7 +231,7 @@ class DDPGSearcher(Searcher):
 
     def replay_history(self, model: DDPG) -> None:
         """Put every earlier episode from storage back into the replay buffer (resume)."""
-        history = self.recorder.history
+        history = self.recorder.candidates
         buffer = model.replay_buffer
         # the buffer stores one transition per env per step: replay earlier episodes n_envs at a
         # time (with several workers, up to n_envs - 1 of them stay in storage only)

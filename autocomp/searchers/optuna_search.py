@@ -66,7 +66,8 @@ class OptunaSearcher(Searcher):
         recorder, problem = self.recorder, self.problem
         self.proposals = proposals = optuna.create_study(directions=recorder.study.directions,
                                                          sampler=self.sampler(self.settings, self.seed))
-        proposals.add_trials([t for t in completed_trials(recorder.study) if t.params])
+        eligible = {c.number for c in recorder.candidates}
+        proposals.add_trials([t for t in completed_trials(recorder.study) if t.number in eligible and t.params])
         names = [n for row in recorder.names for n in row if n]
         while n_candidates > 0 and not recorder.should_stop():
             # with several workers, ask for a batch of trials and evaluate them concurrently

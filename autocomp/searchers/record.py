@@ -30,6 +30,13 @@ class Candidate:
     metrics: Metrics
     actions: list[list[float]]  # one row per step, one entry per action kind
     number: int
+    probe: bool = False  # a measurement (e.g. one layer compressed alone), not a plan within budget
+    complete: bool = True  # scored on every validation image
+
+    @property
+    def eligible(self) -> bool:
+        """Can be the search's result: within budget and scored on every validation image."""
+        return self.complete and not self.probe
 
 
 def param_names(problem: CompressionProblem) -> list[list[str | None]]:
@@ -46,7 +53,7 @@ class TrialRecorder:
     """Writes candidates to ``study`` and keeps the best one; ``on_record`` drives progress bars."""
 
     def __init__(self, study: optuna.Study, problem: CompressionProblem, *, searcher: str,
-                 reward_kind: str = "error", on_record: Callable[[Candidate, Candidate], None] | None = None) -> None:
+                 reward_kind: str = "error", on_record: Callable[[Candidate, Candidate | None], None] | None = None) -> None:
         self.study = study
         self.problem = problem
         self.searcher = searcher
@@ -56,10 +63,12 @@ class TrialRecorder:
         self.should_stop: Callable[[], bool] = lambda: False
         self.names = param_names(problem)
         self.distributions = self._value_distributions()
+        self.val_size = problem.scorer.val_size
         self.history: list[Candidate] = [self._from_trial(t) for t in completed_trials(study)]
         for c in self.history:
             problem.remember(c.plan, c.metrics)
-        self.best: Candidate | None = max(self.history, key=lambda c: c.metrics.val_accuracy, default=None)
+        self.best: Candidate | None = max((c for c in self.history if c.eligible),
+                                          key=lambda c: c.metrics.val_accuracy, default=None)
         # numbers of added trials are counted here, not re-read from storage on every record
         # (exact with one writer, which every search has: its driver)
         self._next_number = len(study.get_trials(deepcopy=False))
@@ -114,10 +123,21 @@ class TrialRecorder:
     def values(self, metrics: Metrics) -> list[float]:
         return [metrics.val_accuracy, float(metrics.macs)] if self.multi_objective else [metrics.val_accuracy]
 
+    @property
+    def candidates(self) -> list[Candidate]:
+        """The recorded plans that can be the result (see :attr:`Candidate.eligible`)."""
+        return [c for c in self.history if c.eligible]
+
+    def constraints(self, metrics: Metrics) -> dict[str, float]:
+        """Each budget's overshoot as a fraction of its limit (Optuna's convention: feasible
+        when every value is at most 0), so the dashboard tells probes from candidates."""
+        return {metric: (getattr(metrics, metric) - limit) / limit for metric, limit in self.problem.limits.items()}
+
     def record(self, plan: Plan, metrics: Metrics, *, actions: Sequence[Sequence[float]] | None = None,
-               started: datetime | None = None) -> Candidate:
-        """Store one evaluated candidate as a new trial (``started``: when its evaluation began,
-        for the dashboard's timeline)."""
+               started: datetime | None = None, probe: bool = False) -> Candidate:
+        """Store one evaluated plan as a new trial (``started``: when its evaluation began,
+        for the dashboard's timeline); ``probe``: a measurement outside the budgets, never the
+        result. A plan scored on fewer than all validation images is recorded as such."""
         if actions is None:
             actions = self.problem.plan_actions(plan)
         rows = [[float(a) for a in row] for row in actions]
@@ -128,15 +148,17 @@ class TrialRecorder:
             "searcher": self.searcher,
             **metrics.to_dict(),
         }
-        created = self.trial(plan, metrics, user_attrs=attrs)
+        if probe:
+            attrs["probe"] = True
+        created = self.trial(plan, metrics, user_attrs=attrs, constraints=self.constraints(metrics))
         if started is not None:
             created.datetime_start = started
         self.study.add_trial(created)
         number = self._next_number
         self._next_number = number + 1
-        candidate = Candidate(plan, metrics, rows, number)
+        candidate = Candidate(plan, metrics, rows, number, probe, self.complete(metrics))
         self.history.append(candidate)
-        if self.best is None or metrics.val_accuracy > self.best.metrics.val_accuracy:
+        if candidate.eligible and (self.best is None or metrics.val_accuracy > self.best.metrics.val_accuracy):
             self.best = candidate
         if self.on_record is not None:
             self.on_record(candidate, self.best)
@@ -160,7 +182,10 @@ class TrialRecorder:
             actions = [[float(a) for a in row] for row in attrs["actions"]]
         else:
             actions = self.problem.plan_actions(plan)
-        return Candidate(plan, metrics, actions, trial.number)
+        return Candidate(plan, metrics, actions, trial.number, bool(attrs.get("probe", False)), self.complete(metrics))
+
+    def complete(self, metrics: Metrics) -> bool:
+        return metrics.val_images in (0, self.val_size)  # 0: trials of versions that scored every image
 
 
 def completed_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -191,9 +191,9 @@ class SequentialBackend:
         self.evaluator = evaluator
         self.calls: list[int] = []
 
-    def score(self, plans):
+    def score(self, plans, images=None):
         self.calls.append(len(plans))
-        return [self.evaluator.score_plan(p) for p in plans]
+        return [self.evaluator.score_plan(p, images) for p in plans]
 
     def close(self) -> None:
         pass
