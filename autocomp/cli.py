@@ -53,6 +53,9 @@ class SearchCommand:
         g.add_argument("--agent-opt", action="append", type=_agent_option, default=[], metavar="KEY=VALUE",
                        help="override one agent setting, e.g. --agent-opt warmup_episodes=20")
         g.add_argument("--space", default=d.space, help="preset from search_spaces/ or a .yaml file (default: %(default)s)")
+        g.add_argument("--warm-start", choices=["sensitivity"],
+                       help="first find a plan by per-layer sensitivity and dynamic programming; the agent starts from it "
+                            "(its evaluations count towards --episodes)")
         g.add_argument("--episodes", type=int, help="candidates to evaluate (default: the agent preset's)")
         g.add_argument("--reward", default=d.reward, choices=["error", "error_log_flops"])
         g.add_argument("--no-recalibrate", action="store_true", help="score candidates without batch-norm recalibration")
@@ -79,7 +82,7 @@ class SearchCommand:
             image_size=args.image_size, val_size=args.val_size, budget_flops=args.budget_flops,
             budget_params=args.budget_params, budget_size=args.budget_size,
             budget_latency=args.budget_latency, latency_threads=args.latency_threads, agent=args.agent, agent_options=dict(args.agent_opt),
-            space=args.space, episodes=args.episodes, reward=args.reward, recalibrate=not args.no_recalibrate,
+            space=args.space, warm_start=args.warm_start, episodes=args.episodes, reward=args.reward, recalibrate=not args.no_recalibrate,
             calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size, seed=args.seed,
             threads=args.threads, name=args.name, runs_dir=args.runs_dir, storage=args.storage,
             workers=args.workers, address=args.address,

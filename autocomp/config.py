@@ -41,6 +41,7 @@ class SearchConfig:
     agent: str = "ddpg"
     agent_options: dict[str, Any] = field(default_factory=dict)
     space: str = "prune"
+    warm_start: str | None = None
     episodes: int | None = None
     reward: str = "error"
     recalibrate: bool = True
@@ -59,6 +60,8 @@ class SearchConfig:
             raise ConfigError(f"--reward {self.reward} is not one of error, error_log_flops.")
         if self.episodes is not None and self.episodes < 1:
             raise ConfigError(f"--episodes {self.episodes} must be at least 1.")
+        if self.warm_start not in (None, "sensitivity"):
+            raise ConfigError(f"--warm-start {self.warm_start} is not a searcher that can start a search: use sensitivity.")
         if self.workers < 1:
             raise ConfigError(f"--workers {self.workers} must be at least 1.")
         if self.storage not in ("sqlite", "journal") and "://" not in self.storage:

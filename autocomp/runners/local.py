@@ -143,7 +143,9 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
     try:
         with GracefulStop() as stop:
             recorder.should_stop = stop
-            searcher.run(max(0, episodes - done_before))
+            if config.warm_start and recorder.best is None:
+                warm_start(problem, recorder, config, seed, episodes)
+            searcher.run(max(0, episodes - len(recorder.history)))
         if stop.requested:
             raise KeyboardInterrupt
     finally:
@@ -160,6 +162,16 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
     }
     summary = finish(run, config, problem, recorder, settings, baseline, start, timing)
     return SearchResult(run.path, summary)
+
+
+def warm_start(problem: CompressionProblem, recorder: TrialRecorder, config: SearchConfig, seed: int,
+               episodes: int) -> None:
+    """Record the plan of the ``config.warm_start`` searcher (its probes too) before the agent
+    runs: every searcher starts from the best recorded plan."""
+    cls = SEARCHERS.get(str(config.warm_start))
+    settings = {**{k: v for k, v in load_preset("agent", str(config.warm_start)).items() if k in cls.defaults},
+                "refine": False}
+    cls(problem, recorder, settings=settings, seed=seed, reward_kind=config.reward).run(episodes - len(recorder.history))
 
 
 def _budgets(problem: CompressionProblem) -> dict[str, dict[str, Any]]:

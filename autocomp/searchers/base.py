@@ -10,8 +10,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-import optuna
-
 from autocomp.errors import ConfigError
 from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem

@@ -200,7 +200,7 @@ class DDPGSearcher(Searcher):
         super().__init__(*args, **kwargs)
         self.steps = len(self.problem.steps)
         self.n_envs = max(1, self.problem.parallelism)
-        self._episodes_seen = len(self.recorder.history)
+        self._episodes_seen = len(self.recorder.candidates)
         self.total_episodes = self._episodes_seen  # set by ``run``: the search's whole episode budget
 
     @property
@@ -264,7 +264,7 @@ class DDPGSearcher(Searcher):
         if n_candidates <= 0:
             return
         s = self.settings
-        done = len(self.recorder.history)
+        done = len(self.recorder.candidates)
         self.total_episodes = done + n_candidates
         warmup_steps = max(0, int(s["warmup_episodes"]) - done) * self.steps
         env = ParallelEpisodesVecEnv([lambda: LayerCompressEnv(self.problem, reward_kind=self.reward_kind)

@@ -24,6 +24,7 @@ from autocomp.kinds import KINDS, by_key
 from autocomp.plan import Plan
 from autocomp.problem import CompressionProblem, Metrics
 
+
 @dataclass
 class Candidate:
     plan: Plan

@@ -1,0 +1,173 @@
+"""Sensitivity + dynamic programming (as SPDY, HAWQ-V3 and Sony MCT choose per-layer settings):
+measure what each decision costs in accuracy on its own, then choose the plan that loses least
+under the budgets.
+
+1. Probes: each searched decision alone at ``levels`` evenly spread values (its minimum
+   included), every other decision untouched, batch norm recalibrated, scored. A probe is a
+   measurement outside the budgets: it is stored as a trial marked ``probe`` and is never the
+   result. Its accuracy drop is interpolated between probed values (no drop when
+   uncompressed) and made monotone (more compression never loses less).
+2. The plan: a multiple-choice knapsack solved exactly by dynamic programming over what each
+   decision saves of the binding budget on its own (the cost model's marginal costs), minimising
+   the summed drops. Savings of separate decisions overlap (pruning a layer's inputs and its
+   outputs saves less together than apart), so the savings asked for are raised by bisection
+   until the true cost of the plan meets every budget; the plan is then filled up to the
+   budget surface.
+3. What is left of the candidate budget refines that plan with the evolutionary search
+   (:mod:`autocomp.searchers.evolution`); with ``refine: false`` the search stops after it.
+
+The probes take ``levels`` x decisions evaluations and one of the uncompressed model, fewer levels when the budget is smaller
+(at least 2 per decision). Settings and their defaults: ``agents/sensitivity.yaml``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autocomp.errors import ConfigError
+from autocomp.problem import Metrics
+from autocomp.searchers.base import Searcher
+from autocomp.searchers.evolution import Evolution
+
+BINS = 400  # resolution of the knapsack's savings axis
+
+
+def probe_levels(tops: np.ndarray, levels: int) -> list[np.ndarray]:
+    """The indices probed for each decision: ``levels`` evenly spread below its top."""
+    return [np.unique(np.rint(np.arange(levels) / levels * top).astype(np.int64)) for top in tops]
+
+
+def drop_table(tops: np.ndarray, probed: list[np.ndarray], drops: list[np.ndarray]) -> list[np.ndarray]:
+    """Accuracy drop at every index of every decision: interpolated between probes (0 at the
+    top), never smaller at a more compressed index."""
+    out = []
+    for top, at, measured in zip(tops, probed, drops):
+        table = np.interp(np.arange(top + 1), np.append(at, top), np.append(measured, 0.0))
+        out.append(np.maximum.accumulate(np.maximum(table, 0.0)[::-1])[::-1])
+    return out
+
+
+def knapsack(drops: list[np.ndarray], savings: list[np.ndarray], need: float) -> np.ndarray | None:
+    """Indices minimising the summed drops while the summed savings reach ``need`` (exact DP on
+    savings rounded down to ``need / BINS``), or None when no choice reaches it."""
+    if need <= 0:
+        return np.array([len(d) - 1 for d in drops], dtype=np.int64)
+    unit = need / BINS
+    best = np.full(BINS + 1, np.inf)
+    best[0] = 0.0
+    choices, sources = [], []
+    for drop, saving in zip(drops, savings):
+        bins = np.minimum(BINS, np.floor(np.maximum(saving, 0) / unit + 1e-9)).astype(np.int64)
+        new = np.full(BINS + 1, np.inf)
+        choice = np.zeros(BINS + 1, dtype=np.int64)
+        source = np.zeros(BINS + 1, dtype=np.int64)
+        for index, (s, d) in enumerate(zip(bins, drop)):
+            cand = np.full(BINS + 1, np.inf)
+            src = np.arange(BINS + 1) - s
+            if s < BINS:
+                cand[s:BINS] = best[: BINS - s] + d
+            tail = best[BINS - s:]
+            cand[BINS] = tail.min() + d
+            src[BINS] = BINS - s + int(np.argmin(tail))
+            better = cand < new
+            new[better], choice[better], source[better] = cand[better], index, src[better]
+        best = new
+        choices.append(choice)
+        sources.append(source)
+    if not np.isfinite(best[BINS]):
+        return None
+    out, j = [], BINS
+    for choice, source in zip(reversed(choices), reversed(sources)):
+        out.append(choice[j])
+        j = source[j]
+    return np.array(out[::-1], dtype=np.int64)
+
+
+class SensitivitySearcher(Searcher):
+    preset: ClassVar[str | None] = "sensitivity"
+
+    @classmethod
+    def validate(cls, settings: dict[str, Any], episodes: int) -> None:
+        if int(cls.resolve(settings)["levels"]) < 1:
+            raise ConfigError("sensitivity: levels must be at least 1: fix --agent-opt levels=N.")
+
+    def plan_indices(self, drops: list[np.ndarray]) -> np.ndarray:
+        """The knapsack plan for ``drops`` that meets every budget, filled up to the surface."""
+        problem = self.problem
+        budgets, decisions = problem.constraints, problem.decisions
+        base = budgets.estimate(decisions.state_at(decisions.tops))
+        # the binding budget: the one the largest uniform plan uses most of
+        uniform = budgets.estimate(decisions.state_at(decisions.indices_of(problem.uniform_plan(problem.largest_uniform_level()))))
+        metric = max(problem.limits, key=lambda m: getattr(uniform, m) / problem.limits[m])
+        need = getattr(base, metric) - problem.limits[metric]
+        savings = []
+        for d, top in enumerate(decisions.tops):
+            indices = decisions.tops.copy()
+            saving = np.zeros(top + 1)
+            for i in range(top):
+                indices[d] = i
+                saving[i] = getattr(base, metric) - getattr(budgets.estimate(decisions.state_at(indices)), metric)
+            savings.append(saving)
+        lo, hi = 1.0, max(1.0, sum(s.max() for s in savings) / max(need, 1e-12))
+        plan = knapsack(drops, savings, need * hi)
+        if plan is None or not budgets.fits(plan):
+            plan = np.zeros(len(decisions.tops), dtype=np.int64)  # every decision at its minimum: checked feasible
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            trial = knapsack(drops, savings, need * mid)
+            if trial is not None and budgets.fits(trial):
+                plan, hi = trial, mid
+            else:
+                lo = mid
+        return budgets.project(plan / decisions.tops)
+
+    def _probe(self, rows: list[np.ndarray], done: dict[str, Metrics]) -> list[float] | None:
+        """Accuracies of the plans ``rows`` (indices), each scored once and recorded as a probe;
+        None when the search was asked to stop."""
+        decisions = self.problem.decisions
+        plans = [decisions.plan_of(decisions.state_at(indices)) for indices in rows]
+        new = [(indices, plan) for indices, plan in zip(rows, plans) if plan.key() not in done]
+        if new:
+            if self.recorder.should_stop():
+                return None
+            started = datetime.now()
+            for (indices, plan), metrics in zip(new, self.problem.evaluate_many([plan for _, plan in new])):
+                self.recorder.record(plan, metrics, actions=decisions.actions_at(indices), started=started, probe=True)
+                done[plan.key()] = metrics
+        return [done[plan.key()].val_accuracy for plan in plans]
+
+    def run(self, n_candidates: int) -> None:
+        problem, recorder = self.problem, self.recorder
+        decisions = problem.decisions
+        tops = decisions.tops
+        if n_candidates <= 0 or not len(tops):
+            return
+        levels = int(self.settings["levels"])
+        while levels > 2 and levels * len(tops) + 2 > n_candidates:
+            levels -= 1
+        probed = probe_levels(tops, levels)
+        done = {c.plan.key(): c.metrics for c in recorder.history}
+        start = len(recorder.history)
+        # the reference: the uncompressed plan, scored the same way as every probe
+        reference = self._probe([tops.copy()], done)
+        drops = []
+        for d, at in enumerate(probed):
+            rows = [np.where(np.arange(len(tops)) == d, i, tops) for i in at]
+            accuracies = self._probe(rows, done)
+            if accuracies is None or reference is None:
+                return
+            drops.append(reference[0] - np.array(accuracies))
+        indices = self.plan_indices(drop_table(tops, probed, drops))
+        plan = decisions.plan_of(decisions.state_at(indices))
+        started = datetime.now()
+        recorder.record(plan, problem.evaluate(plan), actions=decisions.actions_at(indices), started=started)
+        used = len(recorder.history) - start
+        if self.settings["refine"] and used < n_candidates:
+            best = recorder.best
+            assert best is not None
+            rng = np.random.default_rng([self.seed, len(recorder.history)])
+            Evolution(problem, recorder, self.settings, rng).evolve(
+                decisions.indices_of(best.plan), best.metrics.val_accuracy, n_candidates - used)
