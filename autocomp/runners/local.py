@@ -139,7 +139,7 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
         settings = {**settings, "policy_file": str(run.policy_file)}
     searcher = searcher_cls(problem, recorder, settings=settings, seed=seed, reward_kind=config.reward)
     done_before = len(recorder.history)
-    search_start = time.perf_counter()
+    search_start, cpu_start = time.perf_counter(), time.process_time()
     try:
         with GracefulStop() as stop:
             recorder.should_stop = stop
@@ -155,6 +155,7 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
             problem.backend = None
     timing = {  # this invocation only; a repeated plan is a candidate but not a new evaluation
         "total": round(time.perf_counter() - search_start, 2),
+        "cpu": round(time.process_time() - cpu_start, 2),  # every thread of this process
         "candidates": len(recorder.history) - done_before,
         "evaluations": problem.stats.evaluations,
         "evaluation": round(problem.stats.seconds, 2),

@@ -1,0 +1,137 @@
+"""Search quality over seeds: every searcher on the shared CIFAR-10 ResNet-20, 3 seeds each.
+
+    python bench/quality_bench.py                       # --budget-flops 0.5, space prune, 300 candidates
+    python bench/quality_bench.py --space joint --budget size=0.125
+    python bench/quality_bench.py --report              # only re-render RESULTS.md
+
+An agent is a preset name, or NAME@N for N candidates (e.g. ``sensitivity@60``). Every search
+runs as its own ``autocomp search`` process with 1 torch thread, ``--jobs`` of them at a time
+(2 on a 2-core machine: one core each). A search that was interrupted is resumed, a finished one
+is read back. CPU-minutes are the search's own (the process's CPU time while it searched, not
+loading data or the model).
+
+Writes runs/bench-quality/<space>-<budget>/<agent>-s<seed>/, bench/results/quality_<space>.json
+and the ``quality-<space>`` section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESNET20, cifar_dir, commit, machine, save_json, write_section  # noqa: E402
+
+DEFAULT_AGENTS = ["sensitivity@60", "evolution", "optuna", "random", "ddpg", "uniform", "sensitivity@300"]
+
+
+def split_agent(spec: str) -> tuple[str, int | None]:
+    name, _, count = spec.partition("@")
+    return name, int(count) if count else None
+
+
+def command(args: argparse.Namespace, spec: str, seed: int, runs_dir: Path) -> list[str]:
+    agent, episodes = split_agent(spec)
+    kind, value = args.budget.split("=")
+    cmd = [sys.executable, "-m", "autocomp", "search", "--model", RESNET20["model"], "--weights", RESNET20["weights"],
+           "--preprocess", RESNET20["preprocess"], "--data", f"imagefolder:{cifar_dir(args.data_dir)}",
+           f"--budget-{kind}", value, "--space", args.space, "--agent", agent, "--seed", str(seed),
+           "--threads", "1", "--runs-dir", str(runs_dir), "--name", f"{spec.replace('@', '-')}-s{seed}", "--no-progress"]
+    if agent != "uniform":
+        cmd += ["--episodes", str(episodes or args.episodes)]
+    return cmd
+
+
+def run_one(args: argparse.Namespace, spec: str, seed: int, runs_dir: Path) -> dict:
+    run_dir = runs_dir / f"{spec.replace('@', '-')}-s{seed}"
+    summary_file = run_dir / "summary.json"
+    if summary_file.is_file():
+        return json.loads(summary_file.read_text())
+    cmd = command(args, spec, seed, runs_dir)
+    if (run_dir / "config.yaml").is_file():
+        cmd.append("--resume")
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    print(f"{spec} seed {seed}: {time.perf_counter() - start:.0f}s  {done.stdout.splitlines()[0]}", flush=True)
+    return json.loads(summary_file.read_text())
+
+
+def run(args: argparse.Namespace, results_file: Path) -> dict:
+    runs_dir = Path(args.runs_dir) / f"{args.space}-{args.budget.replace('=', '')}"
+    started_at = commit()  # the code the searches run (later commits may land while they do)
+    jobs = [(spec, seed) for spec in args.agents for seed in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        summaries = list(pool.map(lambda job: run_one(args, *job, runs_dir), jobs))
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {"runs": {}}
+    for (spec, seed), summary in zip(jobs, summaries):
+        results["runs"].setdefault(spec, {})[str(seed)] = {
+            "val": summary["best"]["val_accuracy"], "test": summary["best"]["test_accuracy"],
+            "ratio": summary["best"]["flops"] / summary["baseline"]["flops"],
+            "size_ratio": summary["best"]["size_bytes"] / summary["baseline"]["size_bytes"],
+            "candidates": summary["candidates"], "cpu_seconds": summary["search_seconds"].get("cpu"),
+            "evaluations": summary["search_seconds"]["evaluations"], "run_dir": str(runs_dir / summary["name"]),
+        }
+        results["baseline"] = summary["baseline"]
+    results.update(machine=machine(), commit=started_at, space=args.space, budget=args.budget, episodes=args.episodes,
+                   command=" ".join(["python bench/quality_bench.py", *sys.argv[1:]]),
+                   example=" ".join(command(args, args.agents[-1], 0, runs_dir)[2:]))
+    save_json(results_file, results)
+    return results
+
+
+def report(results: dict) -> None:
+    base = results["baseline"]
+    kind, value = results["budget"].split("=")
+    lines = [
+        f"## Search quality over seeds: CIFAR-10 ResNet-20, `--space {results['space']} --budget-{kind} {value}`",
+        "",
+        f"Command: `{results['command']}` on {results['machine']}, commit {results['commit']}. Each search is "
+        f"`autocomp {results['example'].replace(str(Path.home()), '~')}` with its own agent and seed, 1 torch thread, "
+        "two searches at a time (one core each). Best validation accuracy before fine-tuning (its test accuracy "
+        "in brackets); CPU-minutes of the search itself (loading data and the model not counted).",
+        "",
+        "| searcher | candidates | seed 0 | seed 1 | seed 2 | mean val (min-max) | mean test | CPU-min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for spec, seeds in results["runs"].items():
+        rows = [seeds[s] for s in sorted(seeds)]
+        vals = np.array([r["val"] for r in rows])
+        tests = np.array([r["test"] for r in rows])
+        cpu = np.mean([r["cpu_seconds"] or 0 for r in rows]) / 60
+        cells = [f"{r['val']:.4f} ({r['test']:.4f})" for r in rows] + [""] * (3 - len(rows))
+        lines.append(f"| {spec.replace('@', ' @ ')} | {rows[0]['candidates']} | {' | '.join(cells[:3])} | "
+                     f"{vals.mean():.4f} ({vals.min():.4f}-{vals.max():.4f}) | {tests.mean():.4f} | {cpu:.1f} |")
+    lines += ["", f"Original model: val acc {base['val_accuracy']:.4f}, test acc {base['test_accuracy']:.4f}. "
+              "Candidates count every scored plan: sensitivity's single-layer probes (outside the budget) and "
+              "evolution's children stopped after a slice of the validation images included."]
+    write_section(f"quality-{results['space']}", "\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agents", nargs="+", default=DEFAULT_AGENTS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--episodes", type=int, default=300)
+    p.add_argument("--space", default="prune")
+    p.add_argument("--budget", default="flops=0.5", help="KIND=VALUE, e.g. flops=0.5 or size=0.125")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--data-dir", default="/tmp/cifar10")
+    p.add_argument("--runs-dir", default="runs/bench-quality")
+    p.add_argument("--report", action="store_true", help="only re-render RESULTS.md from the results file")
+    args = p.parse_args()
+    results_file = Path(__file__).resolve().parent / "results" / f"quality_{args.space}.json"
+    results = json.loads(results_file.read_text()) if args.report else run(args, results_file)
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
