@@ -5,11 +5,17 @@ A sampler proposes each decision's value (keep ratio, bits, rank ratio; the para
 trial of the run has); the problem projects the plan onto the budgets; and the sampler then
 learns from the values *taken*, not from those it proposed: it works on a proposal study in
 memory whose trials carry the taken values, while the run's study gets every candidate as a
-trial like every other searcher's. Settings and their defaults: ``agents/optuna.yaml``.
+trial like every other searcher's.
+
+With ``pruner: halving`` a plan is scored on growing slices of the validation images (the first
+``min_fraction`` of them, then ``reduction_factor`` times more, ...) and stops when Optuna's
+``SuccessiveHalvingPruner`` finds it cannot reach the running top; every slice scored is a
+trial that records how many images it saw. Settings and their defaults: ``agents/optuna.yaml``.
 """
 
 from __future__ import annotations
 
+import warnings
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -18,6 +24,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from autocomp.errors import ConfigError
+from autocomp.plan import Plan
+from autocomp.problem import Metrics
 from autocomp.searchers.base import Searcher
 from autocomp.searchers.record import completed_trials
 
@@ -40,9 +48,17 @@ class OptunaSearcher(Searcher):
 
     @classmethod
     def validate(cls, settings: dict[str, Any], episodes: int) -> None:
-        name = cls.resolve(settings)["sampler"]
-        if name not in SAMPLERS:
-            raise ConfigError(f"sampler={name!r} is not one of {', '.join(SAMPLERS)}: fix --agent-opt sampler=...")
+        s = cls.resolve(settings)
+        if s["sampler"] not in SAMPLERS:
+            raise ConfigError(f"sampler={s['sampler']!r} is not one of {', '.join(SAMPLERS)}: fix --agent-opt sampler=...")
+        if s["pruner"] not in ("none", "halving"):
+            raise ConfigError(f"pruner={s['pruner']!r} is not none or halving: fix --agent-opt pruner=...")
+        if s["pruner"] == "halving" and len(cls.directions(settings)) > 1:
+            raise ConfigError("pruner=halving needs a single objective (Optuna cannot prune multi-objective trials): "
+                              "use it with sampler=tpe, cmaes, gp, qmc or random.")
+        if s["pruner"] == "halving" and not (0 < float(s["min_fraction"]) < 1 and int(s["reduction_factor"]) >= 2):
+            raise ConfigError(f"pruner=halving needs 0 < min_fraction < 1 and reduction_factor >= 2, not "
+                              f"{s['min_fraction']} and {s['reduction_factor']}: fix --agent-opt.")
 
     @classmethod
     def sampler(cls, settings: dict[str, Any], seed: int) -> optuna.samplers.BaseSampler:
@@ -59,12 +75,26 @@ class OptunaSearcher(Searcher):
         if s["sampler"] == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
         if s["sampler"] == "qmc":
-            return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
         return optuna.samplers.RandomSampler(seed=seed)
+
+    def stages(self) -> list[int]:
+        """Validation images of the successive-halving rungs below a full score (none without it)."""
+        if self.settings["pruner"] == "none":
+            return []
+        val_size = self.recorder.val_size
+        first = max(1, round(float(self.settings["min_fraction"]) * val_size))
+        factor = int(self.settings["reduction_factor"])
+        return [first * factor**k for k in range(32) if first * factor**k < val_size]
 
     def run(self, n_candidates: int) -> None:
         recorder, problem = self.recorder, self.problem
-        self.proposals = proposals = optuna.create_study(directions=recorder.study.directions,
+        stages = self.stages()
+        pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=stages[0], reduction_factor=int(self.settings["reduction_factor"]))
+                  if stages else optuna.pruners.NopPruner())
+        self.proposals = proposals = optuna.create_study(directions=recorder.study.directions, pruner=pruner,
                                                          sampler=self.sampler(self.settings, self.seed))
         eligible = {c.number for c in recorder.candidates}
         proposals.add_trials([t for t in completed_trials(recorder.study) if t.number in eligible and t.params])
@@ -72,20 +102,47 @@ class OptunaSearcher(Searcher):
         while n_candidates > 0 and not recorder.should_stop():
             # with several workers, ask for a batch of trials and evaluate them concurrently
             asked = [proposals.ask() for _ in range(min(n_candidates, problem.batch_size))]
-            started = datetime.now()
             try:
                 decoded = [problem.decode_positions(recorder.positions({n: suggest(t, n, recorder.distributions[n])
                                                                         for n in names})) for t in asked]
-                results = problem.evaluate_many([plan for plan, _ in decoded])
+                pool = list(zip(asked, decoded))
+                for images in [*stages, None]:
+                    pool = pool[:n_candidates]
+                    if not pool:
+                        break
+                    started = datetime.now()
+                    results = problem.evaluate_many([plan for _, (plan, _) in pool], images)
+                    going_on = []
+                    for (trial, (plan, taken)), metrics in zip(pool, results):
+                        recorder.record(plan, metrics, actions=taken, started=started)
+                        n_candidates -= 1
+                        if images is not None:
+                            trial.report(metrics.val_accuracy, images)
+                            if not trial.should_prune():
+                                going_on.append((trial, (plan, taken)))
+                                continue
+                        self._learn(trial, plan, metrics, pruned=images is not None)
+                    pool = going_on
+                for trial, _ in pool:  # out of candidates before a full score: nothing to learn
+                    proposals.tell(trial, state=TrialState.FAIL)
             except BaseException:
                 for t in asked:
-                    proposals.tell(t, state=TrialState.FAIL)
+                    if proposals.get_trials(deepcopy=False)[t.number].state == TrialState.RUNNING:
+                        proposals.tell(t, state=TrialState.FAIL)
                 raise
-            for trial, (plan, taken), metrics in zip(asked, decoded, results):
-                recorder.record(plan, metrics, actions=taken, started=started)
-                # the sampler's own record: the values taken (with the trial's sampler state,
-                # e.g. NSGA-II's generation); the proposal itself is dropped
-                state = proposals.get_trials(deepcopy=False)[trial.number].system_attrs
-                proposals.add_trial(recorder.trial(plan, metrics, system_attrs=dict(state)))
-                proposals.tell(trial, state=TrialState.FAIL)
-            n_candidates -= len(asked)
+
+    def _learn(self, trial: optuna.Trial, plan: Plan, metrics: Metrics, *, pruned: bool) -> None:
+        """Give the sampler the values taken (with the trial's sampler state, e.g. NSGA-II's
+        generation, and its scores on the rungs it reached); the proposal itself is dropped."""
+        proposals, recorder = self.proposals, self.recorder
+        frozen = proposals.get_trials(deepcopy=False)[trial.number]
+        state = {k: v for k, v in frozen.system_attrs.items() if not k.startswith("completed_rung")}  # counted once
+        if pruned:
+            params = recorder.params(plan)
+            proposals.add_trial(optuna.trial.create_trial(
+                state=TrialState.PRUNED, params=params, distributions={n: recorder.distributions[n] for n in params},
+                intermediate_values=frozen.intermediate_values, system_attrs=state))
+        else:
+            proposals.add_trial(recorder.trial(plan, metrics, system_attrs=state,
+                                               intermediate_values=frozen.intermediate_values))
+        proposals.tell(trial, state=TrialState.FAIL)

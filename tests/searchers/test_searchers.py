@@ -320,3 +320,32 @@ def test_unknown_sampler_is_refused() -> None:
 
     with pytest.raises(ConfigError, match=r"sampler='bogus' is not one of tpe, nsga2, cmaes"):
         OptunaSearcher.validate({"sampler": "bogus"}, 10)
+
+
+def test_optuna_successive_halving_stops_plans_early(digits_problem) -> None:
+    """With pruner=halving, plans are scored on growing slices of the validation images, most
+    stop before the full score, each slice is a trial that says how many images it saw, and the
+    result is always a fully scored plan."""
+    from autocomp.searchers.optuna_search import OptunaSearcher
+    from autocomp.searchers.record import TrialRecorder
+
+    settings = {"pruner": "halving", "min_fraction": 0.125, "reduction_factor": 3, "n_startup_trials": 3}
+    study = optuna.create_study(directions=["maximize"])
+    recorder = TrialRecorder(study, digits_problem, searcher="optuna")
+    searcher = OptunaSearcher(digits_problem, recorder, settings=settings, seed=0)
+    assert searcher.stages() == [38, 114]  # 1/8 of 300 validation images, then 3x as many
+    searcher.run(30)
+    images = [t.user_attrs["val_images"] for t in study.get_trials()]
+    assert len(images) == 30 and set(images) <= {38, 114, 300}
+    assert images.count(38) > images.count(114) >= images.count(300) >= 1
+    assert recorder.best.metrics.val_images == 300
+    states = [t.state for t in searcher.proposals.get_trials()]
+    assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
+
+
+def test_halving_needs_one_objective() -> None:
+    from autocomp.errors import ConfigError
+    from autocomp.searchers.optuna_search import OptunaSearcher
+
+    with pytest.raises(ConfigError, match="pruner=halving needs a single objective"):
+        OptunaSearcher.validate({"sampler": "nsga2", "pruner": "halving"}, 10)
