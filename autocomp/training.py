@@ -6,6 +6,8 @@ fine-tune compressed models (cosine schedule, soft targets from the original mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,11 +19,14 @@ from autocomp.errors import ConfigError
 
 def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size: int = 128,
           teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.9,
-          schedule: str = "cosine", seed: int = 0, progress: bool = True, desc: str = "training") -> list[float]:
+          schedule: str = "cosine", seed: int = 0, progress: bool = True, desc: str = "training",
+          penalty: Callable[[], torch.Tensor] | None = None, max_steps: int | None = None) -> list[float]:
     """SGD (Nesterov momentum 0.9, weight decay 5e-4); returns the mean loss of each epoch.
 
-    With a ``teacher`` the loss is ``alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE``.
-    Torch's global random state is the caller's again afterwards.
+    With a ``teacher`` the loss is ``alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE``;
+    ``penalty()`` is added to it (a regulariser on the model's parameters). ``max_steps`` stops
+    training after that many batches (the schedule spans them). Torch's global random state is
+    the caller's again afterwards.
     """
     if epochs < 1:
         raise ConfigError(f"--epochs {epochs} must be at least 1.")
@@ -29,6 +34,8 @@ def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size:
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         steps = epochs * ((len(split) + batch_size - 1) // batch_size)
+        if max_steps is not None:
+            steps = min(steps, max_steps)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
         scheduler: torch.optim.lr_scheduler.LRScheduler = (
             torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps) if schedule == "one_cycle"
@@ -37,6 +44,7 @@ def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size:
         if teacher is not None:
             teacher.eval()
         losses = []
+        done = 0
         bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
         for _ in range(epochs):
             model.train()
@@ -49,6 +57,8 @@ def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size:
                         soft = F.softmax(teacher(x) / temperature, dim=1)
                     kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), soft, reduction="batchmean")
                     loss = alpha * temperature**2 * kd + (1 - alpha) * loss
+                if penalty is not None:
+                    loss = loss + penalty()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -58,7 +68,12 @@ def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size:
                 correct += int((logits.argmax(1) == y).sum())
                 bar.update()
                 bar.set_postfix(loss=f"{total / count:.3f}", acc=f"{correct / count:.3f}")
+                done += 1
+                if done >= steps:
+                    break
             losses.append(total / count)
+            if done >= steps:
+                break
         bar.close()
         model.eval()
         return losses

@@ -24,7 +24,8 @@ from torch import nn
 from autocomp.graph import LayerGraph, dependency_graph
 
 
-def _out_group(dg: tp.DependencyGraph, module: nn.Module, idxs: list[int]) -> tp.Group:
+def out_group(dg: tp.DependencyGraph, module: nn.Module, idxs: list[int]) -> tp.Group:
+    """The coupled group of ``module``'s output channels ``idxs`` (every layer they reach)."""
     pruner = dg.get_pruner_of_module(module)
     return dg.get_pruning_group(module, pruner.prune_out_channels, idxs)
 
@@ -46,7 +47,7 @@ class ChannelPruner:
             importance = tp.importance.GroupMagnitudeImportance(p=self.p)
             with torch.no_grad():
                 for u in self.graph.units:
-                    group = _out_group(dg, modules[u.name], list(range(u.channels)))
+                    group = out_group(dg, modules[u.name], list(range(u.channels)))
                     self._ranking[u.name] = torch.argsort(importance(group), stable=True)
         return self._ranking[unit]
 
@@ -63,7 +64,7 @@ class ChannelPruner:
         modules = dict(model.named_modules())
         for name, k in todo.items():
             remove = rankings[name][: self.graph.unit(name).channels - k].tolist()
-            _out_group(dg, modules[name], remove).prune()
+            out_group(dg, modules[name], remove).prune()
         return model
 
 

@@ -12,6 +12,8 @@ SEARCHERS.add("evolution", "autocomp.searchers.evolution:EvolutionSearcher",
               help="EvoPress-style evolution with staged selection")
 SEARCHERS.add("sensitivity", "autocomp.searchers.sensitivity:SensitivitySearcher",
               help="per-decision sensitivity, then the plan by dynamic programming")
+SEARCHERS.add("morphnet", "autocomp.searchers.morphnet:MorphNetSearcher",
+              help="MorphNet: widths from a short group-lasso training on batch-norm scales")
 SEARCHERS.add("random", "autocomp.searchers.baselines:RandomSearcher", help="random plans")
 SEARCHERS.add("uniform", "autocomp.searchers.baselines:UniformSearcher", help="one keep ratio for all units")
 

@@ -16,8 +16,8 @@ from autocomp.evaluate import accuracy
 from autocomp.presets import list_presets
 from autocomp.runners import run_search
 
-EPISODES = {"ddpg": 30, "optuna": 25, "nsga2": 25, "random": 15, "uniform": 1, "evolution": 20, "sensitivity": 20}
-OPTIONS = {"ddpg": {"warmup_episodes": 10}, "nsga2": {"population_size": 8}, "optuna": {"n_startup_trials": 8}}
+EPISODES = {"ddpg": 30, "optuna": 25, "nsga2": 25, "random": 15, "uniform": 1, "evolution": 20, "sensitivity": 20, "morphnet": 8}
+OPTIONS = {"morphnet": {"steps": 20}, "ddpg": {"warmup_episodes": 10}, "nsga2": {"population_size": 8}, "optuna": {"n_startup_trials": 8}}
 
 
 def test_every_preset_is_covered() -> None:
