@@ -70,9 +70,16 @@ class Evolution:
         stalls = 0
         while used < n_candidates and not self.recorder.should_stop():
             parent_key = decisions.plan_of(decisions.state_at(parent)).key()
+            # a generation must end in a fully scored child: near the end of the budget, fewer
+            # children, and no early stages when even those do not fit
+            left = n_candidates - used
+            rounds = stages
+            offspring = min(int(self.settings["offspring"]), left - sum(keep for _, keep in stages))
+            if offspring < max((keep for _, keep in stages), default=1):
+                rounds, offspring = [], min(int(self.settings["offspring"]), left)
             children: dict[str, tuple[np.ndarray, Plan]] = {}
-            for _ in range(int(self.settings["offspring"]) * 4):  # a few retries when children coincide
-                if len(children) == int(self.settings["offspring"]):
+            for _ in range(offspring * 4):  # a few retries when children coincide
+                if len(children) == offspring:
                     break
                 child = self.mutate(parent)
                 plan = decisions.plan_of(decisions.state_at(child))
@@ -84,7 +91,7 @@ class Evolution:
                     return used
                 continue
             pool = list(children.values())
-            for images, keep in [*stages, (None, 1)]:
+            for images, keep in [*rounds, (None, 1)]:
                 pool = pool[: max(0, n_candidates - used)]
                 if not pool:
                     return used
