@@ -45,8 +45,8 @@ def drop_table(tops: np.ndarray, probed: list[np.ndarray], drops: list[np.ndarra
     top), never smaller at a more compressed index."""
     out = []
     for top, at, measured in zip(tops, probed, drops):
-        table = np.interp(np.arange(top + 1), np.append(at, top), np.append(measured, 0.0))
-        out.append(np.maximum.accumulate(np.maximum(table, 0.0)[::-1])[::-1])
+        table = np.interp(np.arange(top + 1), np.append(at, top), np.append(np.maximum(measured, 0.0), 0.0))
+        out.append(np.maximum.accumulate(table[::-1])[::-1])
     return out
 
 

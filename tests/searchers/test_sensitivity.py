@@ -1,0 +1,46 @@
+"""The pieces of the sensitivity searcher: probe levels, the drop table and the knapsack."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from autocomp.searchers.sensitivity import BINS, drop_table, knapsack, probe_levels
+
+
+def test_probe_levels_include_the_minimum_and_spread_below_the_top() -> None:
+    levels = probe_levels(np.array([13, 3]), 4)
+    assert levels[0].tolist() == [0, 3, 6, 10]
+    assert levels[1].tolist() == [0, 1, 2]  # fewer values than levels: each once
+
+
+def test_drop_table_interpolates_and_never_drops_less_when_compressing_more() -> None:
+    table = drop_table(np.array([4]), [np.array([0, 2])], [np.array([0.3, -0.05])])[0]
+    assert table.tolist() == [0.3, 0.15, 0.0, 0.0, 0.0]  # a negative drop (noise) counts as none
+    noisy = drop_table(np.array([3]), [np.array([0, 1, 2])], [np.array([0.2, 0.25, 0.1])])[0]
+    assert np.all(np.diff(noisy) <= 0) and noisy[0] == 0.25
+
+
+def test_knapsack_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        drops = [np.sort(rng.uniform(0, 1, 4))[::-1] for _ in range(4)]
+        savings = [np.sort(rng.uniform(0, 10, 4))[::-1] for _ in range(4)]
+        for s in savings:
+            s[-1] = 0.0  # the top: nothing saved
+        need = rng.uniform(5, 20)
+        best, best_drop = None, np.inf
+        for combo in itertools.product(range(4), repeat=4):
+            # the knapsack rounds each saving down to need / BINS: the same rule here
+            total = sum(np.floor(savings[d][i] / (need / BINS) + 1e-9) for d, i in enumerate(combo))
+            drop = sum(drops[d][i] for d, i in enumerate(combo))
+            if total >= BINS and drop < best_drop - 1e-12:
+                best, best_drop = combo, drop
+        found = knapsack(drops, savings, need)
+        if best is None:
+            assert found is None
+        else:
+            assert found is not None
+            assert abs(sum(drops[d][i] for d, i in enumerate(found)) - best_drop) < 1e-9
+            assert sum(savings[d][i] for d, i in enumerate(found)) >= need - 1e-9
