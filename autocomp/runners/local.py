@@ -95,6 +95,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
     searcher_cls.resolve(settings)
     searcher_cls.validate(settings, episodes)
     space = SearchSpace.load(config.space)
+    searcher_cls.check_space(space)
     with process_settings(threads=config.threads, seed=config.seed):
         return _search(config, run, settings, episodes, searcher_cls, space, start=start, progress=progress)
 

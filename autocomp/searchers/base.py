@@ -14,6 +14,7 @@ from autocomp.errors import ConfigError
 from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem
 from autocomp.searchers.record import TrialRecorder
+from autocomp.space import SearchSpace
 
 META_KEYS = frozenset({"searcher", "name", "description", "episodes"})
 """Preset keys that describe the agent rather than set the searcher."""
@@ -58,6 +59,10 @@ class Searcher(ABC):
     @classmethod
     def validate(cls, settings: dict[str, Any], episodes: int) -> None:
         """Fail up front on settings that cannot work with ``episodes`` candidates."""
+
+    @classmethod
+    def check_space(cls, space: SearchSpace) -> None:
+        """Fail up front on a search space this searcher cannot search."""
 
     @abstractmethod
     def run(self, n_candidates: int) -> None:

@@ -37,6 +37,7 @@ from autocomp.ops.prune import out_group
 from autocomp.problem import CompressionProblem
 from autocomp.searchers.base import Searcher
 from autocomp.searchers.evolution import Evolution
+from autocomp.space import SearchSpace
 from autocomp.training import train
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -72,6 +73,12 @@ class MorphNetSearcher(Searcher):
         s = cls.resolve(settings)
         if not s["strengths"] or any(float(x) <= 0 for x in s["strengths"]) or int(s["steps"]) < 1:
             raise ConfigError(f"morphnet: strengths {s['strengths']} must be positive and steps >= 1: fix --agent-opt.")
+
+    @classmethod
+    def check_space(cls, space: SearchSpace) -> None:
+        if "keep_ratio" not in space.actions:
+            raise ConfigError(f"morphnet searches channel widths: space `{space.name}` has no keep_ratio to search. "
+                              "Use --space prune (or another space with keep_ratio), or another --agent.")
 
     def unit_costs(self) -> dict[int, float]:
         """MACs one channel of each unit costs (all else uncompressed), relative to the dearest."""
@@ -137,9 +144,6 @@ class MorphNetSearcher(Searcher):
         decisions = problem.decisions
         if n_candidates <= 0:
             return
-        if not any(d.key == "keep" for d in decisions.searched):
-            raise ConfigError(f"morphnet searches channel widths: space `{problem.space.name}` has no keep_ratio to search. "
-                              "Use --space prune (or another space with keep_ratio).")
         seen = {c.plan.key() for c in recorder.history}
         for strength in self.settings["strengths"]:
             if recorder.should_stop() or n_candidates <= 0:

@@ -349,3 +349,12 @@ def test_halving_needs_one_objective() -> None:
 
     with pytest.raises(ConfigError, match="pruner=halving needs a single objective"):
         OptunaSearcher.validate({"sampler": "nsga2", "pruner": "halving"}, 10)
+
+
+def test_morphnet_refuses_a_space_without_channel_widths(tmp_path) -> None:
+    from autocomp.errors import ConfigError
+
+    config = SearchConfig(budget_size="0.5", agent="morphnet", space="quant", name="mq", runs_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="morphnet searches channel widths: space `quant`"):
+        run_search(config, progress=False)
+    assert not (tmp_path / "mq").exists()  # refused before the run directory is made
