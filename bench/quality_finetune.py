@@ -8,8 +8,8 @@ Every row gets the same training: ``--epochs`` (3) of knowledge distillation fro
 model over the 49,000 training images (SGD lr 0.01 cosine, batch 128, T=4, alpha 0.9, the
 settings of ``autocomp finetune``), starting from the plan's model with recalibrated batch
 norm; test accuracy on the 10,000 test images. Reads runs/bench-quality/prune-flops0.5/ (from
-``bench/quality_bench.py``); writes bench/results/quality_finetune.json and the
-``quality-finetune`` section of bench/RESULTS.md.
+``bench/quality_bench.py``); writes one file per row in bench/results/quality_finetune/ (so
+rows can run in parallel processes) and the ``quality-finetune`` section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from autocomp.runners.setup import load_config_data, prepare_model  # noqa: E402
 from autocomp.space import SearchSpace  # noqa: E402
 from autocomp.training import train  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "quality_finetune.json"
+RESULTS = Path(__file__).resolve().parent / "results" / "quality_finetune"  # one JSON per row: rows can run in parallel
 RUNS = Path("runs/bench-quality/prune-flops0.5")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--agents", nargs="+", default=["sensitivity-60", "evolution", "uniform"])
+    p.add_argument("--agents", nargs="*", default=["sensitivity-60", "evolution", "uniform"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
@@ -49,7 +49,6 @@ def main() -> None:
     p.add_argument("--data-dir", default="/tmp/cifar10")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": {}}
     if not args.report:
         torch.set_num_threads(args.threads)
         config = SearchConfig(**RESNET20, data=f"imagefolder:{cifar_dir(args.data_dir)}", budget_flops="0.5")
@@ -66,26 +65,27 @@ def main() -> None:
             start = time.perf_counter()
             train(model, data.train, epochs=args.epochs, lr=0.01, batch_size=128, teacher=teacher, temperature=4.0,
                   alpha=0.9, seed=0, progress=False)
-            row = {"macs_kept": measure_cost(model, data.input_shape).macs / base_macs, "test_before": before,
-                   "test_after": accuracy(model, data.test), "epochs": args.epochs,
-                   "seconds": round(time.perf_counter() - start), "commit": commit()}
-            results["rows"][name] = row
+            row = {"name": name, "macs_kept": measure_cost(model, data.input_shape).macs / base_macs,
+                   "test_before": before, "test_after": accuracy(model, data.test), "epochs": args.epochs,
+                   "seconds": round(time.perf_counter() - start), "threads": args.threads, "commit": commit(),
+                   "machine": machine(), "command": " ".join(["python bench/quality_finetune.py", *sys.argv[1:]])}
             print(name, row, flush=True)
-            results.update(machine=machine(), command=" ".join(["python bench/quality_finetune.py", *sys.argv[1:]]))
-            save_json(RESULTS, results)
+            save_json(RESULTS / f"{name.split(' ')[0].replace('/', '-')}.json", row)
+    rows = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))]
+    commands = sorted({f"`{r['command']}`" for r in rows})
     lines = [
         "## Search quality after fine-tuning: CIFAR-10 ResNet-20 at half the MACs",
         "",
-        f"Command: `{results['command']}` on {results['machine']}. The same fine-tune for every row: "
-        f"{next(iter(results['rows'].values()))['epochs']} epochs of distillation from the original (SGD lr 0.01 "
+        f"Commands: {', '.join(commands)} on {rows[0]['machine']}. The same fine-tune for every row: "
+        f"{rows[0]['epochs']} epochs of distillation from the original (SGD lr 0.01 "
         "cosine, batch 128, T=4, alpha 0.9) over the 49,000 training images, from the plan's model with "
         "recalibrated batch norm. Searched plans: the best of each search in the search-quality table.",
         "",
         "| plan | MACs kept | test acc before | test acc after | fine-tune seconds | commit |",
         "|---|---:|---:|---:|---:|---|",
     ]
-    for name, r in results["rows"].items():
-        lines.append(f"| {name} | {r['macs_kept']:.3f} | {r['test_before']:.4f} | {r['test_after']:.4f} | "
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['macs_kept']:.3f} | {r['test_before']:.4f} | {r['test_after']:.4f} | "
                      f"{r['seconds']} | {r['commit']} |")
     write_section("quality-finetune", "\n".join(lines))
 
