@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -168,3 +169,22 @@ def test_finetuning_a_quantised_run_keeps_it_quantised(tmp_path, digits_data) ->
     assert info["max_abs_diff"] == 0.0  # the trained weights are still on their grid: packing loses nothing
     model = load_packed(run.run_dir, run.run_dir / "export" / "model.packed.pt")
     assert accuracy(model, digits_data.test) == pytest.approx(result["test_accuracy"])
+
+
+def test_presets_load_from_an_installed_wheel(monkeypatch) -> None:
+    """In a wheel the preset folders are namespace packages, which ``importlib.resources`` gives
+    as a ``MultiplexedPath`` (no ``glob``, no path string): listing and loading still work."""
+    from importlib import resources
+
+    from autocomp import presets
+
+    try:
+        from importlib.resources.readers import MultiplexedPath
+    except ImportError:  # Python 3.10
+        from importlib.readers import MultiplexedPath
+    source = {kind: Path(presets.__file__).resolve().parent.parent / folder for kind, folder in presets._SOURCE_DIRS.items()}
+    packages = {presets.PRESET_PACKAGES[kind]: MultiplexedPath(str(path)) for kind, path in source.items()}
+    monkeypatch.setattr(resources, "files", lambda package: packages[package])
+    assert "prune" in presets.list_presets("space") and "evolution" in presets.list_presets("agent")
+    assert SearchSpace.load("prune").name == "prune"
+    assert presets.load_preset("agent", "sensitivity")["searcher"] == "sensitivity"
