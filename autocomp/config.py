@@ -38,7 +38,7 @@ class SearchConfig:
     budget_size: str | None = None
     budget_latency: str | None = None
     latency_threads: int = 1
-    agent: str = "ddpg"
+    agent: str = "sensitivity"
     agent_options: dict[str, Any] = field(default_factory=dict)
     space: str = "prune"
     warm_start: str | None = None

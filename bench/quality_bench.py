@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESNET20, cifar_dir, commit, machine, save_json, write_section  # noqa: E402
+from common import RESNET20, SHARED, cifar_dir, commit, machine, save_json, write_section  # noqa: E402
 
 DEFAULT_AGENTS = ["sensitivity@60", "evolution", "optuna", "random", "ddpg", "uniform", "sensitivity@300"]
 
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, results_file: Path) -> dict:
         results["baseline"] = summary["baseline"]
     results.update(machine=machine(), commit=started_at, space=args.space, budget=args.budget, episodes=args.episodes,
                    command=" ".join(["python bench/quality_bench.py", *sys.argv[1:]]),
-                   example=" ".join(command(args, args.agents[-1], 0, runs_dir)[2:]))
+                   example=" ".join(command(args, args.agents[-1], 0, runs_dir)[2:]).replace(str(SHARED), "../shared"))
     save_json(results_file, results)
     return results
 
@@ -95,9 +95,9 @@ def report(results: dict) -> None:
         f"## Search quality over seeds: CIFAR-10 ResNet-20, `--space {results['space']} --budget-{kind} {value}`",
         "",
         f"Command: `{results['command']}` on {results['machine']}, commit {results['commit']}. Each search is "
-        f"`autocomp {results['example'].replace(str(Path.home()), '~')}` with its own agent and seed, 1 torch thread, "
-        "two searches at a time (one core each). Best validation accuracy before fine-tuning (its test accuracy "
-        "in brackets); CPU-minutes of the search itself (loading data and the model not counted).",
+        f"`{results['example']}` with its own agent, seed and candidates, 1 torch thread, two searches at a time "
+        "(one core each). Best validation accuracy before fine-tuning (its test accuracy in brackets); CPU-minutes "
+        "of the search itself (loading data and the model not counted).",
         "",
         "| searcher | candidates | seed 0 | seed 1 | seed 2 | mean val (min-max) | mean test | CPU-min |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -110,6 +110,19 @@ def report(results: dict) -> None:
         cells = [f"{r['val']:.4f} ({r['test']:.4f})" for r in rows] + [""] * (3 - len(rows))
         lines.append(f"| {spec.replace('@', ' @ ')} | {rows[0]['candidates']} | {' | '.join(cells[:3])} | "
                      f"{vals.mean():.4f} ({vals.min():.4f}-{vals.max():.4f}) | {tests.mean():.4f} | {cpu:.1f} |")
+    means = {spec: float(np.mean([r["val"] for r in seeds.values()])) for spec, seeds in results["runs"].items()}
+    if results["space"] == "prune" and results["budget"] == "flops=0.5" and {"ddpg", "random"} <= set(means):
+        best = max((s for s in means if s != "uniform"), key=means.get)
+        worst_seed = min(r["val"] for r in results["runs"][best].values())
+        lines += ["", "Targets, against the searchers before budget projection (optuna 0.773, random 0.688, ddpg 0.670 "
+                  "mean validation accuracy at the same settings):",
+                  f"- ddpg's mean at least random's: {means['ddpg']:.4f} vs {means['random']:.4f}, "
+                  f"{'met' if means['ddpg'] >= means['random'] else 'missed'};",
+                  f"- the best searcher's mean at least 0.813 and every seed at least 0.773: `{best}`, {means[best]:.4f} "
+                  f"(lowest seed {worst_seed:.4f}), {'met' if means[best] >= 0.813 and worst_seed >= 0.773 else 'missed'};"]
+        if "sensitivity@60" in means:
+            lines.append(f"- sensitivity reaches 0.773 with at most 60 evaluations: {means['sensitivity@60']:.4f}, "
+                         f"{'met' if means['sensitivity@60'] >= 0.773 else 'missed'}.")
     lines += ["", f"Original model: val acc {base['val_accuracy']:.4f}, test acc {base['test_accuracy']:.4f}. "
               "Candidates count every scored plan: sensitivity's single-layer probes (outside the budget) and "
               "evolution's children stopped after a slice of the validation images included."]
