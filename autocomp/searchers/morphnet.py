@@ -33,6 +33,7 @@ from torch import nn
 
 from autocomp.errors import ConfigError
 from autocomp.graph import dependency_graph
+from autocomp.kinds import KINDS, by_key
 from autocomp.ops.prune import out_group
 from autocomp.problem import CompressionProblem
 from autocomp.searchers.base import Searcher
@@ -76,7 +77,7 @@ class MorphNetSearcher(Searcher):
 
     @classmethod
     def check_space(cls, space: SearchSpace) -> None:
-        if "keep_ratio" not in space.actions:
+        if not any(KINDS[action].scope == "unit" for action in space.actions):  # no channel-group widths
             raise ConfigError(f"morphnet searches channel widths: space `{space.name}` has no keep_ratio to search. "
                               "Use --space prune (or another space with keep_ratio), or another --agent.")
 
@@ -84,9 +85,10 @@ class MorphNetSearcher(Searcher):
         """MACs one channel of each unit costs (all else uncompressed), relative to the dearest."""
         problem = self.problem
         arrays = problem.cost.plan_arrays(problem.decisions.plan_of(problem.full_state()))
+        channels = next(kind.key for kind in KINDS.values() if kind.scope == "unit")  # the kind that keeps channels
         costs = {}
         for unit in problem.units:
-            costs[unit.index] = float(-problem.cost.change(arrays, "keep", unit.index, unit.channels - 1).macs)
+            costs[unit.index] = float(-problem.cost.change(arrays, channels, unit.index, unit.channels - 1).macs)
         top = max(costs.values(), default=1.0) or 1.0
         return {u: c / top for u, c in costs.items()}
 
@@ -112,7 +114,7 @@ class MorphNetSearcher(Searcher):
         decisions = self.problem.decisions
         indices = decisions.tops.copy()
         for d, decision in enumerate(decisions.searched):
-            if decision.key == "keep" and decision.slot in widths:
+            if by_key(decision.key).scope == "unit" and decision.slot in widths:
                 indices[d] = int(np.argmin(np.abs(decision.choices - widths[decision.slot])))
         return indices
 
