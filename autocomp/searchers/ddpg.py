@@ -32,6 +32,7 @@ from scipy.stats import truncnorm
 from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -282,5 +283,7 @@ class DDPGSearcher(Searcher):
             replay_buffer_class=EpisodeReplayBuffer, replay_buffer_kwargs={"baseline": bool(s["reward_baseline"])},
             seed=self.seed, device="cpu", verbose=0,
         )
+        # SB3's default logger makes a folder in the temp directory on every learn(); record in memory only
+        model.set_logger(Logger(folder=None, output_formats=[]))
         callback = EpisodeCallback(self, n_candidates)
         model.learn(total_timesteps=(n_candidates + 2 * self.n_envs) * self.steps, callback=callback)

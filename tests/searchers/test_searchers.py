@@ -358,3 +358,17 @@ def test_morphnet_refuses_a_space_without_channel_widths(tmp_path) -> None:
     with pytest.raises(ConfigError, match="morphnet searches channel widths: space `quant`"):
         run_search(config, progress=False)
     assert not (tmp_path / "mq").exists()  # refused before the run directory is made
+
+
+def test_ddpg_leaves_nothing_in_the_temp_directory(monkeypatch, tmp_path, digits_problem) -> None:
+    import tempfile
+
+    from autocomp.searchers.ddpg import DDPGSearcher
+    from autocomp.searchers.record import TrialRecorder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    recorder = TrialRecorder(optuna.create_study(directions=["maximize"]), digits_problem, searcher="ddpg")
+    DDPGSearcher(digits_problem, recorder, settings={"warmup_episodes": 1}, seed=0).run(3)
+    assert len(recorder.history) == 3
+    assert list(tmp_path.iterdir()) == []
