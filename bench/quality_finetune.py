@@ -79,7 +79,8 @@ def main() -> None:
         f"Commands: {', '.join(commands)} on {rows[0]['machine']}. The same fine-tune for every row: "
         f"{rows[0]['epochs']} epochs of distillation from the original (SGD lr 0.01 "
         "cosine, batch 128, T=4, alpha 0.9) over the 49,000 training images, from the plan's model with "
-        "recalibrated batch norm. Searched plans: the best of each search in the search-quality table.",
+        "recalibrated batch norm. Searched plans: the best of each search in the search-quality table. The "
+        "library code is that of the searches (commit 2e272a9 for these rows); the commit column is the bench script's.",
         "",
         "| plan | MACs kept | test acc before | test acc after | fine-tune seconds | commit |",
         "|---|---:|---:|---:|---:|---|",
@@ -87,6 +88,17 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['name']} | {r['macs_kept']:.3f} | {r['test_before']:.4f} | {r['test_after']:.4f} | "
                      f"{r['seconds']} | {r['commit']} |")
+    after = {r["name"]: r["test_after"] for r in rows}
+    peer = next((v for k, v in after.items() if k.startswith("torch-pruning")), None)
+    uniform = after.get("uniform/s0")
+    searched = {k: v for k, v in after.items() if not k.startswith(("torch-pruning", "uniform"))}
+    if searched and peer is not None and uniform is not None:
+        best = max(searched, key=searched.get)
+        lines += ["", f"Targets (seed 0 plans): the best searched plan after fine-tuning, `{best}` at "
+                  f"{searched[best]:.4f}, is {100 * (searched[best] - peer):+.2f} points from Torch-Pruning's (target +0.5: "
+                  f"{'met' if searched[best] - peer >= 0.005 else 'missed'}) and {100 * (searched[best] - uniform):+.2f} points "
+                  f"from uniform's (target +1.0: {'met' if searched[best] - uniform >= 0.01 else 'missed'}). Rows ran two or "
+                  "three at a time on the 2 cores, so their seconds are not comparable with one another."]
     write_section("quality-finetune", "\n".join(lines))
 
 
