@@ -110,6 +110,9 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
         latency_threads=config.latency_threads,
     )
     problem.preflight()  # a model autocomp cannot compress fails now, before the run directory exists
+    searcher_cls.check_problem(problem, settings, episodes)
+    if config.warm_start:
+        SEARCHERS.get(config.warm_start).check_problem(problem, {}, episodes)
     run.write_config(config)
 
     if config.workers > 1 or config.address:

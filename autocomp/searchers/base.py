@@ -64,6 +64,10 @@ class Searcher(ABC):
     def check_space(cls, space: SearchSpace) -> None:
         """Fail up front on a search space this searcher cannot search."""
 
+    @classmethod
+    def check_problem(cls, problem: CompressionProblem, settings: dict[str, Any], episodes: int) -> None:
+        """Fail before the run directory is made on a problem ``episodes`` candidates cannot search."""
+
     @abstractmethod
     def run(self, n_candidates: int) -> None:
         """Evaluate up to ``n_candidates`` new candidates, recording each one."""

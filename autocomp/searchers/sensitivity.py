@@ -16,8 +16,9 @@ under the budgets.
 3. What is left of the candidate budget refines that plan with the evolutionary search
    (:mod:`autocomp.searchers.evolution`); with ``refine: false`` the search stops after it.
 
-The probes take ``levels`` x decisions evaluations and one of the uncompressed model, fewer levels when the budget is smaller
-(at least 2 per decision). Settings and their defaults: ``agents/sensitivity.yaml``.
+The probes take ``levels`` x decisions evaluations and one of the uncompressed model, fewer
+levels when the budget is smaller (at least 1 per decision: a search needs at least decisions + 2
+candidates). Settings and their defaults: ``agents/sensitivity.yaml``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from autocomp.errors import ConfigError
-from autocomp.problem import Metrics
+from autocomp.problem import CompressionProblem, Metrics
 from autocomp.searchers.base import Searcher
 from autocomp.searchers.evolution import Evolution
 
@@ -94,6 +95,15 @@ class SensitivitySearcher(Searcher):
         if int(cls.resolve(settings)["levels"]) < 1:
             raise ConfigError("sensitivity: levels must be at least 1: fix --agent-opt levels=N.")
 
+    @classmethod
+    def check_problem(cls, problem: CompressionProblem, settings: dict[str, Any], episodes: int) -> None:
+        needed = len(problem.decisions.searched) + 2
+        if episodes < needed:
+            raise ConfigError(
+                f"sensitivity needs at least {needed} candidates here (one probe per each of the "
+                f"{needed - 2} decisions, the uncompressed reference and the plan), not {episodes}: raise --episodes "
+                f"to {needed} or more, or use --agent evolution.")
+
     def plan_indices(self, drops: list[np.ndarray]) -> np.ndarray:
         """The knapsack plan for ``drops`` that meets every budget, filled up to the surface."""
         problem = self.problem
@@ -145,9 +155,7 @@ class SensitivitySearcher(Searcher):
         tops = decisions.tops
         if n_candidates <= 0 or not len(tops):
             return
-        levels = int(self.settings["levels"])
-        while levels > 2 and levels * len(tops) + 2 > n_candidates:
-            levels -= 1
+        levels = max(1, min(int(self.settings["levels"]), (n_candidates - 2) // len(tops)))
         probed = probe_levels(tops, levels)
         done = {c.plan.key(): c.metrics for c in recorder.history}
         start = len(recorder.history)

@@ -372,3 +372,17 @@ def test_ddpg_leaves_nothing_in_the_temp_directory(monkeypatch, tmp_path, digits
     DDPGSearcher(digits_problem, recorder, settings={"warmup_episodes": 1}, seed=0).run(3)
     assert len(recorder.history) == 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sensitivity_keeps_to_the_candidates_it_is_given(tmp_path) -> None:
+    """Too few candidates for one probe per decision: one line before any run directory exists;
+    just enough: one level per decision, and never more candidates than asked for."""
+    from autocomp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sensitivity needs at least 6 candidates here .* not 5"):
+        run_search(SearchConfig(budget_flops="0.5", agent="sensitivity", episodes=5, name="few", runs_dir=str(tmp_path)),
+                   progress=False)
+    assert not (tmp_path / "few").exists()
+    summary = run_search(SearchConfig(budget_flops="0.5", agent="sensitivity", episodes=7, name="ok",
+                                      runs_dir=str(tmp_path)), progress=False).summary
+    assert summary["candidates"] == 7
