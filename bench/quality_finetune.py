@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,7 +92,7 @@ def main() -> None:
     after = {r["name"]: r["test_after"] for r in rows}
     peer = next((v for k, v in after.items() if k.startswith("torch-pruning")), None)
     uniform = after.get("uniform/s0")
-    searched = {k: v for k, v in after.items() if not k.startswith(("torch-pruning", "uniform"))}
+    searched = {k: v for k, v in after.items() if not k.startswith(("torch-pruning", "uniform")) and k.endswith("/s0")}
     if searched and peer is not None and uniform is not None:
         best = max(searched, key=searched.get)
         lines += ["", f"Targets (seed 0 plans): the best searched plan after fine-tuning, `{best}` at "
@@ -99,6 +100,11 @@ def main() -> None:
                   f"{'met' if searched[best] - peer >= 0.005 else 'missed'}) and {100 * (searched[best] - uniform):+.2f} points "
                   f"from uniform's (target +1.0: {'met' if searched[best] - uniform >= 0.01 else 'missed'}). Rows ran two or "
                   "three at a time on the 2 cores, so their seconds are not comparable with one another."]
+        for agent in sorted({k.split("/")[0] for k in after if "/s" in k}):
+            seeds = [v for k, v in after.items() if k.startswith(f"{agent}/s")]
+            if len(seeds) > 1 and peer is not None:
+                lines.append(f"`{agent}` over {len(seeds)} seeds: {np.mean(seeds):.4f} (min {min(seeds):.4f}, max "
+                             f"{max(seeds):.4f}), {100 * (np.mean(seeds) - peer):+.2f} points from Torch-Pruning's plan.")
     write_section("quality-finetune", "\n".join(lines))
 
 
