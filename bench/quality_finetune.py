@@ -103,8 +103,8 @@ def main() -> None:
         for agent in sorted({k.split("/")[0] for k in after if "/s" in k}):
             seeds = [v for k, v in after.items() if k.startswith(f"{agent}/s")]
             if len(seeds) > 1 and peer is not None:
-                lines.append(f"`{agent}` over {len(seeds)} seeds: {np.mean(seeds):.4f} (min {min(seeds):.4f}, max "
-                             f"{max(seeds):.4f}), {100 * (np.mean(seeds) - peer):+.2f} points from Torch-Pruning's plan.")
+                lines += ["", f"`{agent}` over {len(seeds)} seeds: {np.mean(seeds):.4f} (min {min(seeds):.4f}, max "
+                             f"{max(seeds):.4f}), {100 * (np.mean(seeds) - peer):+.2f} points from Torch-Pruning's plan."]
     write_section("quality-finetune", "\n".join(lines))
 
 
