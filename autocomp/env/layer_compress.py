@@ -92,6 +92,7 @@ class LayerCompressEnv(gymnasium.Env):
         self._state = problem.full_state()
         self._prev = dict.fromkeys(self.kinds, 1.0)
         self._rows: list[np.ndarray] = []
+        self._decoded: tuple[bytes, Plan, list[list[float]]] | None = None
 
     def _static_features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         graph = self.problem.graph
@@ -165,7 +166,14 @@ class LayerCompressEnv(gymnasium.Env):
         env evaluate the final plans of several episodes in parallel before stepping)."""
         if self._step != len(self.problem.steps) - 1:
             return None
-        return self.problem.decode([*self._rows, self._row(action)])
+        return self._decode([*self._rows, self._row(action)])[0]
+
+    def _decode(self, rows: list[np.ndarray]) -> tuple[Plan, list[list[float]]]:
+        """The projected plan of a whole episode's rows, remembered for the step that ends it."""
+        key = np.asarray(rows).tobytes()
+        if self._decoded is None or self._decoded[0] != key:
+            self._decoded = (key, *self.problem.decode_taken(rows))
+        return self._decoded[1], self._decoded[2]
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         step = self.problem.steps[self._step]
@@ -178,7 +186,7 @@ class LayerCompressEnv(gymnasium.Env):
             info["unit"] = self.problem.units[step.unit].name
         if self._step < len(self.problem.steps):
             return self._observation(), 0.0, False, False, info
-        plan, taken = self.problem.decode_taken(self._rows)
+        plan, taken = self._decode(self._rows)
         metrics = self.problem.evaluate(plan)
         info.update(plan=plan, metrics=metrics, taken_actions=taken)
         return self._observation(), float(reward(metrics, self.reward_kind)), True, False, info

@@ -79,12 +79,6 @@ def index_of(choices: np.ndarray, value: float) -> int:
     return int(np.argmin(np.abs(choices - value)))
 
 
-def to_action(choices: np.ndarray, value: float) -> float:
-    """The action that asks for ``value`` (inverse of :func:`nearest`)."""
-    top = len(choices) - 1
-    return 0.0 if top == 0 else 2 * index_of(choices, value) / top - 1
-
-
 class DecisionSpace:
     def __init__(self, cost: CostModel, space: SearchSpace) -> None:
         self.cost = cost
