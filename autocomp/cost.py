@@ -15,7 +15,7 @@ storage), and this module sums the geometry up.
 
 Example:
     >>> from autocomp.models import build_model
-    >>> from autocomp.graph import LayerGraph
+    >>> from autocomp.graph import LayerGraph, count_macs
     >>> cost = CostModel(LayerGraph.build(build_model("resnet20"), (3, 32, 32)))
     >>> round(cost.baseline.macs / 1e6, 1)
     40.8
@@ -30,11 +30,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from autocomp.graph import LayerGraph
+from autocomp.graph import LayerGraph, count_macs
 from autocomp.kinds import KINDS, Geometry, by_stage
 from autocomp.kinds.bits import BYTES_PER_FLOAT
 from autocomp.plan import Plan
@@ -90,6 +88,11 @@ class CostModel:
         self._chan_params = np.array([c.params for c in graph.channel_params], dtype=float)
         self._chan_floats = np.array([c.params + c.buffers for c in graph.channel_params], dtype=float)
         self._fixed_floats = graph.fixed_params + graph.fixed_buffers
+        self.heads = np.array([a.heads for a in graph.attentions], dtype=np.int64)
+        self._attention_macs_per_head = np.array([a.macs / a.heads for a in graph.attentions], dtype=float)
+        self.attention_layers = np.array([[self.layer_index[p] for p in a.projections] for a in graph.attentions],
+                                         dtype=np.int64).reshape(-1, 4)
+        self.head_dims = np.array([a.head_dim for a in graph.attentions], dtype=np.int64)
         self.defaults = {kind.key: kind.plan_default(self) for kind in KINDS.values()}
         self.baseline = self.predict_arrays(self.defaults)
 
@@ -99,7 +102,8 @@ class CostModel:
 
     def geometry(self, arrays: Mapping[str, np.ndarray]) -> Geometry:
         """What plan ``arrays`` (kind key -> plan array; absent kinds at their default) make of the layers."""
-        g = Geometry(out_f=self._out0, in_f=self._in0, kept_fraction=np.ones(len(self._chan_params)))
+        g = Geometry(out_f=self._out0, in_f=self._in0, kept_fraction=np.ones(len(self._chan_params)),
+                     heads=self.heads.astype(float))
         stages = by_stage()
         for kind in (k for k in stages if k.stage == 0 and k.key in arrays):
             kind.shape(arrays[kind.key], g, self)
@@ -115,7 +119,9 @@ class CostModel:
     def predict_geometry(self, g: Geometry) -> Cost:
         assert g.first is not None and g.second is not None and g.weight_bytes is not None
         weights = g.first + g.second
-        macs = float(np.sum(weights * self._positions))
+        macs = float(np.sum(weights * self._positions)) + self.graph.fixed_macs
+        if g.heads is not None and len(g.heads):
+            macs += float(np.sum(g.heads * self._attention_macs_per_head))
         params = float(np.sum(weights + self._bias * g.out_f))
         floats = float(np.sum(self._bias * g.out_f)) + self._fixed_floats
         if len(self._chan_params):
@@ -148,12 +154,10 @@ class CostModel:
 
 
 def measure_cost(model: nn.Module, input_shape: tuple[int, ...]) -> Cost:
-    """Count MACs with ``torch.utils.flop_counter`` (FLOPs / 2), parameters, and the float32
-    bytes of the model's state (quantised sizes: ``autocomp.ops.payload_bytes``)."""
+    """Count MACs with ``torch.utils.flop_counter`` (FLOPs / 2, autograd on), parameters, and the
+    float32 bytes of the model's state (quantised sizes: ``autocomp.ops.payload_bytes``)."""
     model = model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, *input_shape))
+    macs = count_macs(model, input_shape)
     params = sum(p.numel() for p in model.parameters())
     buffers = sum(b.numel() for n, b in model.named_buffers() if b.is_floating_point() and ".parametrizations." not in n)
-    return Cost(counter.get_total_flops() // 2, params, (params + buffers) * BYTES_PER_FLOAT)
+    return Cost(macs, params, (params + buffers) * BYTES_PER_FLOAT)

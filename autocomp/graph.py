@@ -13,15 +13,24 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from autocomp.errors import IncompatibleModelError
+from autocomp.models.attention import Attention, EmbeddingPruner
 
 COMPUTE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+WIDTH_ATTRS = ("hidden_dim", "embed_dim", "d_model", "hidden_size", "dim", "width")
+"""Attributes by which a model may record a width its forward reads (torchvision's ViT reshapes
+with ``self.hidden_dim``): set to the pruned width of the one channel group of that width inside
+the module, as Torch-Pruning's ViT examples do by hand."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,7 @@ class Unit:
     name: str  # name of the group's root layer
     channels: int
     layers: tuple[str, ...]  # compute layers whose output channels belong to the group
+    fixed: str = ""  # why its channels are never pruned ("" when they may be)
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,26 @@ class ChannelParams:
     buffers: int = 0  # floating-point buffers (batch norm's running statistics) that shrink alike
 
 
+@dataclass(frozen=True)
+class AttentionBlock:
+    """An :class:`~autocomp.models.attention.Attention` module: its heads and projections.
+
+    Its attention products (``Q K^T`` and ``A V``) cost ``2 * heads * head_dim * queries * keys``
+    MACs per sample; its projections are ordinary layers of the graph.
+    """
+
+    name: str
+    heads: int
+    head_dim: int
+    projections: tuple[str, str, str, str]  # q, k, v, out layer names
+    queries: int  # query tokens per sample
+    keys: int  # key tokens per sample
+
+    @property
+    def macs(self) -> int:
+        return 2 * self.heads * self.head_dim * self.queries * self.keys
+
+
 @dataclass
 class LayerGraph:
     """What the cost model and the ops need to know about a model."""
@@ -84,6 +114,10 @@ class LayerGraph:
     fixed_params: int
     classifier: str
     fixed_buffers: int = 0  # floating-point buffers outside ``channel_params``
+    attentions: list[AttentionBlock] = field(default_factory=list)
+    widths: list[tuple[str, str, int]] = field(default_factory=list)  # (module, attribute, unit): see WIDTH_ATTRS
+    no_groups: str = ""  # why no channel group could be traced ("" when they were)
+    fixed_macs: int = 0  # matrix products outside conv/linear layers and attention, counted as they are
     _unit_by_name: dict[str, Unit] = field(default_factory=dict, repr=False)
 
     def unit(self, name: str) -> Unit:
@@ -129,13 +163,21 @@ class LayerGraph:
             for h in handles:
                 h.remove()
         classifier = order[-1]
-        dg = dependency_graph(model, input_shape)
         modules = dict(model.named_modules())
-        groups = list(dg.get_all_groups(ignored_layers=[modules[classifier]], root_module_types=list(COMPUTE_TYPES)))
+        no_groups = ""
+        try:
+            dg = dependency_graph(model, input_shape)
+            groups = list(dg.get_all_groups(ignored_layers=[modules[classifier]], root_module_types=list(COMPUTE_TYPES)))
+        except (RuntimeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError, TypeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else ""
+            no_groups = f"Torch-Pruning's dependency graph cannot follow this model ({type(exc).__name__}: {reason})"
+            groups = []
 
         out_deps: dict[str, list[tuple[int, float]]] = {}
         in_deps: dict[str, list[tuple[int, float]]] = {}
         chan_deps: dict[str, dict[int, float]] = {}
+        opaque_deps: dict[int, str] = {}  # unit -> the opaque module it reaches
+        unwrapped = {id(p): (n, p) for n, p in model.named_parameters()}
         units: list[Unit] = []
         for index, group in enumerate(groups):
             root = group[0].dep.target.module
@@ -144,6 +186,14 @@ class LayerGraph:
             seen: set[tuple[str, bool]] = set()
             for dep, idxs in group:
                 module = dep.target.module
+                per_channel = len(idxs) / channels
+                if isinstance(module, nn.Parameter) and id(module) in unwrapped:  # class token, positions, ...
+                    name, param = unwrapped[id(module)]
+                    width = param.shape[dep.target.pruning_dim] if dep.target.pruning_dim is not None else 0
+                    if width:
+                        deps = chan_deps.setdefault(name, {})
+                        deps[index] = max(deps.get(index, 0.0), per_channel / width)
+                    continue
                 if not isinstance(module, nn.Module) or module not in names:
                     continue
                 name = names[module]
@@ -151,8 +201,17 @@ class LayerGraph:
                 if (name, is_out) in seen:
                     continue
                 seen.add((name, is_out))
-                per_channel = len(idxs) / channels
-                if isinstance(module, COMPUTE_TYPES):
+                if isinstance(module, Attention):  # its embedding: out_proj's outputs, the projections' inputs
+                    if is_out and f"{name}.out_proj" in positions:
+                        out_deps.setdefault(f"{name}.out_proj", []).append((index, per_channel))
+                        members.append(f"{name}.out_proj")
+                    elif not is_out:
+                        for proj in ("q_proj", "k_proj", "v_proj"):
+                            if f"{name}.{proj}" in positions:
+                                in_deps.setdefault(f"{name}.{proj}", []).append((index, per_channel))
+                elif isinstance(module, OPAQUE):
+                    opaque_deps.setdefault(index, f"{name} ({type(module).__name__})")
+                elif isinstance(module, COMPUTE_TYPES):
                     (out_deps if is_out else in_deps).setdefault(name, []).append((index, per_channel))
                     if is_out:
                         members.append(name)
@@ -175,6 +234,7 @@ class LayerGraph:
         out_deps = {k: renumber(v) for k, v in out_deps.items()}
         in_deps = {k: renumber(v) for k, v in in_deps.items()}
         chan_deps = {k: {new_index[i]: r for i, r in v.items()} for k, v in chan_deps.items()}
+        opaque_deps = {new_index[i]: v for i, v in opaque_deps.items()}
 
         layers = []
         for name in order:
@@ -202,15 +262,28 @@ class LayerGraph:
                 padding=tuple(m.padding) if is_conv and not isinstance(m.padding, str) else (0,),
             ))
         seen_layers = set(order)
+        params = dict(model.named_parameters())
         channel_params = [
-            ChannelParams(n, _count(modules[n].parameters(recurse=False)), tuple(d.items()), _float_buffers(modules[n]))
+            ChannelParams(n, *((params[n].numel(), tuple(d.items()), 0) if n in params else
+                               (_count(modules[n].parameters(recurse=False)), tuple(d.items()), _float_buffers(modules[n]))))
             for n, d in chan_deps.items()
         ]
         counted = sum(_count(modules[n].parameters(recurse=False)) for n in seen_layers)
         counted += sum(c.params for c in channel_params)
         fixed = _count(model.parameters()) - counted
         fixed_buffers = _float_buffers(model, recurse=True) - sum(c.buffers for c in channel_params)
-        return cls(tuple(input_shape), units, layers, channel_params, fixed, classifier, fixed_buffers)
+        attentions = [
+            AttentionBlock(name, m.num_heads, m.head_dim, tuple(f"{name}.{p}" for p in PROJECTIONS),  # type: ignore[arg-type]
+                           positions[f"{name}.q_proj"], positions[f"{name}.k_proj"])
+            for name, m in modules.items()
+            if isinstance(m, Attention) and all(f"{name}.{p}" in positions for p in PROJECTIONS)
+        ]
+        units = _mark_fixed(units, layers, opaque_deps)
+        graph = cls(tuple(input_shape), units, layers, channel_params, fixed, classifier, fixed_buffers, attentions,
+                    widths=_width_attributes(model, units), no_groups=no_groups)
+        graph.fixed_macs = count_macs(model, input_shape) - sum(layer.macs for layer in layers) \
+            - sum(a.macs for a in attentions)
+        return graph
 
     @property
     def first(self) -> str:
@@ -228,7 +301,43 @@ class LayerGraph:
             tags.add("depthwise")
         if layer.kind == "conv" and layer.kernel_size == 1:
             tags.add("pointwise")
+        if layer.groups > 1 and not layer.depthwise:
+            tags.add("grouped")
+        if layer.name in self.projections:
+            tags.add("attention")
         return tags
+
+    @property
+    def projections(self) -> set[str]:
+        """The q/k/v/out projection layers of every attention block."""
+        return {p for a in self.attentions for p in a.projections}
+
+
+def _mark_fixed(units: list[Unit], layers: list[Layer], opaque: dict[int, str]) -> list[Unit]:
+    """Units whose channels cannot be pruned safely, with the reason: those reaching a grouped
+    (not depthwise) conv, or a module that reads its projections' weights directly."""
+    reasons = {i: f"reaches `{name}`, which reads its projections' weights directly" for i, name in opaque.items()}
+    for layer in layers:
+        if layer.groups > 1 and not layer.depthwise:
+            for unit, _ in (*layer.out_deps, *layer.in_deps):
+                reasons.setdefault(unit, f"reaches grouped conv `{layer.name}` ({layer.groups} groups)")
+    return [Unit(u.index, u.name, u.channels, u.layers, reasons.get(u.index, "")) for u in units]
+
+
+def _width_attributes(model: nn.Module, units: list[Unit]) -> list[tuple[str, str, int]]:
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, (*COMPUTE_TYPES, Attention)):
+            continue
+        for attr in WIDTH_ATTRS:
+            value = getattr(module, attr, None)
+            if not isinstance(value, int) or isinstance(value, bool):
+                continue
+            inside = [u for u in units if u.channels == value and any(
+                not name or layer.startswith(f"{name}.") for layer in u.layers)]
+            if len(inside) == 1:
+                found.append((name, attr, inside[0].index))
+    return found
 
 
 def _count(tensors: object) -> int:
@@ -250,7 +359,50 @@ def _out_width(module: nn.Module) -> int:
     return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() > 0 else 0
 
 
+class OpaquePruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's view of a module that applies its projections' weights itself (torchvision's
+    Swin window attention reads ``self.qkv.weight``): one layer from its input projection's
+    inputs to its output projection's outputs, never traced inside. Its channels are not pruned."""
+
+    def __init__(self, inputs: str, outputs: str) -> None:
+        super().__init__()
+        self.inputs, self.outputs = inputs, outputs
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        raise NotImplementedError(f"{type(layer).__name__}'s channels are not pruned")
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return getattr(layer, self.outputs).out_features
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return getattr(layer, self.inputs).in_features
+
+
+def _opaque_types() -> dict[type, OpaquePruner]:
+    from torchvision.models import swin_transformer as swin
+
+    return {cls: OpaquePruner("qkv", "proj") for cls in (swin.ShiftedWindowAttention, swin.ShiftedWindowAttentionV2)}
+
+
+OPAQUE = tuple(_opaque_types())
+
+
 def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
-    """Trace ``model`` once with a batch of one into a Torch-Pruning dependency graph."""
+    """Trace ``model`` once with a batch of one into a Torch-Pruning dependency graph (an
+    :class:`~autocomp.models.attention.Attention` is one layer whose channels are its embedding)."""
     with torch.inference_mode(False), torch.enable_grad():  # tracing follows autograd, even if the caller disabled it
-        return tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, *input_shape), verbose=False)
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=torch.randn(1, *input_shape), verbose=False,
+            customized_pruners={Attention: EmbeddingPruner(), **_opaque_types()})
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one sample as ``torch.utils.flop_counter`` counts them (FLOPs / 2),
+    with autograd on and the math attention backend, so that no fused kernel it cannot see
+    (inference fast paths, flash attention on the CPU) is taken."""
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(False), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        model(torch.zeros(1, *input_shape))
+    return counter.get_total_flops() // 2

@@ -1,10 +1,13 @@
 """Search spaces: which actions each layer takes and their ranges, loaded from YAML presets.
 
 A space declares actions, each an action kind of :mod:`autocomp.kinds` (``keep_ratio``,
-``bits``, ``rank_ratio``; their modules document their fields), and rules that change them for
-some layers. ``rules`` are applied in order to the layers they select (``first``,
-``classifier``, ``conv``, ``linear``, ``depthwise``, ``pointwise`` or a name pattern such as
-``layer1.*``); each rule replaces an action's range for those layers, or turns it ``off``.
+``heads``, ``bits``, ``rank_ratio``; their modules document their fields), and rules that change
+them for some layers. ``rules`` are applied in order to the layers they select (``first``,
+``classifier``, ``conv``, ``linear``, ``depthwise``, ``pointwise``, ``grouped`` (grouped, not
+depthwise, convs), ``attention`` (the q/k/v/out projections of attention blocks) or a name
+pattern such as ``layer1.*``); each rule replaces the range of an action the space declares for
+those layers, or turns it ``off``. ``heads`` takes its range from the rules of the block's
+query projection.
 
 Example:
     >>> space = SearchSpace.load("prune_quant")
@@ -25,7 +28,7 @@ from autocomp.errors import ConfigError
 from autocomp.kinds import KINDS
 from autocomp.presets import load_preset
 
-SELECTORS = ("first", "classifier", "conv", "linear", "depthwise", "pointwise")
+SELECTORS = ("first", "classifier", "conv", "linear", "depthwise", "pointwise", "attention", "grouped")
 
 
 def _off(spec: Any) -> bool:
@@ -76,8 +79,8 @@ class SearchSpace:
         for rule in self.rules:
             if rule.matches(name, tags):
                 for action, spec in rule.overrides.items():
-                    if values[action] is None and not _off(spec):
-                        continue  # a rule narrows actions the space declares; it never adds one
+                    if self.ranges.get(action) is None and not _off(spec):
+                        continue  # a rule sets actions the space declares; it never adds one
                     values[action] = _parse_action(action, spec)
         return values
 

@@ -5,19 +5,20 @@ here; nothing else in autocomp branches on kind names.
 
 Example:
     >>> list(KINDS)
-    ['keep_ratio', 'bits', 'rank_ratio']
+    ['keep_ratio', 'heads', 'bits', 'rank_ratio']
     >>> KINDS["bits"].key, [k.key for k in by_stage()]
-    ('bits', ['keep', 'rank', 'bits'])
+    ('bits', ['keep', 'heads', 'rank', 'bits'])
 """
 
 from __future__ import annotations
 
 from autocomp.kinds.base import ActionKind, Geometry, Panel
 from autocomp.kinds.bits import Bits
+from autocomp.kinds.heads import Heads
 from autocomp.kinds.keep import KeepRatio
 from autocomp.kinds.rank import RankRatio
 
-KINDS: dict[str, ActionKind] = {kind.action: kind for kind in (KeepRatio(), Bits(), RankRatio())}
+KINDS: dict[str, ActionKind] = {kind.action: kind for kind in (KeepRatio(), Heads(), Bits(), RankRatio())}
 """Action name (as in search spaces) -> kind."""
 
 
@@ -27,7 +28,7 @@ def by_stage() -> list[ActionKind]:
 
 
 def by_key(key: str) -> ActionKind:
-    """The kind a plan stores under ``key`` (``keep``, ``bits``, ``rank``)."""
+    """The kind a plan stores under ``key`` (``keep``, ``heads``, ``bits``, ``rank``)."""
     return next(kind for kind in KINDS.values() if kind.key == key)
 
 

@@ -42,7 +42,7 @@ class Geometry:
     ``first``/``second`` weights of the layer's one or two tensors (``second`` is 0 unless the
     layer is factorised), ``rows_first``/``rows_second`` their output channels, ``rank`` (0 =
     whole), ``weight_bytes`` what the tensors store. Per module with per-channel parameters
-    (batch norm, ...): ``kept_fraction``.
+    (batch norm, ...): ``kept_fraction``. Per attention block: ``heads`` kept.
     """
 
     out_f: np.ndarray
@@ -55,6 +55,7 @@ class Geometry:
     rows_second: np.ndarray | None = None
     rank: np.ndarray | None = None
     weight_bytes: np.ndarray | None = None
+    heads: np.ndarray | None = None  # per attention block: heads kept
 
 
 class ActionKind(ABC):
@@ -62,7 +63,7 @@ class ActionKind(ABC):
 
     action: ClassVar[str]  # its name in search spaces, e.g. "keep_ratio"
     key: ClassVar[str]  # its name in plans, e.g. "keep"
-    scope: ClassVar[Literal["unit", "layer"]]
+    scope: ClassVar[Literal["unit", "layer", "attention"]]
     stage: ClassVar[int]  # 0 changes channels, 1 changes weight tensors, 2 changes storage (op order too)
     dtype: ClassVar[type] = np.int64
     amc_feature: ClassVar[bool] = False  # its previous value is AMC's observation feature 9
@@ -98,6 +99,14 @@ class ActionKind(ABC):
 
     def slot_names(self, graph: LayerGraph) -> list[str]:
         return [u.name for u in graph.units] if self.scope == "unit" else [layer.name for layer in graph.layers]
+
+    def slot_layers(self, graph: LayerGraph) -> list[int | None]:
+        """Per slot, the index of the layer whose step decides it (``None``: no step does), and
+        whose space rules give its range: a unit's first layer, or the layer itself."""
+        if self.scope == "layer":
+            return list(range(len(graph.layers)))
+        index = {layer.name: i for i, layer in enumerate(graph.layers)}
+        return [index[u.layers[0]] if u.layers else None for u in graph.units]
 
     def plan_array(self, state: np.ndarray, done: Mapping[str, np.ndarray], cost: CostModel) -> np.ndarray:
         """The plan array of a state array; ``done`` holds the plan arrays of earlier stages."""

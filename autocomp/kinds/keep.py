@@ -66,7 +66,7 @@ class KeepRatio(ActionKind):
 
     def choices(self, value: KeepRange | None, cost: CostModel, index: int) -> np.ndarray:
         channels = int(cost.channels[index])
-        if value is None:
+        if value is None or cost.graph.units[index].fixed:
             return np.array([channels], dtype=np.int64)
         low = max(1, round(value.min * channels))
         high = max(low, round(value.max * channels))

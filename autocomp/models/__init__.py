@@ -20,6 +20,7 @@ from torch import nn
 
 from autocomp.errors import ConfigError, IncompatibleModelError, UnknownNameError
 from autocomp.models import builtin
+from autocomp.models.attention import fused_prefixes, split_fused_keys, unfuse_attention
 from autocomp.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -76,12 +77,15 @@ def _from_torchvision(name: str, num_classes: int | None) -> nn.Module:
 
 
 def build_model(spec: str, *, num_classes: int | None = None) -> nn.Module:
-    """Build an untrained model from a registry name, ``torchvision:NAME`` or ``file.py:factory``."""
+    """Build an untrained model from a registry name, ``torchvision:NAME`` or ``file.py:factory``,
+    with every ``nn.MultiheadAttention`` unfused (:mod:`autocomp.models.attention`)."""
     if spec.startswith("torchvision:"):
-        return _from_torchvision(spec.split(":", 1)[1], num_classes)
-    if ".py:" in spec:
-        return _from_file(spec, num_classes)
-    return _call_factory(MODELS.get(spec), num_classes)
+        model = _from_torchvision(spec.split(":", 1)[1], num_classes)
+    elif ".py:" in spec:
+        model = _from_file(spec, num_classes)
+    else:
+        model = _call_factory(MODELS.get(spec), num_classes)
+    return unfuse_attention(model)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -101,6 +105,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not isinstance(state, dict):
         raise IncompatibleModelError(f"weights file {path} holds a {type(state).__name__}, not a state_dict.")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    for prefix in fused_prefixes(model):  # saved from the model before its attention was unfused
+        state = split_fused_keys(state, prefix)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

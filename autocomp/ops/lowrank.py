@@ -21,7 +21,29 @@ from torch import nn
 
 
 class Factorized(nn.Sequential):
-    """Two layers standing in for one: ``first`` (to ``rank`` channels) then ``second``."""
+    """Two layers standing in for one: ``first`` (to ``rank`` channels) then ``second``.
+
+    ``weight`` and ``bias`` are the whole layer's, computed (``second @ first``), for callers that
+    read them instead of calling the layer (they get the same function, not the saving).
+    """
+
+    @property
+    def weight(self) -> torch.Tensor:
+        first, second = self[0].weight, self[1].weight
+        product = second.reshape(second.shape[0], -1) @ first.reshape(first.shape[0], -1)
+        return product.reshape(second.shape[0], *first.shape[1:])
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self[1].bias
+
+    @property
+    def in_features(self) -> int:
+        return self[0].weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self[1].weight.shape[0]
 
 
 def can_factorize(module: nn.Module) -> bool:

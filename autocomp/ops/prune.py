@@ -65,6 +65,10 @@ class ChannelPruner:
         for name, k in todo.items():
             remove = rankings[name][: self.graph.unit(name).channels - k].tolist()
             out_group(dg, modules[name], remove).prune()
+        for module_name, attr, unit in self.graph.widths:  # widths the forward reads (ViT's hidden_dim)
+            kept_here = todo.get(self.graph.units[unit].name)
+            if kept_here is not None:
+                setattr(modules[module_name], attr, kept_here)
         return model
 
 

@@ -87,21 +87,18 @@ class DecisionSpace:
         self.kinds: tuple[ActionKind, ...] = tuple(KINDS[a] for a in space.actions)
         layers = graph.layers
         ranges = [space.for_layer(layer.name, graph.tags(layer)) for layer in layers]
-        by_name = {layer.name: i for i, layer in enumerate(layers)}
-        first_layer = [by_name[u.layers[0]] if u.layers else None for u in graph.units]
         self.choices: dict[str, list[np.ndarray]] = {}
+        decided_at: dict[str, dict[int, int]] = {}  # kind key -> layer index -> slot
         for kind in KINDS.values():
-            if kind.scope == "unit":
-                where = [ranges[i].get(kind.action) if i is not None else None for i in first_layer]
-            else:
-                where = [r.get(kind.action) for r in ranges]
+            at = kind.slot_layers(graph)
+            where = [ranges[i].get(kind.action) if i is not None else None for i in at]
             self.choices[kind.key] = [kind.choices(r, cost, i) for i, r in enumerate(where)]
-        unit_at = {i: u for u, i in enumerate(first_layer) if i is not None}
+            decided_at[kind.key] = {i: slot for slot, i in enumerate(at) if i is not None}
         steps: list[Step] = []
         for i, layer in enumerate(layers):
             slots = {}
             for kind in self.kinds:
-                slot = unit_at.get(i) if kind.scope == "unit" else i
+                slot = decided_at[kind.key].get(i)
                 if slot is not None and len(self.choices[kind.key][slot]) > 1:
                     slots[kind.action] = slot
             if slots:

@@ -1,0 +1,100 @@
+"""``heads``: attention heads kept per attention block, decided at its query projection.
+
+Space spec: ``heads: {min: 0.25, max: 1.0}``, fractions of the block's heads (at least one is
+kept). Whole heads go: their rows of q/k/v and their columns of ``out_proj``
+(:mod:`autocomp.ops.heads`), which also removes their share of the attention products.
+
+Example:
+    >>> Heads().parse({"min": 0.5})
+    HeadsRange(min=0.5, max=1.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from torch import nn
+
+from autocomp.errors import ConfigError
+from autocomp.kinds.base import ActionKind, Geometry, Op, Panel
+from autocomp.kinds.ranges import parse_fields
+from autocomp.ops.heads import HeadPruner
+
+if TYPE_CHECKING:
+    from autocomp.cost import CostModel
+    from autocomp.graph import LayerGraph
+
+
+@dataclass(frozen=True)
+class HeadsRange:
+    min: float
+    max: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min <= self.max <= 1:
+            raise ConfigError(f"heads range [{self.min}, {self.max}] must satisfy 0 < min <= max <= 1: fix the space file.")
+
+
+class Heads(ActionKind):
+    action: ClassVar[str] = "heads"
+    key: ClassVar[str] = "heads"
+    scope: ClassVar = "attention"
+    stage: ClassVar[int] = 0
+    plural: ClassVar[str] = "attention heads kept per block"
+
+    def parse(self, spec: Mapping[str, Any]) -> HeadsRange:
+        return parse_fields(HeadsRange, spec, self.action, example="{min: 0.25, max: 1.0}",
+                            casts={"min": float, "max": float})
+
+    def to_spec(self, value: HeadsRange) -> dict[str, Any]:
+        return {"min": value.min, "max": value.max}
+
+    def slot_names(self, graph: LayerGraph) -> list[str]:
+        return [a.name for a in graph.attentions]
+
+    def slot_layers(self, graph: LayerGraph) -> list[int | None]:
+        index = {layer.name: i for i, layer in enumerate(graph.layers)}
+        return [index[a.projections[0]] for a in graph.attentions]
+
+    def choices(self, value: HeadsRange | None, cost: CostModel, index: int) -> np.ndarray:
+        heads = int(cost.heads[index])
+        if value is None:
+            return np.array([heads], dtype=np.int64)
+        low = max(1, round(value.min * heads))
+        return np.arange(low, max(low, round(value.max * heads)) + 1, dtype=np.int64)
+
+    def uniform_threshold(self, level: float, space_value: HeadsRange | None, cost: CostModel, index: int) -> float:
+        return level * float(cost.heads[index])
+
+    def observe(self, value: float, cost: CostModel, index: int) -> float:
+        return float(value) / float(cost.heads[index])
+
+    display = observe
+
+    def plan_default(self, cost: CostModel) -> np.ndarray:
+        return cost.heads.copy()
+
+    def shape(self, plan: np.ndarray, geometry: Geometry, cost: CostModel) -> None:
+        if not len(cost.heads):
+            return
+        inner = np.asarray(plan, dtype=float) * cost.head_dims
+        out_f, in_f = geometry.out_f.copy(), geometry.in_f.copy()
+        for column in range(3):  # q, k, v rows
+            out_f[cost.attention_layers[:, column]] = inner
+        in_f[cost.attention_layers[:, 3]] = inner  # out_proj columns
+        geometry.out_f, geometry.in_f = out_f, in_f
+        geometry.heads = np.asarray(plan, dtype=float)
+
+    def make_op(self, model: nn.Module, graph: LayerGraph, space_value: HeadsRange | None) -> Op:
+        pruner = HeadPruner(model, self.slot_names(graph))
+        return pruner.apply
+
+    def panel(self, entries: Mapping[str, int], channels: Mapping[str, int], layers: list[str],
+              searched: bool) -> Panel | None:
+        if not entries:
+            return None
+        names = list(entries)
+        return (self.plural, names, [float(entries[n]) for n in names], None)

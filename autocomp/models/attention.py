@@ -1,0 +1,182 @@
+"""Attention with its projections as modules, so that autocomp can see, count and compress them.
+
+``nn.MultiheadAttention`` keeps q/k/v as one bare ``in_proj_weight`` and applies ``out_proj``
+without calling it, so no conv/linear hook ever fires on them. :func:`unfuse_attention` swaps
+every such module for an :class:`Attention` that computes the same function (same weights,
+``F.scaled_dot_product_attention``) with ``q_proj``/``k_proj``/``v_proj``/``out_proj`` as
+``nn.Linear`` modules. Its inner width (``num_heads * head_dim``) is independent of the
+embedding it reads and writes, so heads can be removed whole and the embedding pruned freely.
+
+State dicts saved from the original model still load: :func:`split_fused_keys` renames
+``in_proj_weight``/``in_proj_bias`` (or ``q_proj_weight``...) to the new modules' keys.
+
+Example:
+    >>> mha = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    >>> x = torch.randn(2, 5, 32)
+    >>> att = Attention.from_mha(mha)
+    >>> bool(torch.allclose(att(x, x, x)[0], mha(x, x, x)[0], atol=1e-5))
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate projections; a drop-in for ``nn.MultiheadAttention``
+    (same call signature and outputs; the fused fast paths of its callers are not taken)."""
+
+    in_proj_weight = None  # what nn.TransformerEncoderLayer checks before its fused fast path
+    in_proj_bias = None
+    _qkv_same_embed_dim = False
+
+    def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, kdim: int | None = None,
+                 vdim: int | None = None, bias: bool = True, dropout: float = 0.0, batch_first: bool = False) -> None:
+        super().__init__()
+        inner = num_heads * head_dim
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
+        self.q_proj = nn.Linear(embed_dim, inner, bias=bias)
+        self.k_proj = nn.Linear(kdim or embed_dim, inner, bias=bias)
+        self.v_proj = nn.Linear(vdim or embed_dim, inner, bias=bias)
+        self.out_proj = nn.Linear(inner, embed_dim, bias=bias)
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.scale = head_dim ** -0.5  # fixed at the original head width, kept when heads are removed
+
+    @classmethod
+    def from_mha(cls, mha: nn.MultiheadAttention) -> Attention:
+        """An :class:`Attention` computing what ``mha`` computes, with copies of its weights."""
+        e, h = mha.embed_dim, mha.num_heads
+        att = cls(e, h, e // h, kdim=mha.kdim, vdim=mha.vdim, bias=mha.in_proj_bias is not None,
+                  dropout=mha.dropout, batch_first=mha.batch_first)
+        state = split_fused_keys({k: v.detach().clone() for k, v in mha.state_dict().items()}, "")
+        att.load_state_dict(state)
+        return att.train(mha.training)
+
+    def _heads(self, x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
+        y = proj(x)
+        return y.view(*y.shape[:-1], -1, self.head_dim).transpose(-3, -2)  # (N, heads, L, head_dim)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
+                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        q, k, v = self._heads(query, self.q_proj), self._heads(key, self.k_proj), self._heads(value, self.v_proj)
+        mask = self._mask(attn_mask, key_padding_mask, q, k.shape[-2])
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) * self.scale
+            if mask is not None:
+                scores = scores + mask
+            elif is_causal:
+                scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+            weights = F.dropout(scores.softmax(-1), dropout, self.training)
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                 is_causal=is_causal and mask is None, scale=self.scale)
+        out = self.out_proj(out.transpose(-3, -2).flatten(-2))
+        if not batched:
+            out = out.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        if weights is not None:
+            weights = weights.mean(1) if average_attn_weights else weights
+            weights = weights if batched else weights.squeeze(0)
+        return out, weights
+
+    def _mask(self, attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, q: torch.Tensor,
+              source: int) -> torch.Tensor | None:
+        """One additive float mask broadcastable to (N, heads, L, S), as nn.MultiheadAttention merges them."""
+        mask = None
+        for padding, part in ((False, attn_mask), (True, key_padding_mask)):
+            if part is None:
+                continue
+            part = torch.zeros_like(part, dtype=q.dtype).masked_fill(part, float("-inf")) if part.dtype == torch.bool \
+                else part.to(q.dtype)
+            if padding:
+                part = part.view(part.shape[0], 1, 1, source)
+            elif part.dim() == 3:
+                if part.shape[0] != q.shape[0] * self.num_heads:
+                    raise ValueError(f"a per-head attn_mask of {part.shape[0]} rows needs batch x {self.num_heads} "
+                                     "heads: pass a 2-D mask to attention whose heads were pruned.")
+                part = part.view(q.shape[0], self.num_heads, *part.shape[1:])
+            mask = part if mask is None else mask + part
+        return mask
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}"
+
+
+def split_fused_keys(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """``state`` with ``nn.MultiheadAttention``'s fused keys under ``prefix`` renamed to
+    :class:`Attention`'s (q/k/v rows of ``in_proj_weight`` -> ``q_proj.weight``...)."""
+    out = dict(state)
+    for suffix in ("weight", "bias"):
+        fused = out.pop(f"{prefix}in_proj_{suffix}", None)
+        if fused is not None:
+            for name, part in zip("qkv", fused.chunk(3)):
+                out[f"{prefix}{name}_proj.{suffix}"] = part
+    for name in "qkv":
+        separate = out.pop(f"{prefix}{name}_proj_weight", None)
+        if separate is not None:
+            out[f"{prefix}{name}_proj.weight"] = separate
+    return out
+
+
+def convertible(mha: nn.MultiheadAttention) -> str:
+    """Why ``mha`` cannot be unfused ("" when it can)."""
+    if mha.bias_k is not None or mha.add_zero_attn:
+        return "learned key/value biases (add_bias_kv) or add_zero_attn are not supported"
+    return ""
+
+
+def unfuse_attention(model: nn.Module) -> nn.Module:
+    """Replace every convertible ``nn.MultiheadAttention`` of ``model`` (in place) by an equivalent
+    :class:`Attention`; returns ``model``."""
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, nn.MultiheadAttention) and not convertible(child):
+                setattr(parent, child_name, Attention.from_mha(child))
+    return model
+
+
+def fused_prefixes(model: nn.Module) -> list[str]:
+    """State-dict prefixes of the :class:`Attention` modules of ``model`` (``encoder.layers.0.self_attention.``)."""
+    return [f"{name}." for name, m in model.named_modules() if isinstance(m, Attention)]
+
+
+class EmbeddingPruner(tp.pruner.function.BasePruningFunc):
+    """Torch-Pruning's handler for an :class:`Attention` as one layer: its inputs are the
+    embedding its projections read, its outputs the embedding ``out_proj`` writes. Heads (the
+    inner width) are not channels of any group: the ``heads`` action removes them whole."""
+
+    TARGET_MODULES = (Attention,)
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        tp.prune_linear_out_channels(layer.out_proj, list(idxs))
+        layer.embed_dim = layer.out_proj.out_features
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        for proj in (layer.q_proj, layer.k_proj, layer.v_proj):
+            tp.prune_linear_in_channels(proj, list(idxs))
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.out_proj.out_features
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.q_proj.in_features
