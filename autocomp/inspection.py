@@ -19,8 +19,9 @@ from typing import Any
 from torch import nn
 
 from autocomp.cost import CostModel
-from autocomp.graph import LayerGraph
+from autocomp.graph import COMPUTE_TYPES, LayerGraph
 from autocomp.kinds import KINDS
+from autocomp.models.attention import convertible
 from autocomp.problem.decisions import DecisionSpace
 from autocomp.space import SearchSpace
 
@@ -50,10 +51,11 @@ class Inspection:
     layers: list[LayerView]
     left_out: list[LeftOut]
     totals: dict[str, int] = field(default_factory=dict)
+    no_groups: str = ""  # why no channel group could be traced (channel pruning unavailable)
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": [asdict(r) for r in self.layers], "left_out": [asdict(r) for r in self.left_out],
-                "totals": dict(self.totals)}
+                "totals": dict(self.totals), "no_groups": self.no_groups}
 
     def table(self) -> str:
         """The layers as a text table, then what is left out."""
@@ -65,6 +67,11 @@ class Inspection:
         lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *rows]]
         lines.append(f"{len(self.layers)} layers, {self.totals['units']} channel groups, {self.totals['macs']:,} MACs, "
                      f"{self.totals['params']:,} parameters ({self.totals['covered_params']:,} in the layers above)")
+        if self.totals.get("attention_macs") or self.totals.get("other_macs"):
+            lines.append(f"MACs include {self.totals['attention_macs']:,} in attention products (QK^T, AV; they shrink "
+                         f"with the heads kept) and {self.totals['other_macs']:,} in other matrix products (never compressed)")
+        if self.no_groups:
+            lines.append(f"no channel is pruned: {self.no_groups}; bits and rank still apply")
         if self.left_out:
             lines.append("left out (not compressed, still counted in parameters and bytes):")
             lines += [f"  {r.module} ({r.type}, {r.params:,} params): {r.reason}" for r in self.left_out]
@@ -83,7 +90,8 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchS
     cost = CostModel(graph)
     decisions = DecisionSpace(cost, space)
     unit_of = {name: u for u in graph.units for name in u.layers}
-    first_of = {u.layers[0]: u for u in graph.units if u.layers}
+    at = {kind.key: {i: slot for slot, i in enumerate(kind.slot_layers(graph)) if i is not None} for kind in KINDS.values()}
+    block_of = {p: a for a in graph.attentions for p in a.projections}
     modules = dict(model.named_modules())
     rows = []
     for i, layer in enumerate(graph.layers):
@@ -92,15 +100,20 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchS
         for kind in KINDS.values():
             if kind.action not in space.ranges:
                 continue
-            if kind.scope == "unit":
-                owner = first_of.get(layer.name)
-                actions[kind.action] = (_values(decisions.choices[kind.key][owner.index], kind, cost, owner.index)
-                                        if owner is not None else f"with {unit.name}" if unit is not None else "-")
+            slot = at[kind.key].get(i)
+            if slot is not None:
+                actions[kind.action] = _values(decisions.choices[kind.key][slot], kind, cost, slot)
             else:
-                actions[kind.action] = _values(decisions.choices[kind.key][i], kind, cost, i)
+                actions[kind.action] = f"with {unit.name}" if kind.scope == "unit" and unit is not None else "-"
         notes = []
         if layer.name == graph.classifier:
             notes.append("classifier: its outputs are the classes, never pruned")
+        if unit is not None and unit.fixed and unit.layers[0] == layer.name:
+            notes.append(f"channels not pruned: {unit.fixed}")
+        if layer.name in block_of and block_of[layer.name].projections[0] == layer.name:
+            block = block_of[layer.name]
+            notes.append(f"attention `{block.name}`: {block.heads} heads of {block.head_dim}, "
+                         f"{block.macs:,} MACs in QK^T and AV")
         if layer.groups > 1 and not layer.depthwise:
             notes.append(f"grouped conv ({layer.groups} groups): never factorised")
         if layer.depthwise:
@@ -114,12 +127,15 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchS
     covered = {layer.name for layer in graph.layers} | {c.name for c in graph.channel_params}
     left = []
     for name, module in model.named_modules():
-        own = sum(p.numel() for p in module.parameters(recurse=False))
+        own = sum(p.numel() for n, p in module.named_parameters(recurse=False)
+                  if (f"{name}.{n}" if name else n) not in covered)  # class tokens, positions: pruned with a group
         if own and name not in covered:
-            reason = ("its weights are used outside a conv/linear module autocomp can see (e.g. attention's "
-                      "in_proj_weight)" if isinstance(module, nn.MultiheadAttention)
+            reason = (f"attention autocomp cannot unfuse: {convertible(module)}" if isinstance(module, nn.MultiheadAttention)
+                      else "its weights are applied by its parent, not by calling it (counted, never compressed)"
+                      if isinstance(module, COMPUTE_TYPES)
                       else "not a conv or linear layer, and not a per-channel module of a pruned group")
             left.append(LeftOut(name or "(model)", type(module).__name__, own, reason))
     totals = {"macs": cost.baseline.macs, "params": cost.baseline.params, "units": len(graph.units),
-              "covered_params": sum(r.params for r in rows)}
-    return Inspection(rows, left, totals)
+              "covered_params": sum(r.params for r in rows), "attention_macs": sum(a.macs for a in graph.attentions),
+              "other_macs": graph.fixed_macs}
+    return Inspection(rows, left, totals, graph.no_groups)

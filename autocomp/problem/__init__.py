@@ -30,6 +30,7 @@ from torch import nn
 from autocomp.compress import Compressor
 from autocomp.cost import Cost, CostModel
 from autocomp.data import DataBundle, Split
+from autocomp.errors import IncompatibleModelError
 from autocomp.graph import LayerGraph
 from autocomp.latency import LatencyTable
 from autocomp.plan import Plan
@@ -62,6 +63,11 @@ class CompressionProblem:
         self.graph = graph or LayerGraph.build(self.model, data.input_shape)
         self.cost = CostModel(self.graph)
         self.decisions = DecisionSpace(self.cost, space)
+        if not self.decisions.steps:
+            why = self.graph.no_groups or "; ".join(sorted({u.fixed for u in self.graph.units if u.fixed}))
+            raise IncompatibleModelError(
+                f"space `{space.name}` finds nothing to compress in this model{f' ({why})' if why else ''}: see "
+                "`autocomp inspect --model ... --space ...`, and use a space with other actions (e.g. --space quant).")
         latency, self.baseline_latency_s = None, 0.0
         if budgets.get("latency") is not None:
             latency, self.baseline_latency_s = measured_latency(self.graph, self.cost, self.model, threads=latency_threads)

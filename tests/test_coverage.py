@@ -1,0 +1,174 @@
+"""Any model a user brings: transformers, grouped and shuffled convs, through the user path.
+
+Every model (random weights, 32x32 images from a small ImageFolder) is searched in every space
+with a few random candidates; the best plan's predicted MACs must equal ``FlopCounterMode``'s
+count of the compressed model (autograd on, math attention), its parameters the model's own, and
+its bytes those of its packed state. Big torchvision models are the ``slow`` part.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import autocomp
+from autocomp.cost import measure_cost
+from autocomp.ops import pack_model, payload_bytes
+
+MODELS_FILE = '''
+import torch
+import torchvision
+from torch import nn
+
+
+def vit(num_classes: int = 10) -> nn.Module:
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                                hidden_dim=32, mlp_dim=64, num_classes=num_classes)
+
+
+class EncoderClassifier(nn.Module):
+    """Patches through nn.TransformerEncoder (4 heads), mean-pooled."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 32, 8, 8)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.encoder(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+def encoder(num_classes: int = 10) -> nn.Module:
+    return EncoderClassifier(num_classes)
+
+
+def swin(num_classes: int = 10) -> nn.Module:
+    return torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                              window_size=[4, 4], num_classes=num_classes)
+'''
+
+SPACES = {  # space -> budget settings
+    "prune": {"budget_flops": "0.8"},
+    "quant": {"budget_size": "0.3"},
+    "lowrank": {"budget_flops": "0.9"},
+    "joint": {"budget_size": "0.2"},
+}
+TRANSFORMER_SPACES = {
+    "transformer": {"budget_flops": "0.7"},
+    "transformer_quant": {"budget_size": "0.25"},
+    "transformer_lowrank": {"budget_flops": "0.7"},
+}
+FAST = ["vit", "encoder", "swin", "torchvision:regnet_x_400mf", "torchvision:shufflenet_v2_x0_5"]
+SLOW = ["torchvision:mobilenet_v3_small", "torchvision:efficientnet_b0", "torchvision:convnext_tiny",
+        "torchvision:mobilenet_v2", "torchvision:resnet18", "torchvision:densenet121", "torchvision:squeezenet1_1"]
+BUDGETS = {("swin", "quant"): {"budget_size": "0.45"},  # window attention's qkv/proj are applied functionally:
+           ("swin", "joint"): {"budget_size": "0.4"}}    # counted in bytes, never quantised
+NOTHING_TO_PRUNE = {("torchvision:shufflenet_v2_x0_5", "prune")}  # channel shuffle: Torch-Pruning cannot trace it
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("coverage")
+    (root / "models.py").write_text(MODELS_FILE)
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("test", 6)):
+        for label in ("a", "b", "c"):
+            folder = root / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def _spec(model: str, root: Path) -> str:
+    return model if model.startswith("torchvision:") else f"{root / 'models.py'}:{model}"
+
+
+def _weights(model: str, root: Path) -> Path:
+    """Random weights as a user's state_dict; saved from the model as its file builds it, so fused
+    attention keys (``in_proj_weight``) are what autocomp reads."""
+    path = root / f"{model.replace(':', '_')}.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        if model.startswith("torchvision:"):
+            original = torchvision.models.get_model(model.split(":", 1)[1], weights=None, num_classes=3)
+        else:
+            sys.path.insert(0, str(root))
+            try:
+                original = getattr(importlib.import_module("models"), model)(num_classes=3)
+            finally:
+                sys.path.remove(str(root))
+        torch.save(original.state_dict(), path)
+    return path
+
+
+def _search_and_check(model: str, space: str, budgets: dict[str, str], root: Path) -> None:
+    name = f"{model.replace(':', '_')}-{space}"
+    summary = autocomp.search(model=_spec(model, root), weights=str(_weights(model, root)),
+                              data=f"imagefolder:{root / 'images'}", space=space,
+                              agent="random", episodes=3, name=name, runs_dir=str(root / "runs"), threads=1,
+                              val_size=6, progress=False, **budgets)
+    compressed = autocomp.load_compressed(root / "runs" / name)
+    measured = measure_cost(compressed, (3, 32, 32))
+    best = summary["best"]
+    assert best["flops"] == measured.macs  # exact, not a tolerance
+    assert best["params"] == measured.params
+    assert best["size_bytes"] == payload_bytes(pack_model(compressed))
+    assert best["flops"] <= summary["baseline"]["flops"]
+
+
+def _cases(models: list[str]) -> list[tuple[str, str, dict[str, str]]]:
+    cases = [(m, s, BUDGETS.get((m, s), b)) for m in models for s, b in SPACES.items() if (m, s) not in NOTHING_TO_PRUNE]
+    cases += [(m, s, b) for m in ("vit", "encoder") for s, b in TRANSFORMER_SPACES.items() if m in models]
+    return cases
+
+
+@pytest.mark.parametrize(("model", "space", "budgets"), _cases(FAST), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_model_searches_in_every_space_with_exact_costs(model: str, space: str, budgets: dict[str, str],
+                                                              workload: Path) -> None:
+    _search_and_check(model, space, budgets, workload)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "space", "budgets"), _cases(SLOW), ids=lambda v: v if isinstance(v, str) else "")
+def test_torchvision_zoo_searches_in_every_space_with_exact_costs(model: str, space: str, budgets: dict[str, str],
+                                                                  workload: Path) -> None:
+    _search_and_check(model, space, budgets, workload)
+
+
+def test_a_model_with_nothing_to_prune_fails_in_one_line(workload: Path) -> None:
+    runs = workload / "runs-shuffle"
+    result = subprocess.run(
+        [sys.executable, "-m", "autocomp.cli", "search", "--model", "torchvision:shufflenet_v2_x0_5",
+         "--weights", str(_weights("torchvision:shufflenet_v2_x0_5", workload)), "--val-size", "6",
+         "--data", f"imagefolder:{workload / 'images'}", "--budget-flops", "0.8", "--agent", "random",
+         "--episodes", "2", "--name", "x", "--runs-dir", str(runs), "--no-progress", "--threads", "1"],
+        capture_output=True, text=True, timeout=300, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "Torch-Pruning's dependency graph cannot follow this model" in lines[0]
+    assert not (runs / "x").exists()
+
+
+def test_inspect_says_what_is_left_out_and_why(workload: Path) -> None:
+    seen = autocomp.inspect(model=_spec("swin", workload), space="prune", input_shape=(3, 32, 32), num_classes=3)
+    notes = " ".join(r.note for r in seen.layers)
+    assert "reads its projections' weights directly" in notes  # window attention: the embedding stays whole
+    qkv = [r for r in seen.left_out if r.module.endswith("attn.qkv")]
+    assert qkv and "applied by its parent" in qkv[0].reason
+    vit = autocomp.inspect(model=_spec("vit", workload), space="transformer", input_shape=(3, 32, 32), num_classes=3)
+    heads = [r for r in vit.layers if r.actions["heads"] not in ("-", "fixed")]
+    assert [r.name for r in heads] == [f"encoder.layers.encoder_layer_{i}.self_attention.q_proj" for i in range(2)]
+    assert vit.totals["attention_macs"] == 2 * 2 * 32 * 17 * 17  # 2 blocks: QK^T and AV, 17 tokens, width 32
+    assert not [r for r in vit.left_out if r.module == "(model)"]  # class token: pruned with the embedding
+    regnet = autocomp.inspect(model="torchvision:regnet_x_400mf", space="prune", input_shape=(3, 32, 32), num_classes=3)
+    assert any("reaches grouped conv" in r.note for r in regnet.layers)
