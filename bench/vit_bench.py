@@ -21,7 +21,6 @@ original over the training images (SGD lr 0.01 cosine, batch 128, T=4, alpha 0.9
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -39,9 +38,8 @@ from common import SHARED, cifar_dir, commit, machine, save_json, write_section 
 import autocomp  # noqa: E402
 from autocomp.api import load_compressed  # noqa: E402
 from autocomp.config import SearchConfig  # noqa: E402
-from autocomp.evaluate import accuracy, recalibrate_batchnorm  # noqa: E402, F401
+from autocomp.evaluate import accuracy  # noqa: E402
 from autocomp.graph import count_macs  # noqa: E402
-from autocomp.models import load_weights  # noqa: E402
 from autocomp.runners.setup import load_config_data, prepare_model  # noqa: E402
 from autocomp.training import train  # noqa: E402
 
