@@ -1,7 +1,9 @@
 """Predict a plan's MACs, parameters and bytes without building the compressed model.
 
-"FLOPs" in autocomp are multiply-accumulates of conv and linear layers (MACs), the figure AMC
-and most pruning papers report; ``torch.utils.flop_counter`` counts 2 FLOPs per MAC.
+"FLOPs" in autocomp are multiply-accumulates (MACs) of conv and linear layers, of attention
+products (``2 * heads * head_dim * queries * keys`` per block, shrinking with the heads kept) and
+of any other matrix product of the forward (``LayerGraph.fixed_macs``, never compressed): the
+figure AMC and most pruning papers report; ``torch.utils.flop_counter`` counts 2 FLOPs per MAC.
 
 ``size_bytes`` is what the packed model stores (``autocomp.ops.pack_model``): every weight at
 its bit-width (``ceil(n * bits / 8)`` bytes per tensor) plus one float32 scale per output

@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from autocomp.errors import IncompatibleModelError
-from autocomp.models.attention import Attention, EmbeddingPruner
+from autocomp.models.attention import Attention, EmbeddingPruner, TokenAttention
 
 COMPUTE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -209,7 +209,7 @@ class LayerGraph:
                         for proj in ("q_proj", "k_proj", "v_proj"):
                             if f"{name}.{proj}" in positions:
                                 in_deps.setdefault(f"{name}.{proj}", []).append((index, per_channel))
-                elif isinstance(module, OPAQUE):
+                elif isinstance(module, (*OPAQUE, nn.MultiheadAttention)):  # unconverted: it applies its own weights
                     opaque_deps.setdefault(index, f"{name} ({type(module).__name__})")
                 elif isinstance(module, COMPUTE_TYPES):
                     (out_deps if is_out else in_deps).setdefault(name, []).append((index, per_channel))
@@ -395,7 +395,7 @@ def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.Depen
     with torch.inference_mode(False), torch.enable_grad():  # tracing follows autograd, even if the caller disabled it
         return tp.DependencyGraph().build_dependency(
             model, example_inputs=torch.randn(1, *input_shape), verbose=False,
-            customized_pruners={Attention: EmbeddingPruner(), **_opaque_types()})
+            customized_pruners={Attention: EmbeddingPruner(), TokenAttention: EmbeddingPruner(), **_opaque_types()})
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

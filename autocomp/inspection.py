@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import nn
 from autocomp.cost import CostModel
 from autocomp.graph import COMPUTE_TYPES, LayerGraph
 from autocomp.kinds import KINDS
-from autocomp.models.attention import convertible
+from autocomp.models.attention import convertible, unfuse_attention
 from autocomp.problem.decisions import DecisionSpace
 from autocomp.space import SearchSpace
 
@@ -86,6 +87,8 @@ def _values(choices: Any, kind: Any, cost: CostModel, index: int) -> str:
 
 
 def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchSpace) -> Inspection:
+    """What autocomp sees in ``model`` (a copy, with its attention unfused as ``build_model`` does)."""
+    model = unfuse_attention(copy.deepcopy(model)).eval()
     graph = LayerGraph.build(model, input_shape)
     cost = CostModel(graph)
     decisions = DecisionSpace(cost, space)

@@ -18,8 +18,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from autocomp.config import SearchConfig
-from autocomp.errors import InfeasibleBudgetError
+from autocomp.errors import ConfigError, InfeasibleBudgetError
 from autocomp.kinds import KINDS, Panel
 from autocomp.plan import Plan
 from autocomp.rundir import RunDir
@@ -142,6 +144,20 @@ def _plots(run: RunDir, summary: dict[str, Any], trials: list[dict[str, Any]], u
     run.save_figure(fig, "best_so_far.png")
 
 
+def _inspection(config: SearchConfig, summary: dict[str, Any]) -> str:
+    from autocomp.inspection import inspect_model
+    from autocomp.models import build_model
+    from autocomp.space import SearchSpace
+
+    try:
+        space = SearchSpace.load(config.space)
+    except ConfigError as exc:  # a space file moved since the search
+        return f"(not shown: {exc})"
+    with torch.random.fork_rng(devices=[]):  # random initial weights: the caller's RNG is kept
+        model = build_model(config.model, num_classes=summary["num_classes"]).eval()
+    return inspect_model(model, tuple(summary["input_shape"]), space).table()
+
+
 def write_report(run_dir: str | os.PathLike[str], *, uniform: bool = True) -> Path:
     """Write ``report.html`` and its PNGs into ``run_dir``; return the HTML path."""
     from autocomp.runners.setup import process_settings
@@ -166,6 +182,7 @@ def write_report(run_dir: str | os.PathLike[str], *, uniform: bool = True) -> Pa
         f"<p>Batch-1 latency on this machine ({latency['threads']} thread): original {latency['baseline_measured_ms']:.3f} ms "
         f"measured; best plan {latency['best_predicted_ms']:.3f} ms predicted by the latency table, "
         f"{latency['best_measured_ms']:.3f} ms measured.</p>")
+    seen = _inspection(config, summary)
     title = html.escape(f"autocomp run {summary['name']}")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}
@@ -181,6 +198,10 @@ th:first-child,td:first-child{{text-align:left}}img{{max-width:100%}}</style></h
 <h2>Accuracy vs bytes</h2><img src="accuracy_vs_size.png" alt="accuracy vs bytes">
 <h2>Best plan per layer</h2><img src="best_plan.png" alt="best plan">
 <h2>Best so far</h2><img src="best_so_far.png" alt="best so far">
+<h2>What autocomp sees in the model</h2>
+<p>Each layer, its channel group, MACs and parameters, the values each action of the space may take there, and what is
+left out, with the reason (<code>autocomp inspect</code> prints the same).</p>
+<pre style="font-size:11px;overflow-x:auto">{html.escape(seen)}</pre>
 </body></html>
 """
     return run.write_report(page)

@@ -51,6 +51,48 @@ def encoder(num_classes: int = 10) -> nn.Module:
     return EncoderClassifier(num_classes)
 
 
+class FusedAttention(nn.Module):
+    """timm-style attention: one qkv Linear, heads by reshape, F.scaled_dot_product_attention, proj."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), FusedAttention(dim, 4)
+        self.norm2, self.mlp = nn.LayerNorm(dim), nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TimmStyle(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 32, 8, 8)
+        self.blocks = nn.Sequential(Block(32), Block(32))
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.patch(x).flatten(2).transpose(1, 2)).mean(1))
+
+
+def timm_style(num_classes: int = 10) -> nn.Module:
+    return TimmStyle(num_classes)
+
+
 def swin(num_classes: int = 10) -> nn.Module:
     return torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
                                               window_size=[4, 4], num_classes=num_classes)
@@ -67,7 +109,7 @@ TRANSFORMER_SPACES = {
     "transformer_quant": {"budget_size": "0.25"},
     "transformer_lowrank": {"budget_flops": "0.7"},
 }
-FAST = ["vit", "encoder", "swin", "torchvision:regnet_x_400mf", "torchvision:shufflenet_v2_x0_5"]
+FAST = ["vit", "encoder", "timm_style", "swin", "torchvision:regnet_x_400mf", "torchvision:shufflenet_v2_x0_5"]
 SLOW = ["torchvision:mobilenet_v3_small", "torchvision:efficientnet_b0", "torchvision:convnext_tiny",
         "torchvision:mobilenet_v2", "torchvision:resnet18", "torchvision:densenet121", "torchvision:squeezenet1_1"]
 BUDGETS = {("swin", "quant"): {"budget_size": "0.45"},  # window attention's qkv/proj are applied functionally:
@@ -128,7 +170,7 @@ def _search_and_check(model: str, space: str, budgets: dict[str, str], root: Pat
 
 def _cases(models: list[str]) -> list[tuple[str, str, dict[str, str]]]:
     cases = [(m, s, BUDGETS.get((m, s), b)) for m in models for s, b in SPACES.items() if (m, s) not in NOTHING_TO_PRUNE]
-    cases += [(m, s, b) for m in ("vit", "encoder") for s, b in TRANSFORMER_SPACES.items() if m in models]
+    cases += [(m, s, b) for m in ("vit", "encoder", "timm_style") for s, b in TRANSFORMER_SPACES.items() if m in models]
     return cases
 
 

@@ -121,6 +121,7 @@ def test_report_renders(run_dir: Path) -> None:
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
         assert f'src="{png}"' in page
     assert "uniform" in page and "best" in page
+    assert "What autocomp sees in the model" in page and "classifier: its outputs are the classes" in page
 
 
 def test_pareto_front() -> None:

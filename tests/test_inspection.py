@@ -31,19 +31,23 @@ def test_inspect_names_what_it_leaves_out() -> None:
         def __init__(self) -> None:
             super().__init__()
             self.embed = nn.Linear(8, 32)
-            self.attention = nn.MultiheadAttention(32, 4, batch_first=True)
+            self.attention = nn.MultiheadAttention(32, 4, batch_first=True)  # unfused: its projections are layers
+            self.odd = nn.MultiheadAttention(32, 4, batch_first=True, add_bias_kv=True)  # cannot be unfused
             self.fc = nn.Linear(32, 10)
 
         def forward(self, x):
             tokens = self.embed(x.reshape(x.shape[0], 8, 8))
-            return self.fc(self.attention(tokens, tokens, tokens)[0].mean(1))
+            tokens = self.attention(tokens, tokens, tokens)[0]
+            return self.fc(self.odd(tokens, tokens, tokens)[0].mean(1))
 
     from autocomp.inspection import inspect_model
 
     seen = inspect_model(Attention(), (1, 8, 8), SearchSpace.load("prune"))
     left = {r.module: r for r in seen.left_out}
-    assert "attention" in left and left["attention"].params == 32 * 96 + 96
-    assert "in_proj_weight" in left["attention"].reason
+    assert "attention" not in left and "attention.q_proj" in {r.name for r in seen.layers}
+    assert "odd" in left and left["odd"].params == 32 * 96 + 96 + 2 * 32
+    assert "add_bias_kv" in left["odd"].reason
+    assert "odd.out_proj" in left and "applied by its parent" in left["odd.out_proj"].reason
     assert seen.totals["params"] == sum(p.numel() for p in Attention().parameters())
 
 

@@ -37,14 +37,15 @@ class Attention(nn.Module):
     _qkv_same_embed_dim = False
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, *, kdim: int | None = None,
-                 vdim: int | None = None, bias: bool = True, dropout: float = 0.0, batch_first: bool = False) -> None:
+                 vdim: int | None = None, bias: bool = True, dropout: float = 0.0, batch_first: bool = False,
+                 out_bias: bool | None = None) -> None:
         super().__init__()
         inner = num_heads * head_dim
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
         self.q_proj = nn.Linear(embed_dim, inner, bias=bias)
         self.k_proj = nn.Linear(kdim or embed_dim, inner, bias=bias)
         self.v_proj = nn.Linear(vdim or embed_dim, inner, bias=bias)
-        self.out_proj = nn.Linear(inner, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(inner, embed_dim, bias=bias if out_bias is None else out_bias)
         self.dropout = dropout
         self.batch_first = batch_first
         self.scale = head_dim ** -0.5  # fixed at the original head width, kept when heads are removed
@@ -120,12 +121,48 @@ class Attention(nn.Module):
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}"
 
 
+class TokenAttention(Attention):
+    """Self-attention called as ``attn(x)`` and returning a tensor: what a module with a fused
+    ``qkv`` Linear, a ``proj`` Linear and ``num_heads`` (timm's ``Attention``) becomes."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x, x, x, need_weights=False, attn_mask=attn_mask)[0]
+
+    @classmethod
+    def from_qkv(cls, module: nn.Module) -> TokenAttention | None:
+        """The equivalent of ``module`` (``qkv``, ``proj``, ``num_heads``), or ``None`` when it has
+        other weights or does not compute the same function on a test input."""
+        qkv, proj, heads = getattr(module, "qkv", None), getattr(module, "proj", None), getattr(module, "num_heads", None)
+        if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(heads, int)):
+            return None
+        dim = qkv.in_features
+        others = [n for n, m in module.named_children() if n not in ("qkv", "proj") and any(True for _ in m.parameters())]
+        if others or any(True for _ in module.parameters(recurse=False)) or qkv.out_features != 3 * dim or proj.in_features != dim or dim % heads:
+            return None
+        att = cls(dim, heads, dim // heads, bias=qkv.bias is not None, out_bias=proj.bias is not None, batch_first=True)
+        with torch.no_grad():
+            for name, weight in zip("qkv", qkv.weight.chunk(3)):
+                getattr(att, f"{name}_proj").weight.copy_(weight)
+            for name, bias in zip("qkv", qkv.bias.chunk(3) if qkv.bias is not None else ()):
+                getattr(att, f"{name}_proj").bias.copy_(bias)
+            att.out_proj.weight.copy_(proj.weight)
+            if proj.bias is not None:
+                att.out_proj.bias.copy_(proj.bias)
+            x = torch.randn(2, 5, dim, generator=torch.Generator().manual_seed(0))
+            try:
+                same = torch.allclose(module.eval()(x), att.eval()(x), atol=1e-5, rtol=1e-4)
+            except Exception:  # noqa: BLE001 - any other call signature: left as it is
+                same = False
+        return att.train(module.training) if same else None
+
+
 def split_fused_keys(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """``state`` with ``nn.MultiheadAttention``'s fused keys under ``prefix`` renamed to
     :class:`Attention`'s (q/k/v rows of ``in_proj_weight`` -> ``q_proj.weight``...)."""
     out = dict(state)
     for suffix in ("weight", "bias"):
         fused = out.pop(f"{prefix}in_proj_{suffix}", None)
+        fused = out.pop(f"{prefix}qkv.{suffix}", None) if fused is None else fused
         if fused is not None:
             for name, part in zip("qkv", fused.chunk(3)):
                 out[f"{prefix}{name}_proj.{suffix}"] = part
@@ -133,6 +170,9 @@ def split_fused_keys(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str
         separate = out.pop(f"{prefix}{name}_proj_weight", None)
         if separate is not None:
             out[f"{prefix}{name}_proj.weight"] = separate
+    for suffix in ("weight", "bias"):
+        if f"{prefix}proj.{suffix}" in out:
+            out[f"{prefix}out_proj.{suffix}"] = out.pop(f"{prefix}proj.{suffix}")
     return out
 
 
@@ -144,12 +184,18 @@ def convertible(mha: nn.MultiheadAttention) -> str:
 
 
 def unfuse_attention(model: nn.Module) -> nn.Module:
-    """Replace every convertible ``nn.MultiheadAttention`` of ``model`` (in place) by an equivalent
-    :class:`Attention`; returns ``model``."""
+    """Replace (in place) every convertible ``nn.MultiheadAttention`` of ``model`` by an equivalent
+    :class:`Attention`, and every module with a fused ``qkv``/``proj`` pair that computes the same
+    function as a :class:`TokenAttention` (checked on a test input); returns ``model``."""
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
-            if isinstance(child, nn.MultiheadAttention) and not convertible(child):
-                setattr(parent, child_name, Attention.from_mha(child))
+            if isinstance(child, Attention):
+                continue
+            if isinstance(child, nn.MultiheadAttention):
+                if not convertible(child):
+                    setattr(parent, child_name, Attention.from_mha(child))
+            elif (token := TokenAttention.from_qkv(child)) is not None:
+                setattr(parent, child_name, token)
     return model
 
 
