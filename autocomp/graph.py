@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ class Unit:
     channels: int
     layers: tuple[str, ...]  # compute layers whose output channels belong to the group
     fixed: str = ""  # why its channels are never pruned ("" when they may be)
+    groups: int = 1  # a grouped conv reads or writes them in this many equal groups: pruned alike in each
 
 
 @dataclass(frozen=True)
@@ -314,14 +316,24 @@ class LayerGraph:
 
 
 def _mark_fixed(units: list[Unit], layers: list[Layer], opaque: dict[int, str]) -> list[Unit]:
-    """Units whose channels cannot be pruned safely, with the reason: those reaching a grouped
-    (not depthwise) conv, or a module that reads its projections' weights directly."""
+    """Units whose channels cannot be pruned safely, with the reason (those reaching a module that
+    reads its projections' weights directly), and the channel groups of units reaching grouped
+    (not depthwise) convs: pruned at the same positions in every group, so the groups stay equal."""
     reasons = {i: f"reaches `{name}`, which reads its projections' weights directly" for i, name in opaque.items()}
+    groups: dict[int, int] = {}
     for layer in layers:
         if layer.groups > 1 and not layer.depthwise:
-            for unit, _ in (*layer.out_deps, *layer.in_deps):
-                reasons.setdefault(unit, f"reaches grouped conv `{layer.name}` ({layer.groups} groups)")
-    return [Unit(u.index, u.name, u.channels, u.layers, reasons.get(u.index, "")) for u in units]
+            for deps, width in ((layer.out_deps, layer.out_features), (layer.in_deps, layer.in_features)):
+                for unit, per_channel in deps:
+                    if per_channel != 1 or units[unit].channels != width:
+                        reasons.setdefault(unit, f"reaches grouped conv `{layer.name}` ({layer.groups} groups) "
+                                                 "through a reshape or concatenation")
+                    groups[unit] = math.lcm(groups.get(unit, 1), layer.groups)
+    for unit, g in groups.items():
+        if units[unit].channels % g:
+            reasons.setdefault(unit, f"its {units[unit].channels} channels do not split into {g} equal groups")
+    return [Unit(u.index, u.name, u.channels, u.layers, reasons.get(u.index, ""), groups.get(u.index, 1))
+            for u in units]
 
 
 def _width_attributes(model: nn.Module, units: list[Unit]) -> list[tuple[str, str, int]]:

@@ -113,6 +113,8 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchS
             notes.append("classifier: its outputs are the classes, never pruned")
         if unit is not None and unit.fixed and unit.layers[0] == layer.name:
             notes.append(f"channels not pruned: {unit.fixed}")
+        elif unit is not None and unit.groups > 1 and unit.layers[0] == layer.name:
+            notes.append(f"channels pruned alike in each of {unit.groups} groups (a grouped conv reads them)")
         if layer.name in block_of and block_of[layer.name].projections[0] == layer.name:
             block = block_of[layer.name]
             notes.append(f"attention `{block.name}`: {block.heads} heads of {block.head_dim}, "

@@ -153,9 +153,9 @@ def _inspection(config: SearchConfig, summary: dict[str, Any]) -> str:
         space = SearchSpace.load(config.space)
     except ConfigError as exc:  # a space file moved since the search
         return f"(not shown: {exc})"
-    with torch.random.fork_rng(devices=[]):  # random initial weights: the caller's RNG is kept
+    with torch.random.fork_rng(devices=[]):  # random weights and tracing inputs: the caller's RNG is kept
         model = build_model(config.model, num_classes=summary["num_classes"]).eval()
-    return inspect_model(model, tuple(summary["input_shape"]), space).table()
+        return inspect_model(model, tuple(summary["input_shape"]), space).table()
 
 
 def write_report(run_dir: str | os.PathLike[str], *, uniform: bool = True) -> Path:

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -66,11 +67,12 @@ class KeepRatio(ActionKind):
 
     def choices(self, value: KeepRange | None, cost: CostModel, index: int) -> np.ndarray:
         channels = int(cost.channels[index])
-        if value is None or cost.graph.units[index].fixed:
+        unit = cost.graph.units[index]
+        if value is None or unit.fixed:
             return np.array([channels], dtype=np.int64)
         low = max(1, round(value.min * channels))
         high = max(low, round(value.max * channels))
-        step = value.round_to
+        step = math.lcm(value.round_to, unit.groups)  # a grouped conv's groups stay equal
         grid = np.arange(step, high + 1, step)
         inside = grid[grid >= low]
         if step == 1:

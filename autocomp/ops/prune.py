@@ -40,7 +40,8 @@ class ChannelPruner:
         self._ranking: dict[str, torch.Tensor] = {}
 
     def ranking(self, unit: str) -> torch.Tensor:
-        """Channel indices of ``unit`` from least to most important."""
+        """Channel indices of ``unit`` from least to most important; for a unit in ``g`` groups, the
+        positions within a group (by importance averaged over the groups, as Torch-Pruning does)."""
         if not self._ranking:
             dg = dependency_graph(self.model, self.graph.input_shape)
             modules = dict(self.model.named_modules())
@@ -48,7 +49,8 @@ class ChannelPruner:
             with torch.no_grad():
                 for u in self.graph.units:
                     group = out_group(dg, modules[u.name], list(range(u.channels)))
-                    self._ranking[u.name] = torch.argsort(importance(group), stable=True)
+                    scores = importance(group).reshape(u.groups, -1).mean(0)
+                    self._ranking[u.name] = torch.argsort(scores, stable=True)
         return self._ranking[unit]
 
     def apply(self, kept: dict[str, int], *, copy_model: bool = True, target: nn.Module | None = None) -> nn.Module:
@@ -63,7 +65,10 @@ class ChannelPruner:
         dg = dependency_graph(model, self.graph.input_shape)
         modules = dict(model.named_modules())
         for name, k in todo.items():
-            remove = rankings[name][: self.graph.unit(name).channels - k].tolist()
+            unit = self.graph.unit(name)
+            width = unit.channels // unit.groups
+            positions = rankings[name][: (unit.channels - k) // unit.groups].tolist()
+            remove = sorted(g * width + p for g in range(unit.groups) for p in positions)
             out_group(dg, modules[name], remove).prune()
         for module_name, attr, unit in self.graph.widths:  # widths the forward reads (ViT's hidden_dim)
             kept_here = todo.get(self.graph.units[unit].name)
