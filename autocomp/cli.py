@@ -130,9 +130,10 @@ class ListCommand:
             kind = "agent" if args.what == "agents" else "space"
             import fnmatch
 
-            for name in list_presets(kind):
-                if fnmatch.fnmatch(name, args.pattern):
-                    print(f"{name:16s} {str(load_preset(kind, name).get('description', '')).strip()}")
+            names = [name for name in list_presets(kind) if fnmatch.fnmatch(name, args.pattern)]
+            width = max((len(name) for name in names), default=0) + 2
+            for name in names:
+                print(f"{name:{width}s}{str(load_preset(kind, name).get('description', '')).strip()}")
         return 0
 
 
