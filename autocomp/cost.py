@@ -95,6 +95,7 @@ class CostModel:
         self.attention_layers = np.array([[self.layer_index[p] for p in a.projections] for a in graph.attentions],
                                          dtype=np.int64).reshape(-1, 4)
         self.head_dims = np.array([a.head_dim for a in graph.attentions], dtype=np.int64)
+        self._head_params = np.array([a.head_params for a in graph.attentions], dtype=float)
         self.defaults = {kind.key: kind.plan_default(self) for kind in KINDS.values()}
         self.baseline = self.predict_arrays(self.defaults)
 
@@ -122,10 +123,12 @@ class CostModel:
         assert g.first is not None and g.second is not None and g.weight_bytes is not None
         weights = g.first + g.second
         macs = float(np.sum(weights * self._positions)) + self.graph.fixed_macs
-        if g.heads is not None and len(g.heads):
-            macs += float(np.sum(g.heads * self._attention_macs_per_head))
         params = float(np.sum(weights + self._bias * g.out_f))
         floats = float(np.sum(self._bias * g.out_f)) + self._fixed_floats
+        if g.heads is not None and len(g.heads):
+            macs += float(np.sum(g.heads * self._attention_macs_per_head))
+            params += float(np.sum(g.heads * self._head_params))
+            floats += float(np.sum(g.heads * self._head_params))
         if len(self._chan_params):
             params += float(np.sum(self._chan_params * g.kept_fraction))
             floats += float(np.sum(np.rint(self._chan_floats * g.kept_fraction)))

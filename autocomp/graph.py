@@ -22,9 +22,10 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models import swin_transformer
 
 from autocomp.errors import IncompatibleModelError
-from autocomp.models.attention import Attention, EmbeddingPruner, TokenAttention
+from autocomp.models.attention import Attention, EmbeddingPruner, TokenAttention, WindowAttention
 
 COMPUTE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -98,7 +99,8 @@ class AttentionBlock:
     head_dim: int
     projections: tuple[str, str, str, str]  # q, k, v, out layer names
     queries: int  # query tokens per sample
-    keys: int  # key tokens per sample
+    keys: int  # keys each query attends to
+    head_params: int = 0  # parameters outside the projections per head (Swin's relative position bias)
 
     @property
     def macs(self) -> int:
@@ -153,7 +155,7 @@ class LayerGraph:
             input_shapes[name] = tuple(inputs[0].shape[1:])
             output_shapes[name] = tuple(output.shape[1:])
             channel_dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
-            positions[name] = output[0].numel() // output.shape[channel_dim]
+            positions[name] = output.numel() // output.shape[channel_dim]  # a batch of one: windows count too
             order.append(name)
 
         handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, COMPUTE_TYPES)]
@@ -178,7 +180,8 @@ class LayerGraph:
         out_deps: dict[str, list[tuple[int, float]]] = {}
         in_deps: dict[str, list[tuple[int, float]]] = {}
         chan_deps: dict[str, dict[int, float]] = {}
-        opaque_deps: dict[int, str] = {}  # unit -> the opaque module it reaches
+        opaque_deps: dict[int, str] = {}  # unit -> why it cannot be pruned
+        untraced = [(n, type(m).__name__) for n, m in modules.items() if isinstance(m, UNMAPPED)]
         unwrapped = {id(p): (n, p) for n, p in model.named_parameters()}
         units: list[Unit] = []
         for index, group in enumerate(groups):
@@ -203,6 +206,9 @@ class LayerGraph:
                 if (name, is_out) in seen:
                     continue
                 seen.add((name, is_out))
+                inside = next((f"{n} ({t})" for n, t in untraced if name.startswith(f"{n}.")), None)
+                if inside is not None:
+                    opaque_deps.setdefault(index, f"reaches `{inside}`, whose concatenation Torch-Pruning does not map")
                 if isinstance(module, Attention):  # its embedding: out_proj's outputs, the projections' inputs
                     if is_out and f"{name}.out_proj" in positions:
                         out_deps.setdefault(f"{name}.out_proj", []).append((index, per_channel))
@@ -212,7 +218,8 @@ class LayerGraph:
                             if f"{name}.{proj}" in positions:
                                 in_deps.setdefault(f"{name}.{proj}", []).append((index, per_channel))
                 elif isinstance(module, (*OPAQUE, nn.MultiheadAttention)):  # unconverted: it applies its own weights
-                    opaque_deps.setdefault(index, f"{name} ({type(module).__name__})")
+                    opaque_deps.setdefault(index, f"reaches `{name} ({type(module).__name__})`, which reads its projections' "
+                                                  "weights directly")
                 elif isinstance(module, COMPUTE_TYPES):
                     (out_deps if is_out else in_deps).setdefault(name, []).append((index, per_channel))
                     if is_out:
@@ -276,10 +283,12 @@ class LayerGraph:
         fixed_buffers = _float_buffers(model, recurse=True) - sum(c.buffers for c in channel_params)
         attentions = [
             AttentionBlock(name, m.num_heads, m.head_dim, tuple(f"{name}.{p}" for p in PROJECTIONS),  # type: ignore[arg-type]
-                           positions[f"{name}.q_proj"], positions[f"{name}.k_proj"])
+                           positions[f"{name}.q_proj"], m.keys_per_query(positions[f"{name}.k_proj"]),
+                           _count(m.parameters(recurse=False)) // m.num_heads)
             for name, m in modules.items()
             if isinstance(m, Attention) and all(f"{name}.{p}" in positions for p in PROJECTIONS)
         ]
+        fixed -= sum(a.head_params * a.heads for a in attentions)
         units = _mark_fixed(units, layers, opaque_deps)
         graph = cls(tuple(input_shape), units, layers, channel_params, fixed, classifier, fixed_buffers, attentions,
                     widths=_width_attributes(model, units), no_groups=no_groups)
@@ -319,7 +328,7 @@ def _mark_fixed(units: list[Unit], layers: list[Layer], opaque: dict[int, str]) 
     """Units whose channels cannot be pruned safely, with the reason (those reaching a module that
     reads its projections' weights directly), and the channel groups of units reaching grouped
     (not depthwise) convs: pruned at the same positions in every group, so the groups stay equal."""
-    reasons = {i: f"reaches `{name}`, which reads its projections' weights directly" for i, name in opaque.items()}
+    reasons = dict(opaque)
     groups: dict[int, int] = {}
     for layer in layers:
         if layer.groups > 1 and not layer.depthwise:
@@ -399,6 +408,9 @@ def _opaque_types() -> dict[type, OpaquePruner]:
 
 
 OPAQUE = tuple(_opaque_types())
+UNMAPPED = (swin_transformer.PatchMerging, swin_transformer.PatchMergingV2)
+"""Modules whose channel mapping Torch-Pruning gets wrong (Swin's patch merging concatenates four
+strided slices of one tensor): the channel groups reaching them are not pruned."""
 
 
 def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
@@ -407,7 +419,8 @@ def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.Depen
     with torch.inference_mode(False), torch.enable_grad():  # tracing follows autograd, even if the caller disabled it
         return tp.DependencyGraph().build_dependency(
             model, example_inputs=torch.randn(1, *input_shape), verbose=False,
-            customized_pruners={Attention: EmbeddingPruner(), TokenAttention: EmbeddingPruner(), **_opaque_types()})
+            customized_pruners={**{cls: EmbeddingPruner() for cls in (Attention, TokenAttention, WindowAttention)},
+                                **_opaque_types()})
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

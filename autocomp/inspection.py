@@ -130,6 +130,7 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchS
         rows.append(LayerView(layer.name, kind_name, f"{layer.in_features} -> {layer.out_features}{kernel}",
                               unit.name if unit is not None else "-", layer.macs, params, actions, "; ".join(notes)))
     covered = {layer.name for layer in graph.layers} | {c.name for c in graph.channel_params}
+    covered |= {a.name for a in graph.attentions}  # per-head parameters (position bias): removed with their head
     left = []
     for name, module in model.named_modules():
         own = sum(p.numel() for n, p in module.named_parameters(recurse=False)

@@ -117,3 +117,23 @@ def test_heads_and_embedding_pruned_with_exact_costs() -> None:
     assert predicted == measured and measured.macs < cost.baseline.macs
     assert sum(v.numel() for v in small.state_dict().values() if v.is_floating_point()) * 4 == measured.size_bytes
     assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(("patch", "size"), [(4, 32), (2, 36)])  # 36: windows padded, shifted windows masked
+def test_swin_window_attention_is_unchanged_and_pruned_with_exact_costs(patch: int, size: int) -> None:
+    torch.manual_seed(0)
+    swin = torchvision.models.SwinTransformer(patch_size=[patch, patch], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                              window_size=[4, 4], num_classes=3).eval()
+    images = torch.randn(2, 3, size, size)
+    expected = swin(images)
+    unfuse_attention(swin)
+    torch.testing.assert_close(swin(images), expected, atol=1e-5, rtol=1e-4)
+    graph = LayerGraph.build(swin, (3, size, size))
+    cost = CostModel(graph)
+    assert len(graph.attentions) == 4 and graph.fixed_macs == 0 and cost.baseline == measure_cost(swin, (3, size, size))
+    plan = Plan({"heads": {a.name: 1 for a in graph.attentions},
+                 "keep": {u.name: u.channels // 2 for u in graph.units if not u.fixed}})
+    small = Compressor(swin, graph).apply(plan)
+    assert small.features[1][0].attn.relative_position_bias_table.shape[1] == 1  # the bias of the kept head only
+    assert cost.predict(plan) == measure_cost(small, (3, size, size))
+    assert small(images).shape == (2, 3)

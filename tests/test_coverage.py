@@ -112,8 +112,7 @@ TRANSFORMER_SPACES = {
 FAST = ["vit", "encoder", "timm_style", "swin", "torchvision:regnet_x_400mf", "torchvision:shufflenet_v2_x0_5"]
 SLOW = ["torchvision:mobilenet_v3_small", "torchvision:efficientnet_b0", "torchvision:convnext_tiny",
         "torchvision:mobilenet_v2", "torchvision:resnet18", "torchvision:densenet121", "torchvision:squeezenet1_1"]
-BUDGETS = {("swin", "quant"): {"budget_size": "0.45"},  # window attention's qkv/proj are applied functionally:
-           ("swin", "joint"): {"budget_size": "0.4"}}    # counted in bytes, never quantised
+BUDGETS: dict[tuple[str, str], dict[str, str]] = {}
 NOTHING_TO_PRUNE = {("torchvision:shufflenet_v2_x0_5", "prune")}  # channel shuffle: Torch-Pruning cannot trace it
 
 
@@ -170,7 +169,8 @@ def _search_and_check(model: str, space: str, budgets: dict[str, str], root: Pat
 
 def _cases(models: list[str]) -> list[tuple[str, str, dict[str, str]]]:
     cases = [(m, s, BUDGETS.get((m, s), b)) for m in models for s, b in SPACES.items() if (m, s) not in NOTHING_TO_PRUNE]
-    cases += [(m, s, b) for m in ("vit", "encoder", "timm_style") for s, b in TRANSFORMER_SPACES.items() if m in models]
+    cases += [(m, s, b) for m in ("vit", "encoder", "timm_style", "swin") for s, b in TRANSFORMER_SPACES.items()
+              if m in models]
     return cases
 
 
@@ -202,11 +202,11 @@ def test_a_model_with_nothing_to_prune_fails_in_one_line(workload: Path) -> None
 
 
 def test_inspect_says_what_is_left_out_and_why(workload: Path) -> None:
-    seen = autocomp.inspect(model=_spec("swin", workload), space="prune", input_shape=(3, 32, 32), num_classes=3)
+    seen = autocomp.inspect(model=_spec("swin", workload), space="transformer", input_shape=(3, 32, 32), num_classes=3)
     notes = " ".join(r.note for r in seen.layers)
-    assert "reads its projections' weights directly" in notes  # window attention: the embedding stays whole
-    qkv = [r for r in seen.left_out if r.module.endswith("attn.qkv")]
-    assert qkv and "applied by its parent" in qkv[0].reason
+    assert "whose concatenation Torch-Pruning does not map" in notes  # patch merging: that stage's width stays
+    assert sum(r.actions["heads"] not in ("-", "fixed") for r in seen.layers) == 4  # window attention: heads searched
+    assert not [r for r in seen.left_out if "attn" in r.module]  # its projections and position bias are covered
     vit = autocomp.inspect(model=_spec("vit", workload), space="transformer", input_shape=(3, 32, 32), num_classes=3)
     heads = [r for r in vit.layers if r.actions["heads"] not in ("-", "fixed")]
     assert [r.name for r in heads] == [f"encoder.layers.encoder_layer_{i}.self_attention.q_proj" for i in range(2)]

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
+from torchvision.models import swin_transformer
 
 
 class Attention(nn.Module):
@@ -59,6 +60,13 @@ class Attention(nn.Module):
         state = split_fused_keys({k: v.detach().clone() for k, v in mha.state_dict().items()}, "")
         att.load_state_dict(state)
         return att.train(mha.training)
+
+    def keys_per_query(self, keys: int) -> int:
+        """Keys each query attends to, given the key tokens per sample (windowed attention: fewer)."""
+        return keys
+
+    def remove_heads(self, heads: Sequence[int]) -> None:
+        """Remove the parameters of heads ``heads`` outside the projections (none here)."""
 
     def _heads(self, x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
         y = proj(x)
@@ -156,6 +164,76 @@ class TokenAttention(Attention):
         return att.train(module.training) if same else None
 
 
+class WindowAttention(Attention):
+    """torchvision's Swin ``ShiftedWindowAttention`` (V1) with its ``qkv``/``proj`` as modules:
+    attention within (shifted) windows, plus a learned relative position bias per head."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: list[int], shift_size: list[int], *,
+                 bias: bool = True, out_bias: bool = True, attention_dropout: float = 0.0, dropout: float = 0.0) -> None:
+        super().__init__(dim, num_heads, dim // num_heads, bias=bias, out_bias=out_bias, dropout=attention_dropout,
+                         batch_first=True)
+        self.window_size, self.shift_size = list(window_size), list(shift_size)
+        self.proj_dropout = dropout
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size[0] - 1) * (2 * window_size[1] - 1), num_heads))
+        self.register_buffer("relative_position_index", torch.zeros(window_size[0] * window_size[1] * window_size[0]
+                                                                    * window_size[1], dtype=torch.long))
+
+    @classmethod
+    def from_swin(cls, module: nn.Module) -> WindowAttention:
+        dim = module.qkv.in_features
+        att = cls(dim, module.num_heads, module.window_size, module.shift_size, bias=module.qkv.bias is not None,
+                  out_bias=module.proj.bias is not None, attention_dropout=module.attention_dropout,
+                  dropout=module.dropout)
+        att.load_state_dict(split_fused_keys({k: v.detach().clone() for k, v in module.state_dict().items()}, ""))
+        return att.train(module.training)
+
+    def keys_per_query(self, keys: int) -> int:
+        return self.window_size[0] * self.window_size[1]
+
+    def remove_heads(self, heads: Sequence[int]) -> None:
+        keep = [h for h in range(self.relative_position_bias_table.shape[1]) if h not in set(heads)]
+        self.relative_position_bias_table = nn.Parameter(self.relative_position_bias_table.data[:, keep].clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        b, h, w, c = x.shape
+        ws, shift = self.window_size, list(self.shift_size)
+        x = F.pad(x, (0, 0, 0, (ws[1] - w % ws[1]) % ws[1], 0, (ws[0] - h % ws[0]) % ws[0]))
+        _, ph, pw, _ = x.shape
+        shift = [0 if ws[i] >= (ph, pw)[i] else shift[i] for i in range(2)]
+        if sum(shift) > 0:
+            x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+        windows, n = (ph // ws[0]) * (pw // ws[1]), ws[0] * ws[1]
+        x = x.view(b, ph // ws[0], ws[0], pw // ws[1], ws[1], c).permute(0, 1, 3, 2, 4, 5).reshape(b * windows, n, c)
+        q, k, v = self._heads(x, self.q_proj), self._heads(x, self.k_proj), self._heads(x, self.v_proj)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        bias = self.relative_position_bias_table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1)
+        attn = attn + bias.unsqueeze(0)
+        if sum(shift) > 0:
+            attn = (attn.view(b, windows, self.num_heads, n, n) + _shift_mask(x, ph, pw, ws, shift).unsqueeze(1)
+                    .unsqueeze(0)).view(-1, self.num_heads, n, n)
+        attn = F.dropout(attn.softmax(-1), p=self.dropout, training=self.training)
+        x = self.out_proj((attn @ v).transpose(1, 2).flatten(-2))
+        x = F.dropout(x, p=self.proj_dropout, training=self.training)
+        x = x.view(b, ph // ws[0], pw // ws[1], ws[0], ws[1], -1).permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, -1)
+        if sum(shift) > 0:
+            x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
+        return x[:, :h, :w, :].contiguous()
+
+
+def _shift_mask(x: torch.Tensor, ph: int, pw: int, ws: list[int], shift: list[int]) -> torch.Tensor:
+    """Swin's mask keeping shifted windows from attending across the image's wrapped edges."""
+    mask = x.new_zeros((ph, pw))
+    count = 0
+    for h in ((0, -ws[0]), (-ws[0], -shift[0]), (-shift[0], None)):
+        for w in ((0, -ws[1]), (-ws[1], -shift[1]), (-shift[1], None)):
+            mask[h[0]:h[1], w[0]:w[1]] = count
+            count += 1
+    mask = mask.view(ph // ws[0], ws[0], pw // ws[1], ws[1]).permute(0, 2, 1, 3).reshape(-1, ws[0] * ws[1])
+    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
 def split_fused_keys(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """``state`` with ``nn.MultiheadAttention``'s fused keys under ``prefix`` renamed to
     :class:`Attention`'s (q/k/v rows of ``in_proj_weight`` -> ``q_proj.weight``...)."""
@@ -194,6 +272,8 @@ def unfuse_attention(model: nn.Module) -> nn.Module:
             if isinstance(child, nn.MultiheadAttention):
                 if not convertible(child):
                     setattr(parent, child_name, Attention.from_mha(child))
+            elif type(child) is swin_transformer.ShiftedWindowAttention:
+                setattr(parent, child_name, WindowAttention.from_swin(child))
             elif (token := TokenAttention.from_qkv(child)) is not None:
                 setattr(parent, child_name, token)
     return model

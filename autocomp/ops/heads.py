@@ -38,6 +38,7 @@ def remove_heads(att: Attention, heads: Sequence[int]) -> None:
     for proj in (att.q_proj, att.k_proj, att.v_proj):
         tp.prune_linear_out_channels(proj, rows)
     tp.prune_linear_in_channels(att.out_proj, rows)
+    att.remove_heads(heads)
     att.num_heads -= len(heads)
 
 
