@@ -133,23 +133,24 @@ def report() -> None:
     lines = [
         "## A transformer at half the MACs: the shared ViT (CIFAR-10)",
         "",
-        f"`python bench/vit_bench.py` (see its docstring for every command) on {rows[0]['machine']}, "
-        f"commit {rows[0]['commit']}. Model: `../shared/bench/vit_cifar.py:vit_tiny` with its shared weights "
+        f"`python bench/vit_bench.py` (see its docstring for every command) on {rows[0]['machine']}; the commit "
+        "column is the library's for each row. Model: `../shared/bench/vit_cifar.py:vit_tiny` with its shared weights "
         "(4 blocks, 128 wide, 4 heads, MLP 256; test 0.6658). Searches in the `transformer` space at "
         "`--budget-flops 0.5` of the true MACs (38.8M, attention products included), 1 thread each; every row then "
         f"gets the same fine-tune: {rows[0]['epochs']} epochs of distillation from the original (SGD lr 0.01 cosine, "
         "batch 128, T=4, alpha 0.9) on 2 threads. Torch-Pruning: its torchvision ViT example (global L1 magnitude, "
         "channels grouped by heads) at the ratio that keeps at most half of the MACs.",
         "",
-        "| method | seeds | MACs kept | val acc (search) | test acc before | test acc after fine-tune | search CPU-min |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | seeds | MACs kept | val acc (search) | test acc before | test acc after fine-tune | search CPU-min | commit |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for method, rs in by_method.items():
         val = [r["val_before"] for r in rs if "val_before" in r]
         cpu = [r["cpu_minutes"] for r in rs if "cpu_minutes" in r]
         lines.append(f"| {method} | {len(rs)} | {_spread([r['macs_kept'] for r in rs])} | "
                      f"{_spread(val) if val else '-'} | {_spread([r['test_before'] for r in rs])} | "
-                     f"{_spread([r['test_after'] for r in rs])} | {_spread(cpu) if cpu else '-'} |")
+                     f"{_spread([r['test_after'] for r in rs])} | {_spread(cpu) if cpu else '-'} | "
+                     f"{', '.join(sorted({r['commit'] for r in rs}))} |")
     after = {m: np.mean([r["test_after"] for r in rs]) for m, rs in by_method.items()}
     peers = {m: v for m, v in after.items() if m.startswith(("uniform", "torch-pruning"))}
     searched = {m: v for m, v in after.items() if m not in peers}
