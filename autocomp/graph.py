@@ -382,8 +382,10 @@ def _out_width(module: nn.Module) -> int:
 
 class OpaquePruner(tp.pruner.function.BasePruningFunc):
     """Torch-Pruning's view of a module that applies its projections' weights itself (torchvision's
-    Swin window attention reads ``self.qkv.weight``): one layer from its input projection's
-    inputs to its output projection's outputs, never traced inside. Its channels are not pruned."""
+    SwinV2 window attention reads ``self.qkv.weight``; V1 is unfused by ``build_model``, and stays
+    here for models built otherwise): one layer from its input projection's inputs to its output
+    projection's outputs, never traced inside. The groups reaching it are fixed (``_mark_fixed``),
+    so Torch-Pruning never asks it to prune."""
 
     def __init__(self, inputs: str, outputs: str) -> None:
         super().__init__()
@@ -401,13 +403,10 @@ class OpaquePruner(tp.pruner.function.BasePruningFunc):
         return getattr(layer, self.inputs).in_features
 
 
-def _opaque_types() -> dict[type, OpaquePruner]:
-    from torchvision.models import swin_transformer as swin
-
-    return {cls: OpaquePruner("qkv", "proj") for cls in (swin.ShiftedWindowAttention, swin.ShiftedWindowAttentionV2)}
-
-
-OPAQUE = tuple(_opaque_types())
+OPAQUE_PRUNERS: dict[type, OpaquePruner] = {
+    cls: OpaquePruner("qkv", "proj")
+    for cls in (swin_transformer.ShiftedWindowAttention, swin_transformer.ShiftedWindowAttentionV2)}
+OPAQUE = tuple(OPAQUE_PRUNERS)
 UNMAPPED = (swin_transformer.PatchMerging, swin_transformer.PatchMergingV2)
 """Modules whose channel mapping Torch-Pruning gets wrong (Swin's patch merging concatenates four
 strided slices of one tensor): the channel groups reaching them are not pruned."""
@@ -420,7 +419,7 @@ def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.Depen
         return tp.DependencyGraph().build_dependency(
             model, example_inputs=torch.randn(1, *input_shape), verbose=False,
             customized_pruners={**{cls: EmbeddingPruner() for cls in (Attention, TokenAttention, WindowAttention)},
-                                **_opaque_types()})
+                                **OPAQUE_PRUNERS})
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
