@@ -61,9 +61,11 @@ def inspect(*, model: str = "digits_cnn", space: str = "prune", input_shape: tup
 
 
 def finetune(run_dir: str | os.PathLike[str], *, epochs: int = 5, lr: float = 0.01, batch_size: int = 128,
-             temperature: float = 4.0, alpha: float = 0.9, kd: bool = True, progress: bool = True) -> dict[str, Any]:
+             temperature: float = 4.0, alpha: float = 0.9, kd: bool = True, progress: bool = True,
+             device: str | None = None) -> dict[str, Any]:
     """Fine-tune a run's best model, distilled from the original unless ``kd=False``; writes
     ``finetuned/`` and the ``finetuned`` section of summary.json, and returns that section.
+    ``device``: where it trains (default: the run's ``--device``).
 
     Example:
         >>> result = autocomp.finetune("runs/r20-ddpg", epochs=2)  # doctest: +SKIP
@@ -73,7 +75,7 @@ def finetune(run_dir: str | os.PathLike[str], *, epochs: int = 5, lr: float = 0.
     from autocomp.finetuning import finetune_run
 
     return finetune_run(run_dir, epochs=epochs, lr=lr, batch_size=batch_size, temperature=temperature,
-                        alpha=alpha, kd=kd, progress=progress)
+                        alpha=alpha, kd=kd, progress=progress, device=device)
 
 
 def export(run_dir: str | os.PathLike[str], *, fmt: str = "torchscript", threads: int = 1,

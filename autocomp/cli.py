@@ -39,8 +39,14 @@ class SearchCommand:
         g.add_argument("--preprocess", help="JSON with normalize: {mean, std}, the preprocessing your model expects")
         g.add_argument("--mean", help="per-channel mean after scaling to [0,1], e.g. 0.4914,0.4822,0.4465")
         g.add_argument("--std", help="per-channel std, e.g. 0.247,0.2435,0.2616")
-        g.add_argument("--image-size", type=int, help="resize ImageFolder images to N x N")
+        g.add_argument("--image-size", type=int, help="resize ImageFolder images to N x N (with --resize: the centre crop's side)")
+        g.add_argument("--resize", type=int, help="resize the shorter side to N first, then centre-crop --image-size "
+                                                  "(ImageNet style: --resize 256 --image-size 224)")
         g.add_argument("--val-size", type=int, help="validation images carved from the training split (digits 300, else 1000)")
+        g.add_argument("--loader-workers", type=int, help="DataLoader worker processes for streamed images (default: half the cores, at most 8)")
+        g.add_argument("--cache-mb", type=int, default=d.cache_mb,
+                       help="decode the validation and calibration images into memory when they fit in this many MB "
+                            "(default: %(default)s; 0 streams them too)")
         g = p.add_argument_group("budgets (a fraction of the original such as 0.5, or an amount such as 20M; all must hold)")
         g.add_argument("--budget-flops", help="MACs budget")
         g.add_argument("--budget-params", help="parameter budget")
@@ -63,6 +69,8 @@ class SearchCommand:
         g.add_argument("--calib-batch-size", type=int, default=d.calib_batch_size)
         g.add_argument("--seed", type=int, default=d.seed)
         g.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+        g.add_argument("--device", default=d.device, help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N: "
+                                                          "where candidates are scored and fine-tuned (default: %(default)s)")
         g = p.add_argument_group("run")
         g.add_argument("--name", help="run name: output goes to RUNS_DIR/NAME (default: model-agent-time)")
         g.add_argument("--runs-dir", default=d.runs_dir)
@@ -71,6 +79,8 @@ class SearchCommand:
         g = p.add_argument_group("parallel (Ray; pip install 'autocomp[ray]')")
         g.add_argument("--workers", type=int, default=d.workers, help="Ray workers evaluating candidates in parallel")
         g.add_argument("--address", help="Ray cluster to use: auto or HOST:PORT (default: a local Ray instance)")
+        g.add_argument("--gpus-per-worker", type=float, help="GPU share of each Ray worker, e.g. 0.5 puts two on one GPU "
+                                                             "(default: 1 with --device cuda, else 0)")
         g.add_argument("--no-progress", action="store_true")
         g.add_argument("--finetune-epochs", type=int, default=0, help="then fine-tune the best model with distillation")
 
@@ -79,7 +89,8 @@ class SearchCommand:
         config = SearchConfig(
             model=args.model, weights=args.weights, num_classes=args.num_classes, data=args.data,
             data_dir=args.data_dir, mean=args.mean, std=args.std, preprocess=args.preprocess,
-            image_size=args.image_size, val_size=args.val_size, budget_flops=args.budget_flops,
+            image_size=args.image_size, resize=args.resize, val_size=args.val_size, loader_workers=args.loader_workers,
+            cache_mb=args.cache_mb, device=args.device, gpus_per_worker=args.gpus_per_worker, budget_flops=args.budget_flops,
             budget_params=args.budget_params, budget_size=args.budget_size,
             budget_latency=args.budget_latency, latency_threads=args.latency_threads, agent=args.agent, agent_options=dict(args.agent_opt),
             space=args.space, warm_start=args.warm_start, episodes=args.episodes, reward=args.reward, recalibrate=not args.no_recalibrate,
@@ -211,12 +222,14 @@ class FinetuneCommand:
         p.add_argument("--temperature", type=float, default=4.0)
         p.add_argument("--alpha", type=float, default=0.9, help="weight of the distillation loss")
         p.add_argument("--no-kd", action="store_true", help="plain cross-entropy, no distillation")
+        p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's --device)")
         p.add_argument("--no-progress", action="store_true")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         r = api.finetune(args.run_dir, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                         temperature=args.temperature, alpha=args.alpha, kd=not args.no_kd, progress=not args.no_progress)
+                         temperature=args.temperature, alpha=args.alpha, kd=not args.no_kd, progress=not args.no_progress,
+                         device=args.device)
         print(f"fine-tuned {r['epochs']} epochs{' with distillation' if r['distillation'] else ''}: "
               f"val acc {r['val_accuracy']:.4f}, test acc {r['test_accuracy']:.4f} -> {args.run_dir}/finetuned/")
         return 0

@@ -17,6 +17,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from autocomp.graph import LayerGraph
@@ -34,10 +35,33 @@ class Compressor:
         ranges = ranges or {}
         self.ops = [(kind.key, kind.make_op(model, graph, ranges.get(kind.action))) for kind in by_stage()]
 
-    def apply(self, plan: Plan, *, copy_model: bool = True) -> nn.Module:
-        model = copy.deepcopy(self.model) if copy_model else self.model
+    def apply(self, plan: Plan, *, copy_model: bool = True, share_weights: bool = False,
+              device: torch.device | str | None = None) -> nn.Module:
+        """The compressed model of ``plan``: built on a copy of the original (or on the original
+        itself, ``copy_model=False``), on ``device`` (default: the original's).
+
+        ``share_weights``: the copy shares the original's parameters wherever they stay on the
+        same device (every op builds new tensors for what it changes, and buffers are copied):
+        cheap enough for a candidate that is scored and dropped, never for one that is trained.
+        """
+        model = fresh_copy(self.model, share_weights=share_weights, device=device) if copy_model else self.model
         for key, op in self.ops:
             entries = plan.get(key)
             if entries:
                 model = op(model, entries)
         return model
+
+
+def fresh_copy(model: nn.Module, *, share_weights: bool = False, device: torch.device | str | None = None) -> nn.Module:
+    """A deep copy of ``model`` on ``device`` whose parameters are the original's own tensors
+    (``share_weights``, on the same device) or copies made straight on ``device`` (no copy on the
+    CPU first); buffers are always copied."""
+    target = torch.device(device) if device is not None else None
+    memo: dict[int, object] = {}
+    for param in model.parameters():
+        if target is None or param.device == target:
+            memo[id(param)] = param if share_weights else nn.Parameter(param.detach().clone(), param.requires_grad)
+        else:
+            memo[id(param)] = nn.Parameter(param.detach().to(target, copy=True), param.requires_grad)
+    copied = copy.deepcopy(model, memo)
+    return copied.to(target) if target is not None else copied

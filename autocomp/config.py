@@ -8,7 +8,8 @@ from typing import Any
 
 from autocomp.errors import ConfigError
 
-RUN_FIELDS = ("name", "runs_dir", "episodes", "threads", "workers", "address")
+RUN_FIELDS = ("name", "runs_dir", "episodes", "threads", "workers", "address", "device", "loader_workers",
+              "cache_mb", "gpus_per_worker")
 """Where a run lives, how long it goes on and what it runs on: a resumed run may change these.
 Every other field says what is searched, and a resumed run keeps it."""
 
@@ -32,6 +33,7 @@ class SearchConfig:
     std: str | None = None
     preprocess: str | None = None
     image_size: int | None = None
+    resize: int | None = None
     val_size: int | None = None
     budget_flops: str | None = None
     budget_params: str | None = None
@@ -54,6 +56,10 @@ class SearchConfig:
     storage: str = "sqlite"
     workers: int = 1
     address: str | None = None
+    device: str = "auto"
+    gpus_per_worker: float | None = None
+    loader_workers: int | None = None
+    cache_mb: int = 2048
 
     def __post_init__(self) -> None:
         if self.reward not in ("error", "error_log_flops"):
@@ -68,6 +74,18 @@ class SearchConfig:
             raise ConfigError(f"--storage {self.storage} is not sqlite, journal or a database URL (postgresql://...).")
         if self.calib_batches < 0 or self.calib_batch_size < 1:
             raise ConfigError("--calib-batches must be >= 0 and --calib-batch-size >= 1.")
+        for flag, value in (("--image-size", self.image_size), ("--resize", self.resize)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} {value} must be a positive number of pixels (e.g. 224).")
+        if self.resize is not None and self.image_size is not None and self.resize < self.image_size:
+            raise ConfigError(f"--resize {self.resize} is smaller than --image-size {self.image_size}: the centre crop "
+                              "is taken after resizing, so pass --resize >= --image-size (e.g. --resize 256 --image-size 224).")
+        if self.loader_workers is not None and self.loader_workers < 0:
+            raise ConfigError(f"--loader-workers {self.loader_workers} must be 0 (read in the main process) or more.")
+        if self.cache_mb < 0:
+            raise ConfigError(f"--cache-mb {self.cache_mb} must be 0 (stream everything) or more.")
+        if self.gpus_per_worker is not None and not 0 < self.gpus_per_worker <= 1:
+            raise ConfigError(f"--gpus-per-worker {self.gpus_per_worker} must be in (0, 1]: e.g. 0.5 puts two workers on each GPU.")
 
     def check_start(self, *, resume: bool) -> None:
         """What a search needs before it starts: a name to resume, a budget to start afresh."""

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from autocomp.data import Split
+from autocomp.device import model_device, synchronize
 
 
 @dataclass
@@ -20,6 +21,7 @@ class ForwardTimer:
     def run(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         out = model(x)
+        synchronize(out.device)
         self.seconds += time.perf_counter() - start
         return out
 
@@ -47,7 +49,7 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, *, batch_size: int,
         bn.train()
     try:
         with torch.no_grad():
-            for x, _ in split.batches(batch_size):
+            for x, _ in split.batches(batch_size, device=model_device(model)):
                 timer.run(model, x)
     finally:
         for bn, momentum in zip(norms, momenta):
@@ -56,11 +58,11 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, *, batch_size: int,
 
 
 def accuracy(model: nn.Module, split: Split, *, batch_size: int = 500, timer: ForwardTimer | None = None) -> float:
-    """Top-1 accuracy of ``model`` on ``split``."""
+    """Top-1 accuracy of ``model`` on ``split`` (on the model's device)."""
     timer = timer or ForwardTimer()
     model.eval()
     correct = 0
     with torch.inference_mode():
-        for x, y in split.batches(batch_size):
+        for x, y in split.batches(batch_size, device=model_device(model)):
             correct += int((timer.run(model, x).argmax(1) == y).sum())
     return correct / max(1, len(split))

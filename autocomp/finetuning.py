@@ -15,14 +15,17 @@ import os
 import time
 from typing import Any
 
+from autocomp.device import resolve_device
 from autocomp.evaluate import accuracy
 from autocomp.rundir import RunDir
 from autocomp.training import train
 
 
 def finetune_run(run_dir: str | os.PathLike[str], *, epochs: int, lr: float = 0.01, batch_size: int = 128,
-                 temperature: float = 4.0, alpha: float = 0.9, kd: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune the best model of a run; write ``finetuned/`` and a ``finetuned`` section in summary.json."""
+                 temperature: float = 4.0, alpha: float = 0.9, kd: bool = True, progress: bool = True,
+                 device: str | None = None) -> dict[str, Any]:
+    """Fine-tune the best model of a run on ``device`` (default: the run's); write ``finetuned/``
+    and a ``finetuned`` section in summary.json. The training images stream with augmentation."""
     from autocomp.api import load_compressed
     from autocomp.runners.setup import load_config_data, prepare_model, process_settings
 
@@ -30,19 +33,21 @@ def finetune_run(run_dir: str | os.PathLike[str], *, epochs: int, lr: float = 0.
     student = load_compressed(run.path)
     config = run.read_config()
     trial = run.read_summary()["best"].get("trial")
+    target = resolve_device(device or config.device)
     with process_settings(threads=config.threads, seed=config.seed):
-        data = load_config_data(config)
-        teacher = prepare_model(config, data, progress=progress) if kd else None
+        data = load_config_data(config, run.read_subsets())
+        teacher = prepare_model(config, data, progress=progress).to(target) if kd else None
+        student = student.to(target)
         start = time.perf_counter()
         losses = train(student, data.train, epochs=epochs, lr=lr, batch_size=batch_size, teacher=teacher,
                        temperature=temperature, alpha=alpha, seed=config.seed, progress=progress,
                        desc="fine-tune (KD)" if kd else "fine-tune")
-        run.save_finetuned(student.state_dict())
+        run.save_finetuned({k: v.detach().cpu() for k, v in student.state_dict().items()})
         result = {
             "trial": trial, "epochs": epochs, "lr": lr, "batch_size": batch_size, "distillation": kd,
             "temperature": temperature if kd else None, "alpha": alpha if kd else None,
             "train_images": len(data.train), "epoch_losses": [round(loss, 5) for loss in losses],
-            "seconds": round(time.perf_counter() - start, 1),
+            "seconds": round(time.perf_counter() - start, 1), "device": str(target),
             "val_accuracy": accuracy(student, data.val), "test_accuracy": accuracy(student, data.test),
         }
     run.update_summary("finetuned", result)

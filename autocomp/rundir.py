@@ -7,6 +7,7 @@
       best/plan.json, model.pt     the best plan and its compressed weights
       finetuned/plan.json, model.pt   written by ``autocomp finetune``
       export/                      written by ``autocomp export``: the model and export-<format>.json
+      subsets.json                 the validation and calibration images (indices), so a resume scores the same
       summary.json                 the results; its ``finetuned`` and ``exports`` sections
                                    survive a resumed search
       report.html, *.png           written by ``autocomp report``
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from autocomp.config import SearchConfig
+from autocomp.data.bundle import Subsets
 from autocomp.errors import ConfigError
 from autocomp.files import atomic_path, save_torch, write_text
 
@@ -86,6 +88,10 @@ class RunDir:
         return self.path / "study.journal"
 
     @property
+    def subsets_file(self) -> Path:
+        return self.path / "subsets.json"
+
+    @property
     def policy_file(self) -> Path:
         return self.path / "agent_policy.pt"
 
@@ -137,6 +143,17 @@ class RunDir:
     def write_config(self, config: SearchConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.config_file, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    # subsets.json: the validation and calibration images (indices into the training source)
+
+    def read_subsets(self) -> Subsets | None:
+        """The images this run scores on, or None for a run started before they were stored."""
+        if not self.subsets_file.is_file():
+            return None
+        return Subsets.from_dict(json.loads(self.subsets_file.read_text()))
+
+    def write_subsets(self, subsets: Subsets) -> None:
+        write_text(self.subsets_file, json.dumps(subsets.to_dict()) + "\n")
 
     # what a finished run holds
 

@@ -14,19 +14,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from autocomp.data import Split
+from autocomp.device import model_device
 from autocomp.errors import ConfigError
 
 
 def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size: int = 128,
           teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.9,
           schedule: str = "cosine", seed: int = 0, progress: bool = True, desc: str = "training",
-          penalty: Callable[[], torch.Tensor] | None = None, max_steps: int | None = None) -> list[float]:
+          penalty: Callable[[], torch.Tensor] | None = None, max_steps: int | None = None,
+          augment: bool = True) -> list[float]:
     """SGD (Nesterov momentum 0.9, weight decay 5e-4); returns the mean loss of each epoch.
 
     With a ``teacher`` the loss is ``alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE``;
     ``penalty()`` is added to it (a regulariser on the model's parameters). ``max_steps`` stops
     training after that many batches (the schedule spans them). Torch's global random state is
-    the caller's again afterwards.
+    the caller's again afterwards. Batches go to the model's device; ``augment`` draws them with the
+    data set's training augmentation where it has one (streamed images: random crops and flips).
     """
     if epochs < 1:
         raise ConfigError(f"--epochs {epochs} must be at least 1.")
@@ -41,6 +44,7 @@ def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size:
             torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps) if schedule == "one_cycle"
             else torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         )
+        device = model_device(model)
         if teacher is not None:
             teacher.eval()
         losses = []
@@ -49,7 +53,7 @@ def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size:
         for _ in range(epochs):
             model.train()
             total, count, correct = 0.0, 0, 0
-            for x, y in split.batches(batch_size, shuffle=True, generator=generator):
+            for x, y in split.batches(batch_size, shuffle=True, generator=generator, device=device, augment=augment):
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
                 if teacher is not None:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent / "tests" / "searchers"))
 from common import commit, machine, save_json, write_section  # noqa: E402
 from test_synthetic import make_problem, plain_cnn  # noqa: E402
 
-from autocomp.data import DataBundle, Split  # noqa: E402
+from autocomp.data import DataBundle, TensorSplit  # noqa: E402
 from autocomp.data.bundle import Preprocess  # noqa: E402
 from autocomp.env import LayerCompressEnv  # noqa: E402
 from autocomp.searchers import SEARCHERS  # noqa: E402
@@ -42,7 +42,7 @@ BLOCK = 50
 def synthetic_data() -> tuple[torch.nn.Module, DataBundle]:
     torch.manual_seed(0)
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
-    data = DataBundle(name="synthetic", train=Split(x, y), val=Split(x[:32], y[:32]), test=Split(x[:32], y[:32]),
+    data = DataBundle(name="synthetic", train=TensorSplit(x, y), val=TensorSplit(x[:32], y[:32]), test=TensorSplit(x[:32], y[:32]),
                       num_classes=10, class_names=tuple(str(i) for i in range(10)), preprocess=Preprocess((0.0,), (1.0,)))
     return plain_cnn().eval(), data
 

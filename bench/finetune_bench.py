@@ -37,7 +37,6 @@ from common import RESNET20, cifar_dir, commit, machine, save_json, write_sectio
 
 from autocomp.api import load_compressed  # noqa: E402
 from autocomp.config import SearchConfig  # noqa: E402
-from autocomp.data import Split  # noqa: E402
 from autocomp.exporting import export_model  # noqa: E402
 from autocomp.finetuning import finetune_run  # noqa: E402
 from autocomp.problem import CompressionProblem, EvalSettings  # noqa: E402
@@ -56,7 +55,7 @@ def spearman(config: SearchConfig, n_plans: int, train_images: int) -> dict:
                 for recal in (True, False)}
     rng = np.random.default_rng(0)
     subset = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(1))[:train_images]
-    short = Split(data.train.x[subset], data.train.y[subset])
+    short = data.train.take(subset.tolist())
     rows = []
     for i in range(n_plans):
         plan = problems[True].decode(rng.uniform(-1, 1, len(problems[True].steps)))

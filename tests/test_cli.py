@@ -35,6 +35,9 @@ def search(tmp_path: Path, *args: str) -> list[str]:
     ([], "no budget given"),
     (["--budget-flops", "0.5", "--resume"], "--resume needs --name"),
     (["--budget-flops", "0.5", "--weights", "/no/such.pt"], "weights file /no/such.pt does not exist"),
+    (["--budget-flops", "0.5", "--device", "tpu"], "--device tpu is not"),
+    (["--budget-flops", "0.5", "--resize", "200", "--image-size", "224"], "pass --resize >= --image-size"),
+    (["--budget-flops", "0.5", "--cache-mb", "-1"], "--cache-mb -1 must be 0"),
 ])
 def test_bad_input_gives_one_line(capsys, tmp_path: Path, args: list[str], message: str) -> None:
     code, err = run_cli(capsys, *search(tmp_path, *args))
@@ -101,3 +104,11 @@ def test_untrained_user_model_needs_weights(capsys, tmp_path: Path) -> None:
                           "    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(288, num_classes))\n")
     code, err = run_cli(capsys, *search(tmp_path, "--budget-flops", "0.5", "--model", f"{model_file}:net"))
     assert code == 2 and "needs --weights" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_one_line_and_leaves_no_run(capsys, tmp_path: Path) -> None:
+    code, err = run_cli(capsys, *search(tmp_path, "--budget-flops", "0.5", "--device", "cuda", "--name", "gpu"))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "--device cuda: torch sees no CUDA GPU here" in err and "use --device cpu" in err
+    assert not (tmp_path / "gpu").exists()

@@ -1,9 +1,10 @@
-"""Data registry: ``digits`` (default), ``cifar10`` and ``imagefolder:PATH``.
+"""Data registry: ``digits`` (default, in memory), ``cifar10`` and ``imagefolder:PATH`` (streamed).
 
-Every data set is decoded once into memory as normalised float tensors. The search scores
-candidates on ``val``, a subset carved from the training split; ``test`` is only used for the
-final report; ``train`` (the rest of the training split) feeds batch-norm recalibration and
-training.
+The search scores candidates on ``val``, a fixed random subset carved from the training split,
+and recalibrates batch norm on ``calibration``, a fixed subset of the rest; both are decoded
+into memory (``uint8``) when they fit, and their indices are stored in the run. ``test`` is only
+used for the final report; ``train`` (the training split less ``val``) feeds training and
+fine-tuning, streamed with augmentation. Memory is bounded by the subsets, not the data set.
 
 Example:
     >>> from autocomp.data import load_data
@@ -14,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from autocomp.data.bundle import DataBundle, Preprocess, Split
+from autocomp.data.bundle import DataBundle, LoaderSettings, Preprocess, Split, StreamSplit, Subsets, TensorSplit
 from autocomp.data.sources import DATASETS, list_datasets, load_data
 
-__all__ = ["DATASETS", "DataBundle", "Preprocess", "Split", "list_datasets", "load_data"]
+__all__ = ["DATASETS", "DataBundle", "LoaderSettings", "Preprocess", "Split", "StreamSplit", "Subsets", "TensorSplit",
+           "list_datasets", "load_data"]

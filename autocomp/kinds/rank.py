@@ -22,7 +22,7 @@ from torch import nn
 from autocomp.errors import ConfigError
 from autocomp.kinds.base import ActionKind, Geometry, Op, Panel
 from autocomp.kinds.ranges import parse_fields
-from autocomp.ops.lowrank import factorize
+from autocomp.ops.lowrank import SVDCache, factorize
 
 if TYPE_CHECKING:
     from autocomp.cost import CostModel
@@ -109,8 +109,10 @@ class RankRatio(ActionKind):
         geometry.rows_second = np.where(factorised, geometry.out_f, 0.0)
 
     def make_op(self, model: nn.Module, graph: LayerGraph, space_value: RankRange | None) -> Op:
+        svds = SVDCache()
+
         def apply(target: nn.Module, entries: Mapping[str, int]) -> nn.Module:
-            factorize(target, dict(entries))
+            factorize(target, dict(entries), svds)
             return target
 
         return apply

@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -52,13 +54,17 @@ def can_factorize(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd) and not module.transposed and module.groups == 1
 
 
-def factorize_layer(module: nn.Module, rank: int) -> Factorized:
+SVD = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def factorize_layer(module: nn.Module, rank: int, svd: SVD | None = None) -> Factorized:
+    """The rank-``rank`` factorisation of ``module`` (``svd``: of its weight matrix, if known)."""
     if not can_factorize(module):
         raise ValueError(f"{type(module).__name__} with groups>1 or transposed cannot be factorised")
     weight = module.weight.detach()
     matrix = weight.reshape(weight.shape[0], -1)
     rank = max(1, min(int(rank), *matrix.shape))
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    u, s, vh = svd if svd is not None else torch.linalg.svd(matrix, full_matrices=False)
     root = s[:rank].sqrt()
     first_w, second_w = root[:, None] * vh[:rank], u[:, :rank] * root
     has_bias = module.bias is not None
@@ -77,9 +83,41 @@ def factorize_layer(module: nn.Module, rank: int) -> Factorized:
     return Factorized(first, second).to(weight.device).train(module.training)
 
 
-def factorize(model: nn.Module, ranks: dict[str, int]) -> None:
-    """Replace layer ``name`` of ``model`` by its rank-``ranks[name]`` factorisation, in place."""
+def factorize(model: nn.Module, ranks: dict[str, int], svds: SVDCache | None = None) -> None:
+    """Replace layer ``name`` of ``model`` by its rank-``ranks[name]`` factorisation, in place
+    (``svds``: decompositions kept from earlier candidates)."""
     for name, rank in ranks.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        setattr(parent, child, factorize_layer(model.get_submodule(name), rank))
+        module = model.get_submodule(name)
+        svd = svds.get(name, module.weight) if svds is not None and can_factorize(module) else None
+        setattr(parent, child, factorize_layer(module, rank, svd))
+
+
+class SVDCache:
+    """Decompositions of layer weights, kept across candidates (least recently used dropped past
+    ``max_bytes``): candidates that keep the same channels of a layer share its weight, and its
+    SVD is the costliest step of building them. Keyed by layer, shape and two checksums of the
+    weight itself, so a different weight is never served a stale decomposition."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[object, ...], SVD] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, name: str, weight: torch.Tensor) -> SVD:
+        w = weight.detach()
+        key = (name, tuple(w.shape), float(w.double().sum()), float(w.double().abs().sum()))
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            return found
+        svd = torch.linalg.svd(w.reshape(w.shape[0], -1), full_matrices=False)
+        size = sum(t.numel() * t.element_size() for t in svd)
+        if size <= self.max_bytes:
+            self._entries[key] = svd
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self._bytes -= sum(t.numel() * t.element_size() for t in dropped)
+        return svd

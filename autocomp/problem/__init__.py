@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
 from autocomp.compress import Compressor
@@ -55,7 +56,7 @@ class CompressionProblem:
 
     def __init__(self, *, model: nn.Module, data: DataBundle, space: SearchSpace,
                  budgets: Mapping[str, str | float | None], evaluation: EvalSettings | None = None,
-                 graph: LayerGraph | None = None, latency_threads: int = 1) -> None:
+                 graph: LayerGraph | None = None, latency_threads: int = 1, device: str | torch.device = "cpu") -> None:
         self.model = model.eval()
         self.data = data
         self.space = space
@@ -75,9 +76,9 @@ class CompressionProblem:
         self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)
         self.limits = self.constraints.limits
         self.budgets = self.constraints.given
-        self.calibration = calibration_split(data.train, self.evaluation)
+        self.calibration = calibration_split(data, self.evaluation)
         self.evaluator = Evaluator(self.model, self.graph, val=data.val, calibration=self.calibration,
-                                   settings=self.evaluation,
+                                   settings=self.evaluation, device=device,
                                    compressor=Compressor(self.model, self.graph, space.ranges))
         self.scorer = CachedScorer(self.evaluator, self.constraints.estimate_plan)
         self.constraints.check_reachable()

@@ -1,12 +1,14 @@
 """Scoring one candidate: compress the model physically, recalibrate batch norm, measure accuracy.
 
 An :class:`Evaluator` holds only what scoring needs (the model, its layer graph, the
-calibration and validation images): a Ray worker holds one on its own, without any budget,
-search space or cost model.
+calibration and validation images, the device): a Ray worker holds one on its own, without any
+budget, search space or cost model. The original model stays on the CPU, where plans are
+applied; each candidate is moved to the device to be scored.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 
@@ -15,7 +17,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autocomp.compress import Compressor
-from autocomp.data import Split
+from autocomp.data import DataBundle, Split
+from autocomp.device import model_device
 from autocomp.evaluate import ForwardTimer, accuracy, recalibrate_batchnorm
 from autocomp.graph import LayerGraph
 from autocomp.plan import Plan
@@ -44,31 +47,40 @@ class Score:
         return asdict(self)
 
 
-def calibration_split(train: Split, settings: EvalSettings) -> Split:
-    """The same random training images recalibrate every candidate (seed 0)."""
+def calibration_split(data: DataBundle, settings: EvalSettings) -> Split:
+    """The same random training images recalibrate every candidate: the data's fixed calibration
+    subset (seed 0), or, when more are asked for, as many drawn the same way from ``train``."""
     count = settings.calib_batches * settings.calib_batch_size if settings.recalibrate else 0
-    if count >= len(train):
-        return train
-    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:count]
-    return Split(train.x[idx], train.y[idx])
+    if data.calibration is not None and count <= len(data.calibration):
+        return data.calibration.head(count)
+    if count >= len(data.train):
+        return data.train
+    return data.train.take(torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:count].tolist())
+
+
+def on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` if it is on ``device``, else a copy of it there (the original stays where it is)."""
+    return model if model_device(model) == device else copy.deepcopy(model).to(device)
 
 
 class Evaluator:
     def __init__(self, model: nn.Module, graph: LayerGraph, *, val: Split, calibration: Split,
-                 settings: EvalSettings, compressor: Compressor | None = None) -> None:
+                 settings: EvalSettings, compressor: Compressor | None = None,
+                 device: torch.device | str = "cpu") -> None:
         self.model = model.eval()
         self.graph = graph
         self.val = val
         self.calibration = calibration
         self.settings = settings
         self.compressor = compressor or Compressor(self.model, graph)
+        self.device = torch.device(device)
 
     def _recalibrate(self, model: nn.Module, timer: ForwardTimer | None = None) -> None:
         recalibrate_batchnorm(model, self.calibration, batch_size=self.settings.calib_batch_size, timer=timer)
 
     def build(self, plan: Plan) -> nn.Module:
         """The physically compressed model of ``plan`` with recalibrated batch norm."""
-        model = self.compressor.apply(plan)
+        model = self.compressor.apply(plan, device=self.device)
         self._recalibrate(model)
         return model
 
@@ -77,12 +89,13 @@ class Evaluator:
         validation split is a random sample, so its first images are one too)."""
         start = time.perf_counter()
         timer = ForwardTimer()
-        val = self.val if images is None or images >= len(self.val) else Split(self.val.x[:images], self.val.y[:images])
-        model = self.compressor.apply(plan)
+        val = self.val if images is None else self.val.head(images)
+        model = self.compressor.apply(plan, share_weights=True, device=self.device)
         with parametrize.cached():  # quantised weights computed once per candidate, not per batch
             self._recalibrate(model, timer)
             acc = accuracy(model, val, batch_size=self.settings.eval_batch_size, timer=timer)
         return Score(acc, time.perf_counter() - start, timer.seconds, len(val))
 
     def score(self, model: nn.Module, split: Split) -> float:
-        return accuracy(model, split, batch_size=self.settings.eval_batch_size)
+        """Accuracy of ``model`` on ``split``, scored on this evaluator's device."""
+        return accuracy(on_device(model, self.device), split, batch_size=self.settings.eval_batch_size)

@@ -43,7 +43,7 @@ def _single_decisions(plan: Plan, decisions: DecisionSpace) -> Iterator[tuple[st
 def preflight(decisions: DecisionSpace, evaluator: Evaluator, *, random_plan: Plan) -> None:
     """Raise :class:`IncompatibleModelError` (one line, naming the layer) if the smallest plan of
     the space or ``random_plan`` cannot be built and run."""
-    example = evaluator.val.x[:2]
+    example = evaluator.val.example(2)
     smallest = decisions.plan_of(decisions.min_state())
     for label, plan in (("smallest", smallest), ("a random", random_plan)):
         error = _runs(evaluator, plan, example)

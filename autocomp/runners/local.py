@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from autocomp.budget import METRICS
 from autocomp.config import SearchConfig
+from autocomp.device import resolve_device
 from autocomp.errors import ConfigError
 from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem, EvalSettings, Metrics
@@ -102,18 +103,21 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
 
 def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episodes: int, searcher_cls: type[Searcher],
             space: SearchSpace, *, start: float, progress: bool) -> SearchResult:
-    data = load_config_data(config)
+    device = resolve_device(config.device)
+    data = load_config_data(config, run.read_subsets() if run.exists() else None)
     model = prepare_model(config, data, progress=progress)
     problem = CompressionProblem(
         model=model, data=data, space=space, budgets=config.budgets(),
         evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size),
-        latency_threads=config.latency_threads,
+        latency_threads=config.latency_threads, device=device,
     )
     problem.preflight()  # a model autocomp cannot compress fails now, before the run directory exists
     searcher_cls.check_problem(problem, settings, episodes)
     if config.warm_start:
         SEARCHERS.get(config.warm_start).check_problem(problem, {}, episodes)
     run.write_config(config)
+    if data.subsets is not None and not run.subsets_file.is_file():
+        run.write_subsets(data.subsets)
 
     if config.workers > 1 or config.address:
         from autocomp.runners.ray_backend import RayBackend, connect
@@ -204,7 +208,7 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
     if best is None:
         raise ConfigError("the search evaluated no candidate: raise --episodes.")
     model = problem.build(best.plan)
-    run.save_best(best.plan, model.state_dict())
+    run.save_best(best.plan, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     previous = run.previous_wall_seconds()
     summary: dict[str, Any] = {
         "name": config.name,
@@ -223,7 +227,7 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
         "num_classes": problem.data.num_classes,
         "evaluation": {"val_size": len(problem.data.val), "test_size": len(problem.data.test),
                        "recalibrate": config.recalibrate, "calib_batches": config.calib_batches,
-                       "calib_batch_size": config.calib_batch_size},
+                       "calib_batch_size": config.calib_batch_size, "device": str(problem.evaluator.device)},
         "baseline": _metrics_dict(baseline, problem.score(problem.model, problem.data.test)),
         "best": {**_metrics_dict(best.metrics, problem.score(model, problem.data.test)), "trial": best.number},
         "search_seconds": timing,
@@ -237,6 +241,6 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
             "threads": config.latency_threads,
             "baseline_measured_ms": round(problem.baseline_latency_s * 1e3, 4),
             "best_predicted_ms": round(best.metrics.latency_us / 1e3, 4),
-            "best_measured_ms": round(measure_latency(bake(model), example, threads=config.latency_threads) * 1e3, 4),
+            "best_measured_ms": round(measure_latency(bake(model.cpu()), example, threads=config.latency_threads) * 1e3, 4),
         }
     return run.write_summary(summary)

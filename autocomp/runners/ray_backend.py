@@ -19,7 +19,6 @@ import torch
 
 from autocomp.compress import Compressor
 from autocomp.config import SearchConfig
-from autocomp.data import Split
 from autocomp.errors import ConfigError
 from autocomp.plan import Plan
 from autocomp.problem import CompressionProblem, Evaluator, Score
@@ -82,21 +81,38 @@ class EvalWorker:
     """One Ray actor: an evaluator of its own (the model, its layer graph, the calibration and
     validation images); no search space, budget or cost model."""
 
-    def __init__(self, payload: dict[str, Any], threads: int) -> None:
+    def __init__(self, payload: dict[str, Any], threads: int, device: str) -> None:
         from autocomp.models import build_model
 
         torch.set_num_threads(threads)  # this actor's own process
         model = build_model(payload["model"], num_classes=payload["num_classes"])
         model.load_state_dict(payload["state_dict"])
         graph = payload["graph"]
-        self.evaluator = Evaluator(model, graph, val=Split(*payload["val"]), calibration=Split(*payload["calibration"]),
-                                   settings=payload["evaluation"], compressor=Compressor(model.eval(), graph, payload["ranges"]))
+        self.evaluator = Evaluator(model, graph, val=payload["val"], calibration=payload["calibration"],
+                                   settings=payload["evaluation"], compressor=Compressor(model.eval(), graph, payload["ranges"]),
+                                   device=device)  # a GPU actor sees its GPU(s) as cuda:0 (Ray sets CUDA_VISIBLE_DEVICES)
 
     def score(self, plan: dict[str, Any], images: int | None = None) -> dict[str, float]:
         return self.evaluator.score_plan(Plan.from_dict(plan), images).to_dict()
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def gpus_per_worker(ray: Any, config: SearchConfig, workers: int, device: torch.device) -> float:
+    """Each worker's share of a GPU: ``--gpus-per-worker``, or with a cuda device the cluster's
+    GPUs split evenly over the workers (at most one each; 2 workers on 1 GPU get 0.5 each)."""
+    if device.type != "cuda":
+        return 0.0
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if gpus <= 0:
+        raise ConfigError("--device cuda with Ray workers, but the Ray cluster has no GPUs: start it on GPU "
+                          "machines (ray start ... --num-gpus N), or pass --device cpu.")
+    share = config.gpus_per_worker or min(1.0, gpus / workers)
+    if share * workers > gpus + 1e-9:
+        raise ConfigError(f"--workers {workers} with --gpus-per-worker {share} need {share * workers:g} GPUs but the "
+                          f"cluster has {gpus:g}: lower one of them.")
+    return share
 
 
 class RayBackend:
@@ -115,11 +131,13 @@ class RayBackend:
             "model": config.model, "num_classes": problem.data.num_classes,
             "state_dict": {k: v.detach().cpu() for k, v in problem.model.state_dict().items()},
             "graph": problem.graph, "ranges": dict(problem.space.ranges), "evaluation": evaluator.settings,
-            "calibration": (evaluator.calibration.x, evaluator.calibration.y), "val": (evaluator.val.x, evaluator.val.y),
+            "calibration": evaluator.calibration, "val": evaluator.val,
         }
+        self.gpus = gpus_per_worker(ray, config, workers, evaluator.device)
         self._payload = ray.put(payload)  # held for the backend's life: restarted actors read it again
-        actor = ray.remote(num_cpus=threads, max_restarts=-1, max_task_retries=3)(EvalWorker)
-        self.actors = [actor.remote(self._payload, threads) for _ in range(workers)]
+        actor = ray.remote(num_cpus=threads, num_gpus=self.gpus, max_restarts=-1, max_task_retries=3)(EvalWorker)
+        device = "cuda" if self.gpus > 0 else "cpu"
+        self.actors = [actor.remote(self._payload, threads, device) for _ in range(workers)]
         self.ray.get([a.pid.remote() for a in self.actors])  # fail here, not mid-search, if workers cannot start
         self.pool = ActorPool(self.actors)
 

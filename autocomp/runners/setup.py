@@ -16,7 +16,8 @@ from torch import nn
 
 from autocomp.config import SearchConfig
 from autocomp.data import DataBundle, Preprocess, load_data
-from autocomp.data.sources import DEFAULT_PREPROCESS
+from autocomp.data.bundle import LoaderSettings, Subsets
+from autocomp.data.sources import DEFAULT_PREPROCESS, default_workers
 from autocomp.errors import ConfigError, IncompatibleModelError
 from autocomp.files import cache_root, save_torch
 from autocomp.models import build_model, load_weights
@@ -52,12 +53,16 @@ def process_settings(*, threads: int | None, seed: int) -> Iterator[None]:
             optuna.logging.set_verbosity(verbosity)
 
 
-def load_config_data(config: SearchConfig) -> DataBundle:
+def load_config_data(config: SearchConfig, subsets: Subsets | None = None) -> DataBundle:
+    """The data of ``config``; ``subsets``: the validation and calibration images of the run (a resume)."""
     kind = "imagefolder" if config.data.startswith("imagefolder:") else config.data
     default = DEFAULT_PREPROCESS.get(kind, DEFAULT_PREPROCESS["imagefolder"])
     preprocess = Preprocess.parse(mean=config.mean, std=config.std, file=config.preprocess, default=default)
-    return load_data(config.data, data_dir=config.data_dir, val_size=config.val_size,
-                     preprocess=preprocess, image_size=config.image_size)
+    workers = default_workers() if config.loader_workers is None else config.loader_workers
+    return load_data(config.data, data_dir=config.data_dir, val_size=config.val_size, preprocess=preprocess,
+                     image_size=config.image_size, resize=config.resize, subsets=subsets,
+                     calib_size=config.calib_batches * config.calib_batch_size if config.recalibrate else 0,
+                     loader=LoaderSettings(workers), cache_mb=config.cache_mb)
 
 
 def prepare_model(config: SearchConfig, data: DataBundle, *, progress: bool = True) -> nn.Module:
@@ -94,7 +99,7 @@ def prepare_model(config: SearchConfig, data: DataBundle, *, progress: bool = Tr
 def _check_output(model: nn.Module, data: DataBundle) -> None:
     try:
         with torch.no_grad():
-            out = model.eval()(data.val.x[:2])
+            out = model.eval()(data.val.example(2))
     except RuntimeError as exc:
         raise IncompatibleModelError(
             f"the model cannot take this data's inputs of shape {list(data.input_shape)} ({str(exc).splitlines()[0]}): "

@@ -13,7 +13,8 @@ A sweep file::
 
 Each search writes ``runs/<sweep>/<trial>/`` like ``autocomp search``; ``runs/<sweep>/summary.md``,
 ``summary.csv`` and ``accuracy_vs_budget.png`` collect them. A trial whose worker crashes or is
-killed is retried (up to ``max_failures``) and resumes from its own storage.
+killed is retried (up to ``max_failures``) and resumes from its own storage. ``cpus_per_trial``
+(default 1) and ``gpus_per_trial`` (default 0; fractions share a GPU) are each trial's resources.
 """
 
 from __future__ import annotations
@@ -47,7 +48,18 @@ def load_sweep(path: str | Path) -> dict[str, Any]:
         raise ConfigError("sweep grid must map each key to a non-empty list, e.g. agent: [optuna, random].")
     SearchConfig.from_dict(dict(spec.get("base") or {}))  # validate base fields up front
     return {"name": spec.get("name", path.stem), "base": spec.get("base") or {}, "grid": grid,
-            "max_failures": int(spec.get("max_failures", 2)), "cpus_per_trial": float(spec.get("cpus_per_trial", 1))}
+            "max_failures": int(spec.get("max_failures", 2)), "cpus_per_trial": float(spec.get("cpus_per_trial", 1)),
+            "gpus_per_trial": _gpus(spec.get("gpus_per_trial", 0))}
+
+
+def _gpus(value: Any) -> float:
+    try:
+        gpus = float(value)
+    except (TypeError, ValueError):
+        gpus = -1.0
+    if gpus < 0:
+        raise ConfigError(f"sweep gpus_per_trial {value!r} must be a number >= 0 (e.g. 0.5: two trials share a GPU).")
+    return gpus
 
 
 def trial_name(params: dict[str, Any]) -> str:
@@ -88,7 +100,8 @@ def run_sweep(path: str | Path, *, runs_dir: str = "runs", address: str | None =
     base = {**spec["base"], "threads": spec["base"].get("threads") or max(1, int(spec["cpus_per_trial"]))}
     points = grid_points(spec["grid"])
     tuner = tune.Tuner(
-        tune.with_resources(_search_trial, {"cpu": spec["cpus_per_trial"]}),
+        # a trial given a GPU sees it as cuda:0 and scores on it (device auto); without one, on its CPUs
+        tune.with_resources(_search_trial, {"cpu": spec["cpus_per_trial"], "gpu": spec["gpus_per_trial"]}),
         param_space={"point": tune.grid_search(points), "base": base, "runs_dir": str(sweep_dir)},
         tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=lambda t: trial_name(t.config["point"])),
         run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir / "_tune"), verbose=0,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from autocomp.data import DataBundle, Split
+from autocomp.data import DataBundle, TensorSplit
 from autocomp.data.bundle import Preprocess
 from autocomp.problem import CompressionProblem, Score
 from autocomp.searchers import SEARCHERS
@@ -39,7 +39,7 @@ def plain_cnn() -> nn.Module:
 def synthetic():
     torch.manual_seed(0)
     x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
-    data = DataBundle(name="synthetic", train=Split(x, y), val=Split(x[:32], y[:32]), test=Split(x[:32], y[:32]),
+    data = DataBundle(name="synthetic", train=TensorSplit(x, y), val=TensorSplit(x[:32], y[:32]), test=TensorSplit(x[:32], y[:32]),
                       num_classes=10, class_names=tuple(str(i) for i in range(10)), preprocess=Preprocess((0.0,), (1.0,)))
     return plain_cnn().eval(), data
 

@@ -1,0 +1,47 @@
+"""Which device candidates are built, scored and fine-tuned on: ``--device auto|cpu|cuda[:N]``.
+
+Example:
+    >>> resolve_device("cpu")
+    device(type='cpu')
+"""
+
+from __future__ import annotations
+
+import torch
+
+from autocomp.errors import ConfigError
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """``auto``: the first CUDA GPU when torch sees one, else the CPU. Asking for a GPU that is
+    not there is a one-line :class:`ConfigError`."""
+    text = str(spec).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ConfigError(f"--device {spec} is not a device: use auto, cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {spec} is not supported: use auto, cpu, cuda or cuda:N.")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: torch sees no CUDA GPU here (torch.cuda.is_available() is False): "
+                              "use --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU.")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {spec}: there are {count} CUDA GPU(s), numbered 0 to {count - 1}: pass one of those.")
+    return device
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (or buffer); the CPU for a model with neither."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work (so that wall-clock timings include it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
