@@ -51,9 +51,14 @@ class SearchCommand:
         g.add_argument("--budget-flops", help="MACs budget")
         g.add_argument("--budget-params", help="parameter budget")
         g.add_argument("--budget-size", help="bytes of the stored model (fraction of its float32 bytes, or e.g. 200KB, 1.5MB)")
-        g.add_argument("--budget-latency", help="batch-1 latency on this machine (fraction of the original's, or e.g. 3ms)")
+        g.add_argument("--budget-latency", help="latency on this machine in --runtime at --latency-batch (fraction of the "
+                                                "original's, or e.g. 3ms)")
+        g.add_argument("--runtime", default=d.runtime, choices=["onnxruntime", "torch"],
+                       help="where latency is measured: an onnxruntime CPU session or eager torch (default: %(default)s)")
+        g.add_argument("--latency-batch", type=int, default=d.latency_batch,
+                       help="batch size latency is measured at (default: %(default)s)")
         g.add_argument("--latency-threads", type=int, default=d.latency_threads,
-                       help="threads the latency table is measured with (default: %(default)s)")
+                       help="threads latency is measured with (default: %(default)s)")
         g = p.add_argument_group("search")
         g.add_argument("--agent", default=d.agent, help="preset from agents/ or a .yaml file (default: %(default)s)")
         g.add_argument("--agent-opt", action="append", type=_agent_option, default=[], metavar="KEY=VALUE",
@@ -92,7 +97,8 @@ class SearchCommand:
             image_size=args.image_size, resize=args.resize, val_size=args.val_size, loader_workers=args.loader_workers,
             cache_mb=args.cache_mb, device=args.device, gpus_per_worker=args.gpus_per_worker, budget_flops=args.budget_flops,
             budget_params=args.budget_params, budget_size=args.budget_size,
-            budget_latency=args.budget_latency, latency_threads=args.latency_threads, agent=args.agent, agent_options=dict(args.agent_opt),
+            budget_latency=args.budget_latency, latency_threads=args.latency_threads, runtime=args.runtime,
+            latency_batch=args.latency_batch, agent=args.agent, agent_options=dict(args.agent_opt),
             space=args.space, warm_start=args.warm_start, episodes=args.episodes, reward=args.reward, recalibrate=not args.no_recalibrate,
             calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size, seed=args.seed,
             threads=args.threads, name=args.name, runs_dir=args.runs_dir, storage=args.storage,

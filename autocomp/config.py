@@ -40,6 +40,8 @@ class SearchConfig:
     budget_size: str | None = None
     budget_latency: str | None = None
     latency_threads: int = 1
+    latency_batch: int = 1
+    runtime: str = "onnxruntime"
     agent: str = "sensitivity"
     agent_options: dict[str, Any] = field(default_factory=dict)
     space: str = "prune"
@@ -72,6 +74,11 @@ class SearchConfig:
             raise ConfigError(f"--workers {self.workers} must be at least 1.")
         if self.storage not in ("sqlite", "journal") and "://" not in self.storage:
             raise ConfigError(f"--storage {self.storage} is not sqlite, journal or a database URL (postgresql://...).")
+        if self.runtime not in ("onnxruntime", "torch"):
+            raise ConfigError(f"--runtime {self.runtime} is not one of onnxruntime, torch.")
+        if self.latency_batch < 1 or self.latency_threads < 1:
+            raise ConfigError(f"--latency-batch {self.latency_batch} and --latency-threads {self.latency_threads} "
+                              "must be at least 1.")
         if self.calib_batches < 0 or self.calib_batch_size < 1:
             raise ConfigError("--calib-batches must be >= 0 and --calib-batch-size >= 1.")
         for flag, value in (("--image-size", self.image_size), ("--resize", self.resize)):

@@ -31,9 +31,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +44,9 @@ from autocomp.errors import ConfigError
 from autocomp.files import atomic_path, save_torch, write_text
 from autocomp.ops import bake
 from autocomp.rundir import RunDir
+from autocomp.runtimes import OnnxRuntime, Runner, get_runtime, median_seconds, write_onnx
 
 FORMATS = ("torchscript", "pt2", "onnx", "state_dict", "packed")
-Runner = Callable[[torch.Tensor], torch.Tensor]
-"""Runs a written file in its runtime on one batch."""
 
 
 def _torch_runner(module: nn.Module) -> Runner:
@@ -77,20 +74,11 @@ def _write(fmt: str, model: nn.Module, example: torch.Tensor, out_dir: Path, *, 
             torch.export.save(program, str(tmp))
         return path, _torch_runner(torch.export.load(str(path)).module())
     if fmt == "onnx":
-        try:
-            import onnxruntime
-        except ImportError:
-            raise ConfigError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'autocomp[export]'") from None
+        runtime = get_runtime("onnxruntime")
+        assert isinstance(runtime, OnnxRuntime)
         path = out_dir / "model.onnx"
-        with atomic_path(path) as tmp:
-            torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False,
-                              verbose=False)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return path, lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        write_onnx(model, example, path)
+        return path, runtime.runner_of_session(runtime.session(path, threads=threads))
     path = out_dir / "model.state_dict.pt"
     save_torch(model.state_dict(), path)
     return path, _torch_runner(model)
@@ -98,21 +86,7 @@ def _write(fmt: str, model: nn.Module, example: torch.Tensor, out_dir: Path, *, 
 
 def time_runner(run: Runner, x: torch.Tensor, *, threads: int, min_run_time: float = 0.5) -> float:
     """Median seconds of one call (torch runners at ``threads`` threads, restored afterwards)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for _ in range(3):
-            run(x)
-        times: list[float] = []
-        deadline = time.perf_counter() + min_run_time
-        while len(times) < 10 or time.perf_counter() < deadline:
-            start = time.perf_counter()
-            run(x)
-            times.append(time.perf_counter() - start)
-        times.sort()
-        return times[len(times) // 2]
-    finally:
-        torch.set_num_threads(saved)
+    return median_seconds(run, x, threads=threads, min_run_time=min_run_time)
 
 
 def runtime_accuracy(run: Runner, split: Split, *, batch_size: int = 256) -> float:

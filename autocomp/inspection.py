@@ -22,8 +22,10 @@ from torch import nn
 from autocomp.cost import CostModel
 from autocomp.graph import COMPUTE_TYPES, LayerGraph
 from autocomp.kinds import KINDS
+from autocomp.latency import channel_step
 from autocomp.models.attention import convertible, unfuse_attention
 from autocomp.problem.decisions import DecisionSpace
+from autocomp.runtimes import get_runtime
 from autocomp.space import SearchSpace
 
 
@@ -86,8 +88,12 @@ def _values(choices: Any, kind: Any, cost: CostModel, index: int) -> str:
     return f"{low:.3g}-{high:.3g} ({len(choices)} values)"
 
 
-def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchSpace) -> Inspection:
-    """What autocomp sees in ``model`` (a copy, with its attention unfused as ``build_model`` does)."""
+def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchSpace, *,
+                  runtime: str = "onnxruntime") -> Inspection:
+    """What autocomp sees in ``model`` (a copy, with its attention unfused as ``build_model`` does);
+    a space rounding channels to the runtime's step shows the step measured for ``runtime``."""
+    if space.uses_runtime_step:
+        space = space.with_runtime_step(channel_step(get_runtime(runtime)))
     model = unfuse_attention(copy.deepcopy(model)).eval()
     graph = LayerGraph.build(model, input_shape)
     cost = CostModel(graph)

@@ -1,14 +1,16 @@
-"""Latency on this machine: a per-layer table measured with ``torch.utils.benchmark``.
+"""Latency on this machine, in the deployment runtime: a per-layer table.
 
-Every conv/linear layer is timed on its own (batch 1, a fixed thread count, input of its real
-spatial size) at a grid of input x output channel counts (1/8, 1/4, 1/2, 3/4 and all of its
-channels); any other width is interpolated bilinearly. A factorised layer costs its two parts,
-each timed the same way. What the layers do not explain (batch norm, activations, adds) is the
-measured whole-model latency minus the table's sum for the original model, added as a constant.
+Every conv/linear layer is timed on its own in the runtime (:mod:`autocomp.runtimes`: an
+onnxruntime session by default, or eager torch) at the latency batch size, a fixed thread count
+and its real input size, at a grid of input x output channel counts (1/8, 1/4, 1/2, 3/4 and all
+of its channels); any other width is interpolated bilinearly. A factorised layer costs its two
+parts, each timed the same way. What the layers do not explain (batch norm, activations, adds,
+and what the runtime fuses) is the measured whole-model latency minus the table's sum for the
+original model, added as a constant.
 
-Tables are cached in ``$AUTOCOMP_CACHE/latency/<device>.json`` (device = CPU model, torch
-version and thread count), keyed by layer shape: a second run on the same machine measures
-nothing again.
+Tables are cached in ``$AUTOCOMP_CACHE/latency/<table>.json`` (table = CPU model, runtime and
+its version, thread count and batch size), keyed by layer shape: a second run on the same
+machine measures nothing again.
 
 Example:
     >>> table = LatencyTable(graph, threads=1)  # doctest: +SKIP
@@ -26,36 +28,32 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from autocomp.cost import CostModel
 from autocomp.files import cache_root, write_text
 from autocomp.graph import Layer, LayerGraph
 from autocomp.kinds import Geometry as PlanGeometry
+from autocomp.runtimes import Runtime, TorchRuntime
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
 
 
-def measure_latency(model: nn.Module, example: torch.Tensor, *, threads: int = 1, min_run_time: float = 1.0) -> float:
-    """Median seconds of one forward pass (``torch.utils.benchmark``, ``threads`` threads)."""
-    import logging
-
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # a CUDA-less build warns on import
-    from torch.utils import benchmark
-
-    model = model.eval()
-    with torch.inference_mode():
-        timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": example}, num_threads=threads)
-        return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+def measure_latency(model: nn.Module, example: torch.Tensor, *, threads: int = 1, min_run_time: float = 1.0,
+                    runtime: Runtime | None = None) -> float:
+    """Median seconds of one forward pass on ``example`` in ``runtime`` (default: eager torch)."""
+    return (runtime or TorchRuntime()).time(model, example, threads=threads, min_run_time=min_run_time)
 
 
-def device_name(threads: int) -> str:
+def table_name(runtime: Runtime, threads: int, batch: int) -> str:
+    """What a latency table is valid for: this CPU, the runtime and its version, threads, batch."""
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{cpu}-torch{torch.__version__}-{threads}t").strip("-")
+    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{cpu}-{runtime.name}{runtime.version()}-{threads}t-b{batch}").strip("-")
 
 
 @dataclass(frozen=True)
@@ -78,15 +76,15 @@ class LayerShape:
     def channels(self, ratio: float, full: int) -> int:
         return max(1, round(ratio * full))
 
-    def build(self, c_in: int, c_out: int) -> tuple[nn.Module, torch.Tensor]:
+    def build(self, c_in: int, c_out: int, batch: int = 1) -> tuple[nn.Module, torch.Tensor]:
         if self.kind == "linear":
-            return nn.Linear(c_in, c_out), torch.randn(1, *self.spatial, c_in)
+            return nn.Linear(c_in, c_out), torch.randn(batch, *self.spatial, c_in)
         if self.depthwise:
             c_in = c_out
         conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(self.spatial)]
         size = round(self.kernel ** (1 / len(self.spatial)))
         module = conv(c_in, c_out, size, stride=self.stride, padding=self.padding, groups=c_out if self.depthwise else 1)
-        return module, torch.randn(1, c_in, *self.spatial)
+        return module, torch.randn(batch, c_in, *self.spatial)
 
 
 def _geometry(layer: Layer, *, part: str = "whole", rank: int = 0) -> LayerShape:
@@ -100,16 +98,19 @@ def _geometry(layer: Layer, *, part: str = "whole", rank: int = 0) -> LayerShape
 
 
 class LatencyTable:
-    """Predicted batch-1 latency (seconds) of any plan's channel counts and ranks."""
+    """Predicted latency (seconds per batch of ``batch``) of any plan's channel counts and ranks,
+    in ``runtime`` (default: eager torch) at ``threads`` threads."""
 
     def __init__(self, graph: LayerGraph, cost: CostModel, *, threads: int = 1, cache_dir: str | Path | None = None,
-                 min_run_time: float = 0.05) -> None:
+                 min_run_time: float = 0.05, runtime: Runtime | None = None, batch: int = 1) -> None:
         self.graph = graph
         self.cost = cost
         self.threads = threads
+        self.batch = batch
+        self.runtime = runtime or TorchRuntime()
         self.min_run_time = min_run_time
         root = Path(cache_dir) if cache_dir is not None else cache_root("latency")
-        self.path = root / f"{device_name(threads)}.json" if root is not None else None
+        self.path = root / f"{table_name(self.runtime, threads, batch)}.json" if root is not None else None
         self._tables: dict[str, list[list[float]]] = (
             json.loads(self.path.read_text()) if self.path is not None and self.path.is_file() else {})
         self.measured = 0  # grid points timed by this instance (0 when everything came from the cache)
@@ -118,11 +119,16 @@ class LatencyTable:
 
     def calibrate(self, model: nn.Module) -> float:
         """Measure the whole model once; the part no layer explains becomes a constant. Returns it."""
-        example = torch.randn(1, *self.graph.input_shape)
-        total = measure_latency(model, example, threads=self.threads, min_run_time=0.5)
+        total = self.measure(model)
         self.overhead = 0.0
         self.overhead = max(0.0, total - self.predict(self.cost.geometry(self.cost.defaults)))
         return total
+
+    def measure(self, model: nn.Module, *, batch: int | None = None) -> float:
+        """Measured seconds of one forward pass of a whole model in this table's runtime and
+        threads, at ``batch`` (default: the table's batch)."""
+        example = torch.randn(batch or self.batch, *self.graph.input_shape, generator=torch.Generator().manual_seed(0))
+        return self.runtime.time(model, example, threads=self.threads, min_run_time=0.5)
 
     def _table(self, geometry: LayerShape) -> np.ndarray:
         key = geometry.key()
@@ -131,8 +137,10 @@ class LatencyTable:
             for r_in in GRID:
                 row = []
                 for r_out in GRID:
-                    module, x = geometry.build(geometry.channels(r_in, geometry.max_in), geometry.channels(r_out, geometry.max_out))
-                    row.append(measure_latency(module, x, threads=self.threads, min_run_time=self.min_run_time))
+                    module, x = geometry.build(geometry.channels(r_in, geometry.max_in),
+                                               geometry.channels(r_out, geometry.max_out), self.batch)
+                    row.append(self.runtime.time(module.eval(), x, threads=self.threads, min_run_time=self.min_run_time,
+                                                 layer=True))
                     self.measured += 1
                 rows.append(row)
             self._tables[key] = rows
@@ -167,7 +175,53 @@ class LatencyTable:
                 total += self.layer_seconds(self._whole[i], in_f[i], out_f[i])
         return total
 
-    def warm(self) -> None:
-        """Measure every whole layer's table now (with a progress line), not during the search."""
-        for geometry in self._whole:
+    def warm(self, *, progress: bool = True) -> None:
+        """Measure every whole layer's table now (with a progress bar), not during the search."""
+        todo = list({g.key(): g for g in self._whole if g.key() not in self._tables}.values())
+        desc = f"latency table ({self.runtime.name}, {self.threads} thread{'s' * (self.threads > 1)}, batch {self.batch})"
+        for geometry in tqdm(todo, desc=desc, unit="layer", disable=not progress or not todo, leave=False):
             self._table(geometry)
+
+
+STEPS = (16, 8, 4, 2)
+"""Channel steps tried, largest first."""
+
+
+def channel_step(runtime: Runtime, *, threads: int = 1, batch: int = 1, cache_dir: str | Path | None = None,
+                 flatness: float = 0.15, min_run_time: float = 0.03) -> int:
+    """The channel granularity that suits ``runtime`` on this machine (cached like the tables).
+
+    The latency staircase of a 3x3 conv (64 input channels, 14x14, the given batch and threads)
+    is measured at every output count from 33 to 64 and cut into blocks of ``s`` counts ending at
+    a multiple of ``s``. The step is the largest ``s`` in :data:`STEPS` whose blocks are flat: the
+    spread inside a block (its interquartile range) is at most ``flatness`` times the jump from
+    one block to the next (a kernel that works on ``s`` channels at a time makes every count of a
+    block cost what its multiple costs, so keeping fewer saves nothing); 1 if none is. With
+    latency proportional to the count that ratio is at least a quarter for every ``s``, so no
+    step is taken. AMC's
+    ``channel_round``, ModelOpt's ``channel_divisor`` and Torch-Pruning's ``round_to`` are the same
+    idea with a fixed number.
+    """
+    root = Path(cache_dir) if cache_dir is not None else cache_root("latency")
+    path = root / f"{table_name(runtime, threads, batch)}-step.json" if root is not None else None
+    if path is not None and path.is_file():
+        return int(json.loads(path.read_text())["step"])
+    seconds = {}
+    for c_out in range(33, 65):
+        module, x = LayerShape("conv", 9, 1, 1, False, (14, 14), 64, 64).build(64, c_out, batch)
+        seconds[c_out] = runtime.time(module.eval(), x, threads=threads, min_run_time=min_run_time, layer=True)
+    step = next((s for s in STEPS if _flat(seconds, s, flatness)), 1)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps({"step": step, "staircase_us": {c: round(t * 1e6, 2) for c, t in seconds.items()}}))
+    return step
+
+
+def _flat(seconds: dict[int, float], step: int, flatness: float) -> bool:
+    """Spread inside blocks (interquartile range, robust to a stray timing) against the jump
+    between block medians."""
+    blocks = [np.array([seconds[c] for c in range(m - step + 1, m + 1)]) for m in range(32 + step, 65, step)]
+    spread = float(np.mean([np.subtract(*np.percentile(b, [75, 25])) / np.median(b) for b in blocks]))
+    medians = [float(np.median(b)) for b in blocks]
+    jump = float(np.mean([abs(b - a) / a for a, b in zip(medians, medians[1:])]))
+    return jump > 0 and spread <= flatness * jump

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -83,6 +84,24 @@ class SearchSpace:
                         continue  # a rule sets actions the space declares; it never adds one
                     values[action] = _parse_action(action, spec)
         return values
+
+    @property
+    def uses_runtime_step(self) -> bool:
+        """Whether a range rounds channels to the runtime's measured step (``round_to: runtime``)."""
+        specs = [spec for rule in self.rules for spec in rule.overrides.values()]
+        return any(getattr(r, "round_to", None) == "runtime" for r in self.ranges.values()) or any(
+            isinstance(spec, Mapping) and str(spec.get("round_to", "")).lower() == "runtime" for spec in specs)
+
+    def with_runtime_step(self, step: int) -> SearchSpace:
+        """This space with ``round_to: runtime`` replaced by ``step``, the runtime's measured step."""
+        def fix(spec: Any) -> Any:
+            runtime = isinstance(spec, Mapping) and str(spec.get("round_to", "")).lower() == "runtime"
+            return {**spec, "round_to": step} if runtime else spec
+
+        ranges = {a: dataclasses.replace(r, round_to=step) if getattr(r, "round_to", None) == "runtime" else r
+                  for a, r in self.ranges.items()}
+        rules = tuple(Rule(r.selectors, {a: fix(s) for a, s in r.overrides.items()}) for r in self.rules)
+        return dataclasses.replace(self, ranges=ranges, rules=rules)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:

@@ -38,6 +38,8 @@ def search(tmp_path: Path, *args: str) -> list[str]:
     (["--budget-flops", "0.5", "--device", "tpu"], "--device tpu is not"),
     (["--budget-flops", "0.5", "--resize", "200", "--image-size", "224"], "pass --resize >= --image-size"),
     (["--budget-flops", "0.5", "--cache-mb", "-1"], "--cache-mb -1 must be 0"),
+    (["--budget-latency", "0.9", "--latency-batch", "301"], "--latency-batch 301 is more than the 300 validation images"),
+    (["--budget-latency", "0.9", "--latency-batch", "0"], "--latency-batch 0 and --latency-threads 1 must be at least 1"),
 ])
 def test_bad_input_gives_one_line(capsys, tmp_path: Path, args: list[str], message: str) -> None:
     code, err = run_cli(capsys, *search(tmp_path, *args))

@@ -5,25 +5,32 @@ from __future__ import annotations
 import numpy as np
 import optuna
 import pytest
+import torch
 
 from autocomp.budget import parse_latency
 from autocomp.config import SearchConfig
 from autocomp.cost import CostModel
-from autocomp.errors import BudgetFormatError
+from autocomp.errors import BudgetFormatError, ConfigError
 from autocomp.graph import LayerGraph
-from autocomp.latency import LatencyTable
+from autocomp.latency import LatencyTable, channel_step
+from autocomp.problem import CompressionProblem
 from autocomp.runners import run_search
+from autocomp.runtimes import TorchRuntime, get_runtime
+from autocomp.space import SearchSpace
 
 
 @pytest.mark.slow
-def test_latency_table_is_reused_from_cache_on_a_second_run(tmp_path, digits_model, digits_data) -> None:
+@pytest.mark.parametrize(("runtime", "batch"), [("onnxruntime", 1), ("onnxruntime", 8), ("torch", 1)])
+def test_latency_table_is_reused_from_cache_on_a_second_run(tmp_path, digits_model, digits_data, runtime: str,
+                                                            batch: int) -> None:
     graph = LayerGraph.build(digits_model, digits_data.input_shape)
     cost = CostModel(graph)
-    first = LatencyTable(graph, cost, threads=1, cache_dir=tmp_path)
-    first.warm()
+    first = LatencyTable(graph, cost, threads=1, cache_dir=tmp_path, runtime=get_runtime(runtime), batch=batch)
+    first.warm(progress=False)
     assert first.measured == 25 * len({g.key() for g in first._whole}) and first.path.is_file()
-    second = LatencyTable(graph, cost, threads=1, cache_dir=tmp_path)
-    second.warm()
+    assert f"-{runtime}" in first.path.name and first.path.name.endswith(f"-1t-b{batch}.json")
+    second = LatencyTable(graph, cost, threads=1, cache_dir=tmp_path, runtime=get_runtime(runtime), batch=batch)
+    second.warm(progress=False)
     assert second.measured == 0  # every layer shape came from the cache
     full = second.predict(cost.geometry(cost.defaults))
     quarter = second.predict(cost.geometry({"keep": np.maximum(1, cost.channels // 4)}))
@@ -32,9 +39,12 @@ def test_latency_table_is_reused_from_cache_on_a_second_run(tmp_path, digits_mod
 
 @pytest.mark.slow
 def test_latency_budget_is_enforced_and_measured(tmp_path) -> None:
+    """The default runtime (onnxruntime): every stored candidate's predicted latency is within the
+    budget, and the summary holds the best plan's measured latency beside its prediction."""
     result = run_search(SearchConfig(budget_latency="0.95", agent="random", episodes=8, name="lat",
                                      runs_dir=str(tmp_path)), progress=False)
     summary = result.summary
+    assert summary["latency"]["runtime"] == "onnxruntime" and summary["latency"]["batch"] == 1
     limit = summary["budgets"]["latency"]["limit"]
     study = optuna.load_study(study_name="lat", storage=f"sqlite:///{result.run_dir / 'study.db'}")
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
@@ -50,3 +60,68 @@ def test_latency_budget_formats() -> None:
     assert parse_latency("0.6", baseline_us=5000) == 3000
     with pytest.raises(BudgetFormatError, match="3ms"):
         parse_latency("3 parsecs", baseline_us=5000)
+
+
+@pytest.mark.parametrize(("module", "shape"), [
+    (torch.nn.Conv2d(6, 8, 3, stride=2, padding=1), (2, 6, 9, 9)),
+    (torch.nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=False), (1, 8, 7, 7)),
+    (torch.nn.Conv1d(4, 5, 5, padding=2), (3, 4, 11)),
+    (torch.nn.Linear(12, 7), (4, 12)),
+    (torch.nn.Linear(12, 7, bias=False), (2, 5, 12)),
+])
+def test_a_layer_written_for_onnxruntime_computes_the_torch_layer(module: torch.nn.Module, shape: tuple[int, ...]) -> None:
+    """The latency table times single layers written directly as ONNX nodes: they must be the
+    same computation as the torch layer (any batch size)."""
+    x = torch.randn(*shape)
+    run = get_runtime("onnxruntime").runner(module.eval(), x[:1], threads=1, layer=True)
+    with torch.no_grad():
+        assert torch.allclose(run(x), module(x), atol=1e-5)
+
+
+def test_a_runtime_that_is_not_installed_names_the_fix(monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    with pytest.raises(ConfigError, match="pip install onnx onnxscript onnxruntime, or pass --runtime torch"):
+        get_runtime("onnxruntime")
+
+
+class _Staircase(TorchRuntime):
+    """A runtime whose conv time is a staircase of ``width`` output channels (no measurement)."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+
+    def version(self) -> str:
+        return f"stairs{self.width}"
+
+    def time(self, model, example, *, threads, min_run_time=0.5, layer=False) -> float:
+        return 1e-4 * (-(-model.out_channels // self.width))
+
+
+@pytest.mark.parametrize(("width", "step"), [(8, 8), (16, 16), (4, 4), (1, 1), (3, 1)])
+def test_channel_step_is_the_staircase_of_the_runtime(tmp_path, width: int, step: int) -> None:
+    assert channel_step(_Staircase(width), cache_dir=tmp_path) == step
+    assert channel_step(_Staircase(width), cache_dir=tmp_path) == step  # the second time from the cache
+    assert len(list(tmp_path.glob("*-step.json"))) == 1
+
+
+def test_the_default_prune_space_rounds_to_the_runtimes_step(digits_model, digits_data, monkeypatch) -> None:
+    """``round_to: runtime`` (the default prune space) takes the step measured for the runtime."""
+    import autocomp.problem as problem_module
+
+    monkeypatch.setattr(problem_module, "channel_step", lambda runtime, **_: 8)
+    problem = CompressionProblem(model=digits_model, data=digits_data, space=SearchSpace.load("prune"),
+                                 budgets={"flops": "0.5"})
+    assert problem.channel_step == 8 and problem.space.ranges["keep_ratio"].round_to == 8
+    kept = [int(k) for k in problem.decode([0.3] * len(problem.steps)).get("keep").values()]
+    channels = [u.channels for u in problem.graph.units]
+    assert all(k % 8 == 0 or k == c for k, c in zip(kept, channels))
+    assert SearchSpace.load("prune").ranges["keep_ratio"].round_to == "runtime"

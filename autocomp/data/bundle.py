@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from autocomp.errors import ConfigError, DataError
 
@@ -172,16 +172,10 @@ class StreamSplit(Split):
                 device: torch.device | str | None = None, augment: bool = False) -> Iterator[Batch]:
         dataset = self.augmented if augment and self.augmented is not None else self.dataset
         loader = DataLoader(Subset(dataset, list(self.indices)), batch_size=batch_size, shuffle=shuffle,
-                            generator=generator, num_workers=self.loader.workers,
+                            generator=generator, num_workers=self.loader.workers, collate_fn=_collate,
                             pin_memory=device is not None and torch.device(device).type == "cuda")
-        try:
-            for x, y in loader:
-                yield self.preprocess.apply(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-        except RuntimeError as exc:
-            if "stack expects each tensor to be equal size" in str(exc):
-                raise DataError("the images of this data set differ in size: pass --image-size N "
-                                "(and --resize M to resize before a centre crop).") from exc
-            raise
+        for x, y in _read(loader):
+            yield self.preprocess.apply(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
 
     def take(self, positions: Sequence[int]) -> StreamSplit:
         return StreamSplit(self.dataset, tuple(self.indices[p] for p in positions), self.preprocess, self.loader,
@@ -193,12 +187,33 @@ class StreamSplit(Split):
         first, _ = self.dataset[self.indices[0]]
         if first.dtype != torch.uint8 or first.numel() * len(self) > max_bytes:
             return self
-        xs, ys = [], []
-        loader = DataLoader(Subset(self.dataset, list(self.indices)), batch_size=256, num_workers=self.loader.workers)
-        for x, y in loader:
-            xs.append(x)
-            ys.append(y)
-        return TensorSplit(torch.cat(xs), torch.cat(ys).long(), self.preprocess)
+        images = torch.empty((len(self), *first.shape), dtype=torch.uint8)  # filled in place: one copy in memory
+        labels = torch.empty(len(self), dtype=torch.long)
+        loader = DataLoader(Subset(self.dataset, list(self.indices)), batch_size=64, num_workers=self.loader.workers,
+                            collate_fn=_collate)
+        start = 0
+        for x, y in _read(loader):
+            if x.shape[1:] != first.shape:
+                raise DataError(f"the images of this data set differ in size ({tuple(first.shape)}, {tuple(x.shape[1:])}): "
+                                "pass --image-size N (and --resize M to resize before a centre crop).")
+            images[start:start + len(x)], labels[start:start + len(x)] = x, y
+            start += len(x)
+        return TensorSplit(images, labels, self.preprocess)
+
+
+def _collate(samples: list[tuple[torch.Tensor, Any]]) -> tuple[Any, Any]:
+    """``default_collate``, or ``(None, sizes)`` for images of different sizes (raised by the reader
+    as one line: an error inside a loader worker would come back wrapped in its traceback)."""
+    sizes = sorted({tuple(x.shape) for x, _ in samples})
+    return default_collate(samples) if len(sizes) == 1 else (None, sizes)
+
+
+def _read(loader: DataLoader[Any]) -> Iterator[Batch]:
+    for x, y in loader:
+        if x is None:
+            raise DataError(f"the images of this data set differ in size ({', '.join(map(str, y[:3]))}): pass "
+                            "--image-size N (and --resize M to resize before a centre crop).")
+        yield x, y
 
 
 @dataclass(frozen=True)

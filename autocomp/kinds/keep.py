@@ -1,6 +1,8 @@
 """``keep_ratio``: channels kept per unit (a group of coupled channels), decided at its first layer.
 
-Space spec: ``keep_ratio: {min: 0.2, max: 1.0, round_to: 8, importance: l1}``. Allowed counts
+Space spec: ``keep_ratio: {min: 0.2, max: 1.0, round_to: 8, importance: l1}``; ``round_to:
+runtime`` is the step measured for the deployment runtime (``autocomp.latency.channel_step``,
+resolved by the problem; 1 where no runtime is known). Allowed counts
 are the multiples of ``round_to`` between ``min`` and ``max`` of the unit's channels, and the
 whole unit when ``max`` is 1 (a unit with no multiple in range keeps its nearest multiple, or
 stays whole); with ``round_to: 1`` that is every count from ``min`` to ``max``. ``importance``
@@ -38,16 +40,27 @@ IMPORTANCE = {"l1": 1, "l2": 2}
 class KeepRange:
     min: float
     max: float = 1.0
-    round_to: int = 1
+    round_to: int | str = 1  # a channel count, or "runtime": the step measured for the deployment runtime
     importance: str = "l1"
 
     def __post_init__(self) -> None:
         if not 0 < self.min <= self.max <= 1:
             raise ConfigError(f"keep_ratio range [{self.min}, {self.max}] must satisfy 0 < min <= max <= 1: fix the space file.")
-        if self.round_to < 1:
-            raise ConfigError(f"round_to={self.round_to} must be a positive channel count: fix the space file.")
+        if self.round_to != "runtime" and (not isinstance(self.round_to, int) or self.round_to < 1):
+            raise ConfigError(f"round_to={self.round_to} must be a positive channel count or `runtime` (the step that "
+                              "pays in the deployment runtime, measured): fix the space file.")
         if self.importance not in IMPORTANCE:
             raise ConfigError(f"importance={self.importance!r} is not one of {sorted(IMPORTANCE)}: fix the space file.")
+
+
+    @property
+    def step(self) -> int:
+        """The channel step; ``runtime`` not yet resolved (no runtime known) counts as 1."""
+        return self.round_to if isinstance(self.round_to, int) else 1
+
+
+def _round_to(value: Any) -> int | str:
+    return "runtime" if str(value).strip().lower() == "runtime" else int(value)
 
 
 class KeepRatio(ActionKind):
@@ -60,7 +73,7 @@ class KeepRatio(ActionKind):
 
     def parse(self, spec: Mapping[str, Any]) -> KeepRange:
         return parse_fields(KeepRange, spec, self.action, example="{min: 0.2, max: 1.0}",
-                            casts={"min": float, "max": float, "round_to": int, "importance": str})
+                            casts={"min": float, "max": float, "round_to": _round_to, "importance": str})
 
     def to_spec(self, value: KeepRange) -> dict[str, Any]:
         return {"min": value.min, "max": value.max, "round_to": value.round_to, "importance": value.importance}
@@ -72,7 +85,7 @@ class KeepRatio(ActionKind):
             return np.array([channels], dtype=np.int64)
         low = max(1, round(value.min * channels))
         high = max(low, round(value.max * channels))
-        step = math.lcm(value.round_to, unit.groups)  # a grouped conv's groups stay equal
+        step = math.lcm(value.step, unit.groups)  # a grouped conv's groups stay equal
         grid = np.arange(step, high + 1, step)
         inside = grid[grid >= low]
         if step == 1:

@@ -33,20 +33,23 @@ from autocomp.cost import Cost, CostModel
 from autocomp.data import DataBundle, Split
 from autocomp.errors import IncompatibleModelError
 from autocomp.graph import LayerGraph
-from autocomp.latency import LatencyTable
+from autocomp.latency import LatencyTable, channel_step
 from autocomp.plan import Plan
 from autocomp.problem.budgets import Budgets
 from autocomp.problem.decisions import DecisionSpace, State, Step
 from autocomp.problem.evaluator import EvalSettings, Evaluator, Score, calibration_split
 from autocomp.problem.preflight import preflight, random_actions
 from autocomp.problem.scoring import CachedScorer, EvalStats, EvaluationBackend, Metrics
+from autocomp.runtimes import get_runtime
 from autocomp.space import SearchSpace
 
 
-def measured_latency(graph: LayerGraph, cost: CostModel, model: nn.Module, *, threads: int) -> tuple[LatencyTable, float]:
-    """A latency table for ``graph`` on this machine (measured now, or read from its cache) and the
-    whole model's measured latency in seconds."""
-    table = LatencyTable(graph, cost, threads=threads)
+def measured_latency(graph: LayerGraph, cost: CostModel, model: nn.Module, *, threads: int, runtime: str = "onnxruntime",
+                     batch: int = 1) -> tuple[LatencyTable, float]:
+    """A latency table for ``graph`` on this machine in ``runtime`` at ``threads`` threads and
+    batch ``batch`` (measured now, or read from its cache) and the whole model's measured latency
+    in seconds."""
+    table = LatencyTable(graph, cost, threads=threads, runtime=get_runtime(runtime), batch=batch)
     table.warm()
     return table, table.calibrate(model)
 
@@ -56,9 +59,14 @@ class CompressionProblem:
 
     def __init__(self, *, model: nn.Module, data: DataBundle, space: SearchSpace,
                  budgets: Mapping[str, str | float | None], evaluation: EvalSettings | None = None,
-                 graph: LayerGraph | None = None, latency_threads: int = 1, device: str | torch.device = "cpu") -> None:
+                 graph: LayerGraph | None = None, latency_threads: int = 1, device: str | torch.device = "cpu",
+                 runtime: str = "onnxruntime", latency_batch: int = 1) -> None:
         self.model = model.eval()
         self.data = data
+        self.channel_step: int | None = None  # measured for the runtime when the space rounds to it
+        if space.uses_runtime_step:
+            self.channel_step = channel_step(get_runtime(runtime), threads=latency_threads, batch=latency_batch)
+            space = space.with_runtime_step(self.channel_step)
         self.space = space
         self.evaluation = evaluation or EvalSettings()
         self.graph = graph or LayerGraph.build(self.model, data.input_shape)
@@ -71,7 +79,8 @@ class CompressionProblem:
                 "`autocomp inspect --model ... --space ...`, and use a space with other actions (e.g. --space quant).")
         latency, self.baseline_latency_s = None, 0.0
         if budgets.get("latency") is not None:
-            latency, self.baseline_latency_s = measured_latency(self.graph, self.cost, self.model, threads=latency_threads)
+            latency, self.baseline_latency_s = measured_latency(self.graph, self.cost, self.model, threads=latency_threads,
+                                                                runtime=runtime, batch=latency_batch)
         self.latency: LatencyTable | None = latency
         self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)
         self.limits = self.constraints.limits

@@ -9,6 +9,7 @@ applied; each candidate is moved to the device to be scored.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -31,7 +32,14 @@ class EvalSettings:
     recalibrate: bool = True
     calib_batches: int = 4
     calib_batch_size: int = 128
-    eval_batch_size: int = 500
+    eval_batch_size: int | None = None  # None: 500 images, fewer for big ones (see ``eval_batch``)
+
+    def eval_batch(self, input_shape: tuple[int, ...]) -> int:
+        """Images per scoring batch: ``eval_batch_size``, or 500 capped so that a batch holds at
+        most 8M input values (55 images at 3x224x224): activations of big inputs stay in bounds."""
+        if self.eval_batch_size is not None:
+            return self.eval_batch_size
+        return max(1, min(500, 2**23 // max(1, math.prod(input_shape))))
 
 
 @dataclass(frozen=True)
@@ -93,9 +101,9 @@ class Evaluator:
         model = self.compressor.apply(plan, share_weights=True, device=self.device)
         with parametrize.cached():  # quantised weights computed once per candidate, not per batch
             self._recalibrate(model, timer)
-            acc = accuracy(model, val, batch_size=self.settings.eval_batch_size, timer=timer)
+            acc = accuracy(model, val, batch_size=self.settings.eval_batch(self.graph.input_shape), timer=timer)
         return Score(acc, time.perf_counter() - start, timer.seconds, len(val))
 
     def score(self, model: nn.Module, split: Split) -> float:
         """Accuracy of ``model`` on ``split``, scored on this evaluator's device."""
-        return accuracy(on_device(model, self.device), split, batch_size=self.settings.eval_batch_size)
+        return accuracy(on_device(model, self.device), split, batch_size=self.settings.eval_batch(self.graph.input_shape))

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 from tqdm.auto import tqdm
 
 from autocomp.budget import METRICS
@@ -31,6 +30,7 @@ from autocomp.rundir import RunDir
 from autocomp.runners.interrupt import GracefulStop
 from autocomp.runners.setup import load_config_data, prepare_model, process_settings
 from autocomp.runners.storage import open_storage
+from autocomp.runtimes import get_runtime
 from autocomp.searchers import SEARCHERS
 from autocomp.searchers.base import Searcher
 from autocomp.searchers.record import Candidate, TrialRecorder
@@ -104,12 +104,17 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
 def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episodes: int, searcher_cls: type[Searcher],
             space: SearchSpace, *, start: float, progress: bool) -> SearchResult:
     device = resolve_device(config.device)
+    if config.budget_latency is not None:
+        get_runtime(config.runtime)  # installed?
     data = load_config_data(config, run.read_subsets() if run.exists() else None)
+    if config.budget_latency is not None and config.latency_batch > len(data.val):
+        raise ConfigError(f"--latency-batch {config.latency_batch} is more than the {len(data.val)} validation images: "
+                          f"use a batch up to {len(data.val)} (or raise --val-size).")
     model = prepare_model(config, data, progress=progress)
     problem = CompressionProblem(
         model=model, data=data, space=space, budgets=config.budgets(),
         evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size),
-        latency_threads=config.latency_threads, device=device,
+        latency_threads=config.latency_threads, device=device, runtime=config.runtime, latency_batch=config.latency_batch,
     )
     problem.preflight()  # a model autocomp cannot compress fails now, before the run directory exists
     searcher_cls.check_problem(problem, settings, episodes)
@@ -232,15 +237,20 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
         "best": {**_metrics_dict(best.metrics, problem.score(model, problem.data.test)), "trial": best.number},
         "search_seconds": timing,
     }
-    if problem.latency is not None:  # predicted vs measured, batch 1, the table's thread count
-        from autocomp.latency import measure_latency
+    if problem.channel_step is not None:  # the space rounds kept channels to the runtime's measured step
+        summary["channel_step"] = {"runtime": config.runtime, "threads": config.latency_threads,
+                                   "batch": config.latency_batch, "step": problem.channel_step}
+    if problem.latency is not None:  # predicted vs measured, in the runtime, at the table's batch and threads
         from autocomp.ops import bake
 
-        example = torch.randn(1, *problem.data.input_shape)
+        table = problem.latency
+        measured = table.measure(bake(model.cpu()))
         summary["latency"] = {
-            "threads": config.latency_threads,
+            "runtime": table.runtime.name, "runtime_version": table.runtime.version(),
+            "threads": config.latency_threads, "batch": table.batch,
             "baseline_measured_ms": round(problem.baseline_latency_s * 1e3, 4),
             "best_predicted_ms": round(best.metrics.latency_us / 1e3, 4),
-            "best_measured_ms": round(measure_latency(bake(model.cpu()), example, threads=config.latency_threads) * 1e3, 4),
+            "best_measured_ms": round(measured * 1e3, 4),
+            "best_measured_over_predicted": round(measured * 1e6 / max(1, best.metrics.latency_us), 4),
         }
     return run.write_summary(summary)

@@ -117,3 +117,18 @@ def test_a_resumed_streamed_search_scores_the_stored_images(tmp_path: Path) -> N
     resumed = autocomp.search(config=config.replace(episodes=4), resume=True, progress=False)
     assert resumed["candidates"] == 4 and resumed["evaluation"]["val_size"] == 7
     assert json.loads((run / "subsets.json").read_text()) == edited
+
+
+@pytest.mark.parametrize("cache_mb", [2048, 0])
+def test_images_of_different_sizes_get_the_one_line_fix(tmp_path: Path, cache_mb: int) -> None:
+    for split in ("train", "test"):
+        for label in range(2):
+            folder = tmp_path / split / str(label)
+            folder.mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(np.zeros((8 + 2 * (i % 2),) * 2 + (3,), np.uint8)).save(folder / f"{i}.png")
+    with pytest.raises(DataError, match=r"differ in size .*pass --image-size N"):
+        data = load_data(f"imagefolder:{tmp_path}", val_size=6, calib_size=4, cache_mb=cache_mb)
+        list(data.val.batches(6))
+    data = load_data(f"imagefolder:{tmp_path}", val_size=6, calib_size=4, cache_mb=cache_mb, image_size=8)
+    assert next(iter(data.val.batches(6)))[0].shape == (6, 3, 8, 8)

@@ -1,0 +1,221 @@
+"""Deployment runtimes: where latency is measured (latency tables, budgets, summaries, exports).
+
+- ``onnxruntime`` (the default): the model, or one layer of it, as an ONNX graph in an
+  onnxruntime CPU session with ``threads`` intra-op threads, sequential execution and every graph
+  optimisation (the session a user deploys);
+- ``torch``: eager PyTorch in ``eval()`` under ``torch.inference_mode()``, timed by
+  ``torch.utils.benchmark`` at ``threads`` threads.
+
+Whole models are written to ONNX by ``torch.onnx.export(dynamo=True)`` with a dynamic batch axis.
+Single conv and linear layers (the latency table's thousands of timings) are written directly as
+one ONNX ``Conv`` or ``Gemm``/``MatMul`` node, the ops the exporter emits for them, which takes
+milliseconds instead of seconds.
+
+Example:
+    >>> from torch import nn
+    >>> seconds = get_runtime("torch").time(nn.Linear(8, 4), torch.randn(1, 8), threads=1, min_run_time=0.01)
+    >>> 0 < seconds < 0.01
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocomp.errors import ConfigError
+from autocomp.files import atomic_path
+from autocomp.registry import Registry
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+"""Runs a model (or a written file) in its runtime on one batch."""
+
+ORT_MISSING = ("--runtime onnxruntime needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime, "
+               "or pass --runtime torch to measure latency in eager PyTorch.")
+
+
+class Runtime(ABC):
+    """Where a model runs: a runner of it, and the median seconds of one call."""
+
+    name: str
+
+    @abstractmethod
+    def version(self) -> str: ...
+
+    def check(self) -> None:
+        """Raise a one-line :class:`ConfigError` naming the fix when the runtime is not installed."""
+
+    @abstractmethod
+    def runner(self, model: nn.Module, example: torch.Tensor, *, threads: int, layer: bool = False) -> Runner:
+        """``model`` (in eval mode) ready to run batches shaped like ``example`` (any batch size);
+        ``layer``: it is one conv or linear layer (written directly, not traced)."""
+
+    def time(self, model: nn.Module, example: torch.Tensor, *, threads: int, min_run_time: float = 0.5,
+             layer: bool = False) -> float:
+        """Median seconds of one forward pass on ``example``."""
+        return median_seconds(self.runner(model, example, threads=threads, layer=layer), example, threads=threads,
+                              min_run_time=min_run_time)
+
+
+RUNTIMES: Registry[type[Runtime]] = Registry("runtime")
+
+
+def get_runtime(name: str) -> Runtime:
+    """The runtime called ``name`` (``onnxruntime`` or ``torch``), checked to be installed."""
+    runtime = RUNTIMES.get(name)()
+    runtime.check()
+    return runtime
+
+
+def median_seconds(run: Runner, x: torch.Tensor, *, threads: int, min_run_time: float = 0.5) -> float:
+    """Median seconds of one call: 3 warm-up calls, then at least 10 and ``min_run_time`` seconds
+    (torch at ``threads`` threads, restored afterwards)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(3):
+            run(x)
+        times: list[float] = []
+        deadline = time.perf_counter() + min_run_time
+        while len(times) < 10 or time.perf_counter() < deadline:
+            start = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - start)
+        times.sort()
+        return times[len(times) // 2]
+    finally:
+        torch.set_num_threads(saved)
+
+
+@RUNTIMES.register("torch")
+class TorchRuntime(Runtime):
+    """Eager PyTorch (``torch.utils.benchmark``: its blocked autorange at ``threads`` threads)."""
+
+    name = "torch"
+
+    def version(self) -> str:
+        return torch.__version__.split("+")[0]
+
+    def runner(self, model: nn.Module, example: torch.Tensor, *, threads: int, layer: bool = False) -> Runner:
+        model = model.eval()
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return model(x)
+
+        return run
+
+    def time(self, model: nn.Module, example: torch.Tensor, *, threads: int, min_run_time: float = 0.5,
+             layer: bool = False) -> float:
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # a CUDA-less build warns on import
+        from torch.utils import benchmark
+
+        model = model.eval()
+        with torch.inference_mode():
+            timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": example}, num_threads=threads)
+            return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+
+
+@RUNTIMES.register("onnxruntime")
+class OnnxRuntime(Runtime):
+    """An onnxruntime CPU session: ``threads`` intra-op threads, sequential, all optimisations."""
+
+    name = "onnxruntime"
+
+    def version(self) -> str:
+        import onnxruntime
+
+        return str(onnxruntime.__version__)
+
+    def check(self) -> None:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ConfigError(ORT_MISSING) from None
+
+    def session(self, path: str | Path | bytes, *, threads: int) -> Any:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        return onnxruntime.InferenceSession(path if isinstance(path, bytes) else str(path), options,
+                                            providers=["CPUExecutionProvider"])
+
+    def runner_of_session(self, session: Any) -> Runner:
+        name = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+
+    def runner(self, model: nn.Module, example: torch.Tensor, *, threads: int, layer: bool = False) -> Runner:
+        if layer:
+            return self.runner_of_session(self.session(layer_onnx(model, example).SerializeToString(), threads=threads))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            write_onnx(model, example, path)
+            session = self.session(path, threads=threads)
+        return self.runner_of_session(session)
+
+
+def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """``model`` as ONNX at ``path`` (``torch.onnx.export``, dynamo, a dynamic batch axis)."""
+    with atomic_path(path) as tmp:
+        torch.onnx.export(model.eval(), (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False,
+                          verbose=False)
+
+
+def layer_onnx(module: nn.Module, example: torch.Tensor) -> Any:
+    """One conv (any dimension, groups, stride, padding, dilation) or linear layer as a one-node
+    ONNX model with its weights, for inputs shaped like ``example``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = module.weight.detach().cpu().numpy().astype(np.float32)
+    inits = []
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *example.shape[1:]])
+    with torch.no_grad():
+        out_shape = module(example[:1]).shape[1:]
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", *out_shape])
+    if isinstance(module, nn.modules.conv._ConvNd):
+        inits.append(numpy_helper.from_array(weight, "weight"))
+        inputs = ["input", "weight"]
+        if module.bias is not None:
+            inits.append(numpy_helper.from_array(module.bias.detach().cpu().numpy().astype(np.float32), "bias"))
+            inputs.append("bias")
+        padding = list(module.padding) if not isinstance(module.padding, str) else [0] * len(module.kernel_size)
+        node = helper.make_node("Conv", inputs, ["output"], kernel_shape=list(module.kernel_size),
+                                strides=list(module.stride), pads=padding + padding, dilations=list(module.dilation),
+                                group=module.groups)
+        nodes = [node]
+    elif isinstance(module, nn.Linear):
+        inits.append(numpy_helper.from_array(weight if example.dim() == 2 else weight.T.copy(), "weight"))
+        bias = module.bias.detach().cpu().numpy().astype(np.float32) if module.bias is not None else None
+        if example.dim() == 2:  # Gemm, as the exporter writes a linear layer on a batch of vectors
+            inputs = ["input", "weight"] + (["bias"] if bias is not None else [])
+            nodes = [helper.make_node("Gemm", inputs, ["output"], transB=1)]
+        else:  # MatMul (+ Add) on a batch of sequences
+            nodes = [helper.make_node("MatMul", ["input", "weight"], ["product" if bias is not None else "output"])]
+            if bias is not None:
+                nodes.append(helper.make_node("Add", ["product", "bias"], ["output"]))
+        if bias is not None:
+            inits.append(numpy_helper.from_array(bias, "bias"))
+    else:
+        raise TypeError(f"{type(module).__name__} is not a conv or linear layer")
+    graph = helper.make_graph(nodes, "layer", [x], [y], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,179 @@
+"""What the search optimises is what runs: the shared ResNet-20 in onnxruntime, 1 thread.
+
+Rows (results in bench/results/runtime_resnet20.json and the `runtime` section of RESULTS.md):
+- the fp32 original, exported to ONNX;
+- onnxruntime's own static int8 of the original (QDQ, per-channel weights, U8 activations with
+  ``reduce_range``, calibrated on the search's 512 calibration images): what a user gets from
+  onnxruntime alone;
+- Torch-Pruning global group-L1 (``round_to=8``), its MACs ratio bisected so that its measured
+  latency at batch 1 matches our plan's (seed 0);
+- our best plan at ``--budget-latency 0.5`` in the default space (``prune``, channels rounded
+  to the runtime's measured step), seeds 0, 1, 2.
+
+Columns: measured speed-up over the original at batch 1 and 32, predicted vs measured latency,
+test accuracy measured in onnxruntime (no fine-tuning), search CPU-minutes.
+
+    python bench/runtime_bench.py
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESNET20, cifar_dir, commit, machine, write_section
+from peers import torch_pruning_model
+
+from autocomp.config import SearchConfig
+from autocomp.cost import measure_cost
+from autocomp.evaluate import recalibrate_batchnorm
+from autocomp.exporting import export_run, runtime_accuracy
+from autocomp.graph import LayerGraph
+from autocomp.runners import run_search
+from autocomp.runners.setup import load_config_data, prepare_model
+from autocomp.runtimes import OnnxRuntime, write_onnx
+
+RESULTS = Path(__file__).resolve().parent / "results" / "runtime_resnet20.json"
+RUNS = Path("/tmp/runtime-bench")
+ORT = OnnxRuntime()
+
+
+def _latency(model: torch.nn.Module, shape: tuple[int, ...], batch: int) -> float:
+    example = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
+    return ORT.time(model.eval(), example, threads=1, min_run_time=1.0)
+
+
+def _ort_accuracy(model: torch.nn.Module, data: Any) -> float:
+    example = data.val.example(1)
+    return runtime_accuracy(ORT.runner(model.eval(), example, threads=1), data.test)
+
+
+def ort_int8(model: torch.nn.Module, data: Any, shape: tuple[int, ...]) -> dict[str, float]:
+    """onnxruntime's static QDQ quantisation of the whole model (its own tool, its own calibration)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": x.numpy()} for x, _ in data.calibration.batches(32)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, pre, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        write_onnx(model.eval(), data.val.example(1), fp32)
+        quant_pre_process(str(fp32), str(pre))
+        quantize_static(str(pre), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True)
+        session = ORT.session(int8, threads=1)
+        run = ORT.runner_of_session(session)
+        from autocomp.runtimes import median_seconds
+
+        out = {f"latency_b{b}_s": median_seconds(run, torch.randn(b, *shape), threads=1, min_run_time=1.0) for b in (1, 32)}
+        out["test_accuracy"] = runtime_accuracy(run, data.test)
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    config = SearchConfig(**RESNET20, data=f"imagefolder:{cifar_dir()}", runtime="onnxruntime", latency_threads=1)
+    data = load_config_data(config)
+    model = prepare_model(config, data, progress=False)
+    shape = data.input_shape
+    original = {f"latency_b{b}_s": _latency(model, shape, b) for b in (1, 32)}
+    original["test_accuracy"] = _ort_accuracy(model, data)
+    rows: dict[str, Any] = {"original": original, "ort_int8": ort_int8(model, data, shape)}
+
+    ours = []
+    for seed in (0, 1, 2):
+        name = f"r20-lat05-s{seed}"
+        run = RUNS / name
+        if not (run / "summary.json").is_file():
+            summary = run_search(config.replace(budget_latency="0.5", seed=seed, name=name, runs_dir=str(RUNS)),
+                                 progress=False).summary
+        else:
+            summary = json.loads((run / "summary.json").read_text())
+        info = export_run(run, fmt="onnx", threads=1, latency_batch=32)
+        lat = summary["latency"]
+        ours.append({"seed": seed, "predicted_b1_s": lat["best_predicted_ms"] / 1e3,
+                     "measured_b1_s": lat["best_measured_ms"] / 1e3, "budget_b1_s": summary["budgets"]["latency"]["limit"] / 1e6,
+                     "export_b1_s": info["latency_s"], "export_b32_s": info["latency_batch_s"],
+                     "test_accuracy": info["test_accuracy"], "val_accuracy": summary["best"]["val_accuracy"],
+                     "macs_ratio": summary["best"]["flops"] / summary["baseline"]["flops"],
+                     "channel_step": summary.get("channel_step", {}).get("step"),
+                     "cpu_minutes": summary["search_seconds"]["cpu"] / 60})
+    rows["ours"] = ours
+
+    # Torch-Pruning at our seed-0 plan's measured latency (batch 1): bisect its MACs ratio
+    graph = LayerGraph.build(model, shape)
+    classifier = graph.layers[-1].name
+    target = ours[0]["export_b1_s"]
+    base_macs = measure_cost(model, shape).macs
+    lo, hi, best = 0.0, 0.9, None
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        pruned = torch_pruning_model(model, shape, classifier, mid, round_to=8)
+        seconds = _latency(pruned, shape, 1)
+        if seconds <= target:
+            hi, best = mid, (pruned, seconds)
+        else:
+            lo = mid
+    assert best is not None
+    pruned, seconds = best
+    recalibrate_batchnorm(pruned, data.calibration, batch_size=128)  # the same recalibration as our candidates
+    rows["torch_pruning"] = {"ratio": hi, "macs_ratio": measure_cost(pruned, shape).macs / base_macs,
+                             "latency_b1_s": seconds, "latency_b32_s": _latency(pruned, shape, 32),
+                             "test_accuracy": _ort_accuracy(pruned, data)}
+    rows["machine"], rows["commit"] = machine(), commit()
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(rows, indent=1) + "\n")
+    report(rows)
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3f} ms"
+
+
+def _spread(values: list[float], fmt: str = "{:.4f}") -> str:
+    mean = statistics.mean(values)
+    return f"{fmt.format(mean)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def report(rows: dict[str, Any]) -> None:
+    o, q, tp, ours = rows["original"], rows["ort_int8"], rows["torch_pruning"], rows["ours"]
+    lines = ["## Runtime: the shared ResNet-20 measured in onnxruntime (1 thread)", "",
+             f"Machine: {rows['machine']}; commit {rows['commit']}. Command: `python bench/runtime_bench.py`. "
+             "Test accuracy is measured in onnxruntime on the 10,000 test images, after batch-norm recalibration "
+             "and before any fine-tuning.", "",
+             "| row | speed-up, batch 1 | speed-up, batch 32 | predicted / measured, batch 1 | test accuracy | search CPU-min |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |",
+             f"| fp32 original ({_ms(o['latency_b1_s'])}, {_ms(o['latency_b32_s'])} at 32) | 1.00x | 1.00x | - | "
+             f"{o['test_accuracy']:.4f} | - |",
+             f"| onnxruntime static int8 (QDQ, U8S8, reduce_range) | {o['latency_b1_s'] / q['latency_b1_s']:.2f}x | "
+             f"{o['latency_b32_s'] / q['latency_b32_s']:.2f}x | - | {q['test_accuracy']:.4f} | - |",
+             f"| Torch-Pruning group-L1, round_to 8, at our latency ({tp['macs_ratio']:.3f} of the MACs) | "
+             f"{o['latency_b1_s'] / tp['latency_b1_s']:.2f}x | {o['latency_b32_s'] / tp['latency_b32_s']:.2f}x | - | "
+             f"{tp['test_accuracy']:.4f} | - |"]
+    s1 = [o["latency_b1_s"] / r["export_b1_s"] for r in ours]
+    s32 = [o["latency_b32_s"] / r["export_b32_s"] for r in ours]
+    ratio = [r["predicted_b1_s"] / r["measured_b1_s"] for r in ours]
+    lines.append(f"| ours, `--budget-latency 0.5`, default space (3 seeds; mean, min-max) | {_spread(s1, '{:.2f}')}x | "
+                 f"{_spread(s32, '{:.2f}')}x | {_spread(ratio, '{:.3f}')} | {_spread([r['test_accuracy'] for r in ours])} | "
+                 f"{_spread([r['cpu_minutes'] for r in ours], '{:.1f}')} |")
+    lines += ["", "Per seed (ours): " + "; ".join(
+        f"seed {r['seed']}: predicted {_ms(r['predicted_b1_s'])}, measured {_ms(r['measured_b1_s'])} (budget "
+        f"{_ms(r['budget_b1_s'])}), {r['macs_ratio']:.3f} of the MACs, channel step {r['channel_step']}" for r in ours) + "."]
+    write_section("runtime", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
