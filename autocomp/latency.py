@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import json
 import platform
 import re
@@ -223,5 +224,5 @@ def _flat(seconds: dict[int, float], step: int, flatness: float) -> bool:
     blocks = [np.array([seconds[c] for c in range(m - step + 1, m + 1)]) for m in range(32 + step, 65, step)]
     spread = float(np.mean([np.subtract(*np.percentile(b, [75, 25])) / np.median(b) for b in blocks]))
     medians = [float(np.median(b)) for b in blocks]
-    jump = float(np.mean([abs(b - a) / a for a, b in zip(medians, medians[1:])]))
+    jump = float(np.mean([abs(b - a) / a for a, b in itertools.pairwise(medians)]))
     return jump > 0 and spread <= flatness * jump
