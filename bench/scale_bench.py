@@ -53,9 +53,11 @@ def make(count: int, out: Path) -> None:
 
 
 def _tree_rss(pid: int) -> tuple[int, int]:
-    """(RSS of ``pid``, RSS of it and every descendant) in bytes, from /proc."""
+    """(RSS of ``pid``, PSS of it and every descendant) in bytes, from /proc: PSS splits the pages
+    a forked DataLoader worker shares with its parent between them instead of counting them twice."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
+    proportional: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -63,19 +65,22 @@ def _tree_rss(pid: int) -> tuple[int, int]:
             stat = (entry / "stat").read_text()
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             pages = int((entry / "statm").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
+            pss = next(int(line.split()[1]) * 1024 for line in (entry / "smaps_rollup").read_text().splitlines()
+                       if line.startswith("Pss:"))
+        except (OSError, IndexError, ValueError, StopIteration):
             continue
         children.setdefault(ppid, []).append(int(entry.name))
         rss[int(entry.name)] = pages * os.sysconf("SC_PAGE_SIZE")
+        proportional[int(entry.name)] = pss
     todo, total = [pid], 0
     while todo:
         p = todo.pop()
-        total += rss.get(p, 0)
+        total += proportional.get(p, 0)
         todo += children.get(p, [])
     return rss.get(pid, 0), total
 
 
-def search(folder: Path) -> None:
+def search(folder: Path, label: str = "") -> None:
     import torch
     import torchvision
 
@@ -116,9 +121,9 @@ def search(folder: Path) -> None:
     timing = summary["search_seconds"]
     images = sum(len(list((folder / "train" / c).iterdir())) for c in os.listdir(folder / "train"))
     row = {
-        "folder": str(folder), "train_images": images, "command": " ".join(command[1:]),
+        "label": label, "folder": str(folder), "train_images": images, "command": " ".join(command[1:]),
         "wall_s": round(time.perf_counter() - start, 1),
-        "peak_rss_main_gb": round(peak["main"] / 2**30, 3), "peak_rss_tree_gb": round(peak["tree"] / 2**30, 3),
+        "peak_rss_main_gb": round(peak["main"] / 2**30, 3), "peak_pss_tree_gb": round(peak["tree"] / 2**30, 3),
         "maxrss_children_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3),
         "candidates": timing["candidates"], "evaluations": timing["evaluations"],
         "evaluation_s": timing["evaluation"], "forward_s": timing["forward_passes"],
@@ -178,11 +183,13 @@ def report() -> None:
              "are not measured.", "",
              "A 10-candidate random search, 5,000 validation images (decoded once into a uint8 cache), 512 calibration "
              "images, `--budget-flops 0.25`, 2 threads, random weights. Peak RSS is sampled every 0.5 s from /proc "
-             "(main process; and with its DataLoader workers).", "",
-             "| training JPEGs | peak RSS, main | peak RSS, with workers | candidates | s per candidate | outside forward passes | commit |",
+             "(RSS of the search process; PSS of it with its DataLoader workers, which share pages with it).", "",
+             "| training JPEGs | peak RSS, search process | peak PSS, with workers | candidates | s per candidate | outside forward passes | commit |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in searches:
-        lines.append(f"| {r['train_images']:,} | {r['peak_rss_main_gb']:.2f} GB | {r['peak_rss_tree_gb']:.2f} GB | "
+        pss = f"{r['peak_pss_tree_gb']:.2f} GB" if r.get("peak_pss_tree_gb") else "-"
+        label = f" ({r['label']})" if r.get("label") else ""
+        lines.append(f"| {r['train_images']:,}{label} | {r['peak_rss_main_gb']:.2f} GB | {pss} | "
                      f"{r['candidates']} | {r['per_candidate_s']:.1f} | {100 * r['outside_fraction']:.1f}% | {r['commit']} |")
     if searches:
         lines += ["", f"Command (each folder): `python bench/scale_bench.py search FOLDER`, which runs `autocomp "
@@ -204,7 +211,7 @@ if __name__ == "__main__":
     if step == "make":
         make(int(sys.argv[2]), Path(sys.argv[3]))
     elif step == "search":
-        search(Path(sys.argv[2]))
+        search(Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "")
     elif step == "overhead":
         overhead(sys.argv[2] if len(sys.argv) > 2 else "candidate")
     elif step == "report":

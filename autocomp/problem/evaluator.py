@@ -84,7 +84,11 @@ class Evaluator:
         self.device = torch.device(device)
 
     def _recalibrate(self, model: nn.Module, timer: ForwardTimer | None = None) -> None:
-        recalibrate_batchnorm(model, self.calibration, batch_size=self.settings.calib_batch_size, timer=timer)
+        """Batch norm re-estimated on the calibration images, in batches of ``calib_batch_size``
+        capped like scoring batches (55 images at 3x224x224; unchanged for small images), so
+        that big inputs keep their activations in bounds."""
+        batch = min(self.settings.calib_batch_size, self.settings.eval_batch(self.graph.input_shape))
+        recalibrate_batchnorm(model, self.calibration, batch_size=batch, timer=timer)
 
     def build(self, plan: Plan) -> nn.Module:
         """The physically compressed model of ``plan`` with recalibrated batch norm."""
