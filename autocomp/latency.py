@@ -4,9 +4,11 @@ Every conv/linear layer is timed on its own in the runtime (:mod:`autocomp.runti
 onnxruntime session by default, or eager torch) at the latency batch size, a fixed thread count
 and its real input size, at a grid of input x output channel counts (1/8, 1/4, 1/2, 3/4 and all
 of its channels); any other width is interpolated bilinearly. A factorised layer costs its two
-parts, each timed the same way. What the layers do not explain (batch norm, activations, adds,
-and what the runtime fuses) is the measured whole-model latency minus the table's sum for the
-original model, added as a constant.
+parts, each timed the same way. A layer's time is what it adds to a runtime call that does
+nothing (for onnxruntime, a session run of an ``Identity`` node on the same input): the call
+itself is paid once per model. What the layers do not explain (that call, batch norm,
+activations, adds, and what the runtime fuses) is the measured whole-model latency minus the
+table's sum for the original model, added as a constant.
 
 Tables are cached in ``$AUTOCOMP_CACHE/latency/<table>.json`` (table = CPU model, runtime and
 its version, thread count and batch size), keyed by layer shape: a second run on the same
@@ -38,6 +40,7 @@ from autocomp.kinds import Geometry as PlanGeometry
 from autocomp.runtimes import Runtime, TorchRuntime
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
+TABLE_FORMAT = 2  # 2: layer times net of the runtime's call cost (tables of format 1 are measured again)
 
 
 def measure_latency(model: nn.Module, example: torch.Tensor, *, threads: int = 1, min_run_time: float = 1.0,
@@ -54,7 +57,8 @@ def table_name(runtime: Runtime, threads: int, batch: int) -> str:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{cpu}-{runtime.name}{runtime.version()}-{threads}t-b{batch}").strip("-")
+    name = f"{cpu}-{runtime.name}{runtime.version()}-{threads}t-b{batch}-v{TABLE_FORMAT}"
+    return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
 
 
 @dataclass(frozen=True)
@@ -137,13 +141,16 @@ class LatencyTable:
             rows = []
             for r_in in GRID:
                 row = []
+                c_in = geometry.channels(r_in, geometry.max_in)
                 for r_out in GRID:
-                    module, x = geometry.build(geometry.channels(r_in, geometry.max_in),
-                                               geometry.channels(r_out, geometry.max_out), self.batch)
+                    module, x = geometry.build(c_in, geometry.channels(r_out, geometry.max_out), self.batch)
                     row.append(self.runtime.time(module.eval(), x, threads=self.threads, min_run_time=self.min_run_time,
                                                  layer=True))
                     self.measured += 1
-                rows.append(row)
+                # what calling the runtime costs with no layer at all (a session run and its input copy) is
+                # paid once per model, not once per layer: it is left to the whole-model constant
+                call = self.runtime.call_seconds(x, threads=self.threads, min_run_time=self.min_run_time)
+                rows.append([max(0.0, t - call) for t in row])
             self._tables[key] = rows
             self._save()
         return np.asarray(self._tables[key])

@@ -65,6 +65,11 @@ class Runtime(ABC):
         return median_seconds(self.runner(model, example, threads=threads, layer=layer), example, threads=threads,
                               min_run_time=min_run_time)
 
+    def call_seconds(self, example: torch.Tensor, *, threads: int, min_run_time: float = 0.05) -> float:
+        """Median seconds of a call that computes nothing on ``example`` (0 where a model's
+        layers each pay their own call, as eager torch's do)."""
+        return 0.0
+
 
 RUNTIMES: Registry[type[Runtime]] = Registry("runtime")
 
@@ -154,6 +159,17 @@ class OnnxRuntime(Runtime):
         options.log_severity_level = 3
         return onnxruntime.InferenceSession(path if isinstance(path, bytes) else str(path), options,
                                             providers=["CPUExecutionProvider"])
+
+    def call_seconds(self, example: torch.Tensor, *, threads: int, min_run_time: float = 0.05) -> float:
+        """A session run of one ``Identity`` node on ``example``: the cost of calling onnxruntime."""
+        from onnx import TensorProto, helper
+
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", *example.shape[1:]]) for n in ("input", "output")]
+        graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "call", io[:1], io[1:])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        model.ir_version = 8
+        run = self.runner_of_session(self.session(model.SerializeToString(), threads=threads))
+        return median_seconds(run, example, threads=threads, min_run_time=min_run_time)
 
     def runner_of_session(self, session: Any) -> Runner:
         name = session.get_inputs()[0].name

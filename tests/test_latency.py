@@ -28,7 +28,7 @@ def test_latency_table_is_reused_from_cache_on_a_second_run(tmp_path, digits_mod
     first = LatencyTable(graph, cost, threads=1, cache_dir=tmp_path, runtime=get_runtime(runtime), batch=batch)
     first.warm(progress=False)
     assert first.measured == 25 * len({g.key() for g in first._whole}) and first.path.is_file()
-    assert f"-{runtime}" in first.path.name and first.path.name.endswith(f"-1t-b{batch}.json")
+    assert f"-{runtime}" in first.path.name and first.path.name.endswith(f"-1t-b{batch}-v2.json")
     second = LatencyTable(graph, cost, threads=1, cache_dir=tmp_path, runtime=get_runtime(runtime), batch=batch)
     second.warm(progress=False)
     assert second.measured == 0  # every layer shape came from the cache
