@@ -5,7 +5,7 @@ Three steps (results in bench/results/scale_*.json, then the `scale` section of 
     python bench/scale_bench.py make 20000 /tmp/synth-20k     # train/ of 20,000 JPEGs (+ 500 in val/)
     python bench/scale_bench.py make 40000 /tmp/synth-40k
     python bench/scale_bench.py search /tmp/synth-20k         # a 10-candidate search, 5,000 validation images:
-    python bench/scale_bench.py search /tmp/synth-40k         #   peak RSS (sampled) and time outside forward passes
+    python bench/scale_bench.py search /tmp/synth-40k [LABEL [CANDIDATES]]   # peak RSS (sampled), time outside forward passes
     python bench/scale_bench.py overhead NAME                 # ms per candidate outside its forward passes
     python bench/scale_bench.py report
 
@@ -80,7 +80,7 @@ def _tree_rss(pid: int) -> tuple[int, int]:
     return rss.get(pid, 0), total
 
 
-def search(folder: Path, label: str = "") -> None:
+def search(folder: Path, label: str = "", episodes: int = 10) -> None:
     import torch
     import torchvision
 
@@ -97,7 +97,8 @@ def search(folder: Path, label: str = "") -> None:
     command = [sys.executable, "-m", "autocomp", "search", "--model", "torchvision:resnet50", "--weights", str(weights),
                "--data", f"imagefolder:{folder}", "--resize", "256", "--image-size", "224",
                "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--val-size", "5000",
-               "--budget-flops", "0.25", "--space", str(space), "--agent", "random", "--episodes", "10", "--threads", "2", "--device", "cpu",
+               "--budget-flops", "0.25", "--space", str(space), "--agent", "random", "--episodes", str(episodes),
+               "--threads", "2", "--device", "cpu",
                "--name", name, "--runs-dir", str(work / "runs"), "--no-progress"]
     peak = {"main": 0, "tree": 0}
     start = time.perf_counter()
@@ -181,7 +182,7 @@ def report() -> None:
     lines = ["## Scale: ResNet-50 at 224x224, a streamed ImageNet-layout folder (issue: real scale)", "",
              f"Machine: {searches[0]['machine'] if searches else machine()}; no GPU was available, so the GPU rows "
              "are not measured.", "",
-             "A 10-candidate random search, 5,000 validation images (decoded once into a uint8 cache), 512 calibration "
+             "A random search (10 candidates, or as the table says), 5,000 validation images (decoded once into a uint8 cache), 512 calibration "
              "images, `--budget-flops 0.25`, 2 threads, random weights. Peak RSS is sampled every 0.5 s from /proc "
              "(RSS of the search process; PSS of it with its DataLoader workers, which share pages with it).", "",
              "| training JPEGs | peak RSS, search process | peak PSS, with workers | candidates | s per candidate | outside forward passes | commit |",
@@ -192,8 +193,9 @@ def report() -> None:
         lines.append(f"| {r['train_images']:,}{label} | {r['peak_rss_main_gb']:.2f} GB | {pss} | "
                      f"{r['candidates']} | {r['per_candidate_s']:.1f} | {100 * r['outside_fraction']:.1f}% | {r['commit']} |")
     if searches:
-        lines += ["", f"Command (each folder): `python bench/scale_bench.py search FOLDER`, which runs `autocomp "
-                      f"{searches[0]['command'].split(' ', 1)[1]}`."]
+        lines += ["", "Command (each folder): `python bench/scale_bench.py search FOLDER [LABEL [CANDIDATES]]`, which runs "
+                      f"`python {searches[-1]['command']}`. The 10-candidate row predates capping the recalibration "
+                      "batch (128 images at 224x224); the 2-candidate rows are after it, at both folder sizes."]
     lines += ["", "Work per candidate outside its forward passes (ResNet-50 at 224, 6 random plans at 0.5 of the "
                   "MACs, 8 + 8 images so that the overhead shows; `python bench/scale_bench.py overhead NAME` from "
                   "each checkout):", "",
@@ -211,7 +213,7 @@ if __name__ == "__main__":
     if step == "make":
         make(int(sys.argv[2]), Path(sys.argv[3]))
     elif step == "search":
-        search(Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "")
+        search(Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "", int(sys.argv[4]) if len(sys.argv) > 4 else 10)
     elif step == "overhead":
         overhead(sys.argv[2] if len(sys.argv) > 2 else "candidate")
     elif step == "report":
