@@ -21,10 +21,10 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import json
 import platform
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,40 +196,81 @@ STEPS = (16, 8, 4, 2)
 
 
 def channel_step(runtime: Runtime, *, threads: int = 1, batch: int = 1, cache_dir: str | Path | None = None,
-                 flatness: float = 0.15, min_run_time: float = 0.03) -> int:
+                 rounds: int = 15) -> int:
     """The channel granularity that suits ``runtime`` on this machine (cached like the tables).
 
-    The latency staircase of a 3x3 conv (64 input channels, 14x14, the given batch and threads)
-    is measured at every output count from 33 to 64 and cut into blocks of ``s`` counts ending at
-    a multiple of ``s``. The step is the largest ``s`` in :data:`STEPS` whose blocks are flat: the
-    spread inside a block (its interquartile range) is at most ``flatness`` times the jump from
-    one block to the next (a kernel that works on ``s`` channels at a time makes every count of a
-    block cost what its multiple costs, so keeping fewer saves nothing); 1 if none is. With
-    latency proportional to the count that ratio is at least a quarter for every ``s``, so no
-    step is taken. AMC's
-    ``channel_round``, ModelOpt's ``channel_divisor`` and Torch-Pruning's ``round_to`` are the same
-    idea with a fixed number.
+    Measures :func:`staircase` and keeps the largest step of :data:`STEPS` that pays
+    (:func:`pick_step`); 1 if none does. AMC's ``channel_round``, ModelOpt's ``channel_divisor``
+    and Torch-Pruning's ``round_to`` are the same idea with a fixed number.
     """
     root = Path(cache_dir) if cache_dir is not None else cache_root("latency")
     path = root / f"{table_name(runtime, threads, batch)}-step.json" if root is not None else None
     if path is not None and path.is_file():
         return int(json.loads(path.read_text())["step"])
-    seconds = {}
-    for c_out in range(33, 65):
-        module, x = LayerShape("conv", 9, 1, 1, False, (14, 14), 64, 64).build(64, c_out, batch)
-        seconds[c_out] = runtime.time(module.eval(), x, threads=threads, min_run_time=min_run_time, layer=True)
-    step = next((s for s in STEPS if _flat(seconds, s, flatness)), 1)
+    seconds = staircase(runtime, threads=threads, batch=batch, rounds=rounds)
+    step = pick_step(seconds)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps({"step": step, "staircase_us": {c: round(t * 1e6, 2) for c, t in seconds.items()}}))
     return step
 
 
-def _flat(seconds: dict[int, float], step: int, flatness: float) -> bool:
-    """Spread inside blocks (interquartile range, robust to a stray timing) against the jump
-    between block medians."""
-    blocks = [np.array([seconds[c] for c in range(m - step + 1, m + 1)]) for m in range(32 + step, 65, step)]
-    spread = float(np.mean([np.subtract(*np.percentile(b, [75, 25])) / np.median(b) for b in blocks]))
-    medians = [float(np.median(b)) for b in blocks]
-    jump = float(np.mean([abs(b - a) / a for a, b in itertools.pairwise(medians)]))
-    return jump > 0 and spread <= flatness * jump
+STAIRCASE = range(33, 65)
+"""Output channel counts of the staircase conv."""
+
+
+def staircase(runtime: Runtime, *, threads: int, batch: int, rounds: int = 15, calls: int = 3) -> dict[int, float]:
+    """Seconds of a 3x3 conv (64 input channels, 14x14) at every output count of :data:`STAIRCASE`.
+
+    The counts are timed in ``rounds`` interleaved passes (``calls`` calls each) and each keeps its
+    fastest pass: load from other processes comes and goes across all counts alike instead of
+    landing on a few of them, and the minimum drops it.
+    """
+    runs = {}
+    for c_out in STAIRCASE:
+        module, x = LayerShape("conv", 9, 1, 1, False, (14, 14), 64, 64).build(64, c_out, batch)
+        runs[c_out] = (runtime.runner(module.eval(), x, threads=threads, layer=True), x)
+    best = dict.fromkeys(runs, float("inf"))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(rounds):
+            for c_out, (run, x) in runs.items():
+                run(x)
+                start = time.perf_counter()
+                for _ in range(calls):
+                    run(x)
+                best[c_out] = min(best[c_out], (time.perf_counter() - start) / calls)
+    finally:
+        torch.set_num_threads(saved)
+    return best
+
+
+def pick_step(seconds: dict[int, float], *, rise: float = 0.1) -> int:
+    """The largest step of :data:`STEPS` that a measured staircase shows, else 1.
+
+    A kernel that works on ``s`` channels at a time makes every count up to the next multiple of
+    ``s`` cost what the multiple costs: latency is flat in blocks of ``s`` counts. Each step's block
+    model (one level per block) is set against a straight line by the Bayesian information
+    criterion, which charges every extra level, so measurement noise alone never earns a step and a
+    real staircase of 8 is not mistaken for one of 16. The largest step that beats the line wins.
+    Where latency barely depends on the count (the largest count less than ``rise`` slower than the
+    smallest) no step is taken.
+    """
+    counts = np.array(sorted(seconds))
+    times = np.array([seconds[c] for c in counts])
+    times = times / times.mean()
+    if times[-1] < (1 + rise) * times[0]:
+        return 1
+
+    def bic(fitted: np.ndarray, params: int) -> float:
+        rss = max(float(((times - fitted) ** 2).sum()), 1e-12)
+        return len(times) * float(np.log(rss / len(times))) + params * float(np.log(len(times)))
+
+    line = bic(np.polyval(np.polyfit(counts, times, 1), counts), 2)
+    for step in STEPS:
+        blocks = -(-counts // step)
+        levels = {b: times[blocks == b].mean() for b in set(blocks.tolist())}
+        if bic(np.array([levels[b] for b in blocks.tolist()]), len(levels)) < line:
+            return step
+    return 1
