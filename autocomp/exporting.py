@@ -11,8 +11,11 @@ Formats:
   (``autocomp.ops.pack_model``; ``load_packed`` rebuilds the model). ``payload_bytes`` in its
   JSON is the bytes of its tensors, the figure ``--budget-size`` limits.
 
-TorchScript, pt2 and ONNX get quantised weights as float32 values on their grid (the runtimes'
-integer kernels are not used), so those files are float-sized.
+TorchScript, pt2 and ONNX get ``bits`` weights as float32 values on their grid (storage only: the
+runtimes' integer kernels are not used), so those files are float-sized. Int8 layers (the
+``precision`` action) export as ONNX QDQ: int8 weights with per-channel scales, quantised and
+dequantised activations with the calibrated (or fine-tuned) scales, which onnxruntime fuses into
+integer kernels (``QLinearConv``, ``QGemm``); such a plan exports as ``onnx`` or ``state_dict``.
 
 Each export writes ``export-<format>.json`` beside the file, measured in the format's own runtime
 (torch for TorchScript, pt2, state_dict and packed; onnxruntime for ONNX) with fixed threads:
@@ -42,11 +45,14 @@ from autocomp.config import SearchConfig
 from autocomp.data import Split
 from autocomp.errors import ConfigError
 from autocomp.files import atomic_path, save_torch, write_text
-from autocomp.ops import bake
+from autocomp.ops import bake, freeze
+from autocomp.ops.int8 import int8_layers
 from autocomp.rundir import RunDir
 from autocomp.runtimes import OnnxRuntime, Runner, get_runtime, median_seconds, write_onnx
 
 FORMATS = ("torchscript", "pt2", "onnx", "state_dict", "packed")
+INT8_FORMATS = ("onnx", "state_dict")
+"""What a plan with int8 layers (the ``precision`` action) exports as."""
 
 
 def _torch_runner(module: nn.Module) -> Runner:
@@ -101,6 +107,9 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt:
     ``latency_batch``, output check at batch 1 and 5) and a runner of the written file."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt} is not one of {', '.join(FORMATS)}.")
+    if int8_layers(model) and fmt not in INT8_FORMATS:
+        raise ConfigError(f"--format {fmt}: this plan has int8 layers, which export as onnx (QDQ, run by onnxruntime) "
+                          "or state_dict: pass --format onnx.")
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     info: dict[str, Any] = {"format": fmt, "threads": threads, "input_shape": list(example.shape)}
@@ -110,6 +119,8 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt:
         packed = pack_model(model)
         info["payload_bytes"] = payload_bytes(packed)
     bake(model)  # plain weights (already on their grid) for tracing and timing
+    if fmt == "onnx":
+        freeze(model)  # int8 layers compute from their int8 weights, which the file then stores
     if fmt == "packed":  # the packed weights reload into the rebuilt model (``load_packed``), which runs eagerly
         path, run = out_dir / "model.packed.pt", _torch_runner(model)
         save_torch(packed, path)

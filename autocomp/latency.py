@@ -25,8 +25,10 @@ import json
 import platform
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,10 +36,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from autocomp.cost import CostModel
+from autocomp.errors import ConfigError
 from autocomp.files import cache_root, write_text
 from autocomp.graph import Layer, LayerGraph
 from autocomp.kinds import Geometry as PlanGeometry
-from autocomp.runtimes import Runtime, TorchRuntime
+from autocomp.ops.int8 import FORMATS, Int8Format, Int8Layer, calibrate_int8
+from autocomp.runtimes import Runtime, TorchRuntime, median_seconds
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
 TABLE_FORMAT = 2  # 2: layer times net of the runtime's call cost (tables of format 1 are measured again)
@@ -107,8 +111,10 @@ class LatencyTable:
     in ``runtime`` (default: eager torch) at ``threads`` threads."""
 
     def __init__(self, graph: LayerGraph, cost: CostModel, *, threads: int = 1, cache_dir: str | Path | None = None,
-                 min_run_time: float = 0.05, runtime: Runtime | None = None, batch: int = 1) -> None:
+                 min_run_time: float = 0.05, runtime: Runtime | None = None, batch: int = 1,
+                 int8: Int8Format | None = None) -> None:
         self.graph = graph
+        self.int8 = int8  # the format int8 layers run in (None: no layer is int8)
         self.cost = cost
         self.threads = threads
         self.batch = batch
@@ -121,6 +127,10 @@ class LatencyTable:
         self.measured = 0  # grid points timed by this instance (0 when everything came from the cache)
         self._whole = [_geometry(layer) for layer in graph.layers]
         self.overhead = 0.0
+        self.int8_boundary = np.zeros(2)  # seconds per input element of an int8 layer: (entry, interior)
+        self._producers = _producers(graph)
+        self._in_elems = np.array([float(np.prod(layer.input_shape[1:] if layer.kind == "conv" else
+                                                 layer.input_shape[:-1], dtype=float)) for layer in graph.layers])
 
     def calibrate(self, model: nn.Module) -> float:
         """Measure the whole model once; the part no layer explains becomes a constant. Returns it."""
@@ -129,14 +139,50 @@ class LatencyTable:
         self.overhead = max(0.0, total - self.predict(self.cost.geometry(self.cost.defaults)))
         return total
 
+    def int8_features(self, int8: np.ndarray, in_f: np.ndarray) -> np.ndarray:
+        """Input elements of the int8 layers that follow a float layer (``entry``: the runtime
+        converts into int8 there) and of those whose producers are all int8 (``interior``)."""
+        interior = np.array([bool(p) and all(int8[j] for j in p) for p in self._producers]) & int8
+        elems = self._in_elems * in_f
+        return np.array([float(np.sum(elems[int8 & ~interior])), float(np.sum(elems[interior]))])
+
+    def calibrate_int8(self, build: Callable[[np.ndarray], nn.Module], allowed: np.ndarray, *, plans: int = 4,
+                       seed: int = 0) -> dict[str, float]:
+        """Fit what the per-layer int8 timings miss in a whole model: a layer timed alone pays its
+        own conversions (quantise, layout changes, dequantise), which adjacent int8 layers share.
+        Whole models are measured with every ``allowed`` layer int8 and with ``plans`` random
+        halves of them (``build(mask)``: the model with those layers int8); the gap to the table is
+        fitted as seconds per input element of entry and interior int8 layers (least squares).
+        Returns the fit's coefficients and its largest relative error."""
+        rng = np.random.default_rng(seed)
+        masks = [allowed.copy()] + [allowed & (rng.random(len(allowed)) < 0.5) for _ in range(plans)]
+        in_f = np.ones(len(self.graph.layers))  # whole models: every input channel
+        rows, gaps, totals = [], [], []
+        for mask in masks:
+            self.int8_boundary = np.zeros(2)
+            geometry = self.cost.geometry({**self.cost.defaults, "precision": np.where(mask, 8, 32)})
+            measured = self.measure(build(mask))
+            rows.append(self.int8_features(mask, in_f))
+            gaps.append(measured - self.predict(geometry))
+            totals.append(measured)
+        coef = np.linalg.lstsq(np.array(rows), np.array(gaps), rcond=None)[0]
+        self.int8_boundary = coef
+        fitted = np.array(rows) @ coef
+        error = float(np.max(np.abs(fitted - np.array(gaps)) / np.array(totals)))
+        return {"entry_ns_per_element": float(coef[0] * 1e9), "interior_ns_per_element": float(coef[1] * 1e9),
+                "max_fit_error": error}
+
     def measure(self, model: nn.Module, *, batch: int | None = None) -> float:
         """Measured seconds of one forward pass of a whole model in this table's runtime and
         threads, at ``batch`` (default: the table's batch)."""
         example = torch.randn(batch or self.batch, *self.graph.input_shape, generator=torch.Generator().manual_seed(0))
         return self.runtime.time(model, example, threads=self.threads, min_run_time=0.5)
 
-    def _table(self, geometry: LayerShape) -> np.ndarray:
-        key = geometry.key()
+    def _key(self, geometry: LayerShape, int8: bool) -> str:
+        return geometry.key() + (f"-int8-{self.int8.name}" if int8 and self.int8 is not None else "")
+
+    def _table(self, geometry: LayerShape, int8: bool = False) -> np.ndarray:
+        key = self._key(geometry, int8)
         if key not in self._tables:
             rows = []
             for r_in in GRID:
@@ -144,6 +190,8 @@ class LatencyTable:
                 c_in = geometry.channels(r_in, geometry.max_in)
                 for r_out in GRID:
                     module, x = geometry.build(c_in, geometry.channels(r_out, geometry.max_out), self.batch)
+                    if int8 and self.int8 is not None:
+                        module = int8_layer(module, x, self.int8)
                     row.append(self.runtime.time(module.eval(), x, threads=self.threads, min_run_time=self.min_run_time,
                                                  layer=True))
                     self.measured += 1
@@ -162,8 +210,8 @@ class LatencyTable:
         merged = json.loads(self.path.read_text()) if self.path.is_file() else {}
         write_text(self.path, json.dumps({**merged, **self._tables}))
 
-    def layer_seconds(self, geometry: LayerShape, c_in: float, c_out: float) -> float:
-        table = self._table(geometry)
+    def layer_seconds(self, geometry: LayerShape, c_in: float, c_out: float, int8: bool = False) -> float:
+        table = self._table(geometry, int8)
         xs = [geometry.channels(r, geometry.max_in) for r in GRID]
         ys = [geometry.channels(r, geometry.max_out) for r in GRID]
         along_in = np.array([np.interp(c_out, ys, table[i]) for i in range(len(GRID))])
@@ -173,6 +221,7 @@ class LatencyTable:
         """Seconds of one forward pass of the compressed model ``geometry`` describes."""
         out_f, in_f = geometry.out_f, geometry.in_f
         ranks = geometry.rank if geometry.rank is not None else np.zeros(len(out_f))
+        int8 = geometry.int8 if geometry.int8 is not None else np.zeros(len(out_f), dtype=bool)
         total = self.overhead
         for i, layer in enumerate(self.graph.layers):
             if ranks[i] > 0:
@@ -180,15 +229,21 @@ class LatencyTable:
                 total += self.layer_seconds(_geometry(layer, part="first", rank=full_rank), in_f[i], ranks[i])
                 total += self.layer_seconds(_geometry(layer, part="second", rank=full_rank), ranks[i], out_f[i])
             else:
-                total += self.layer_seconds(self._whole[i], in_f[i], out_f[i])
+                total += self.layer_seconds(self._whole[i], in_f[i], out_f[i], bool(int8[i]))
+        if int8.any():
+            ratio = in_f / np.maximum(1.0, np.array([layer.in_features for layer in self.graph.layers], dtype=float))
+            total += float(self.int8_features(int8.astype(bool), ratio) @ self.int8_boundary)
         return total
 
     def warm(self, *, progress: bool = True) -> None:
         """Measure every whole layer's table now (with a progress bar), not during the search."""
-        todo = list({g.key(): g for g in self._whole if g.key() not in self._tables}.values())
+        todo = [(g, False) for g in {g.key(): g for g in self._whole}.values()]
+        if self.int8 is not None:  # int8 timings of the layers a plan may make int8
+            todo += [(g, True) for g in {g.key(): g for g in self._whole}.values()]
+        todo = [(g, q) for g, q in todo if self._key(g, q) not in self._tables]
         desc = f"latency table ({self.runtime.name}, {self.threads} thread{'s' * (self.threads > 1)}, batch {self.batch})"
-        for geometry in tqdm(todo, desc=desc, unit="layer", disable=not progress or not todo, leave=False):
-            self._table(geometry)
+        for geometry, int8 in tqdm(todo, desc=desc, unit="layer", disable=not progress or not todo, leave=False):
+            self._table(geometry, int8)
 
 
 STEPS = (16, 8, 4, 2)
@@ -274,3 +329,89 @@ def pick_step(seconds: dict[int, float], *, rise: float = 0.1) -> int:
         if bic(np.array([levels[b] for b in blocks.tolist()]), len(levels)) < line:
             return step
     return 1
+
+
+def int8_layer(module: nn.Module, example: torch.Tensor, fmt: Int8Format) -> Int8Layer:
+    """``module`` as an int8 layer in ``fmt``, calibrated on ``example`` (for timing it)."""
+    layer = Int8Layer(module.eval(), None, fmt)
+    calibrate_int8(layer, [example])
+    return layer
+
+
+PROBES = (LayerShape("conv", 9, 1, 1, False, (14, 14), 64, 64), LayerShape("conv", 1, 1, 0, False, (14, 14), 256, 64),
+          LayerShape("linear", 1, 1, 0, False, (), 512, 256))
+"""Layers timed in each int8 format: a 3x3 conv, a 1x1 conv and a linear layer."""
+
+
+def int8_format(runtime: Runtime, *, threads: int = 1, batch: int = 1, cache_dir: str | Path | None = None,
+                model_for: Callable[[Int8Format], nn.Module] | None = None, example: torch.Tensor | None = None,
+                min_run_time: float = 0.1) -> tuple[Int8Format, dict[str, Any]]:
+    """The int8 format ``runtime`` runs fastest on this machine among those it computes
+    faithfully, and what was measured to choose it.
+
+    - **Faithful.** Each format of :data:`~autocomp.ops.int8.FORMATS` runs the :data:`PROBES` in
+      the runtime; it is faithful when the runtime's outputs differ from the PyTorch simulation of
+      the same int8 layer by at most one output step (a kernel that saturates, as u8s8 kernels
+      with full-range weights can on CPUs without VNNI, differs by far more). Cached like the
+      tables, with the probes' timings.
+    - **Fastest.** ``model_for(format)`` (the user's model with its int8-able layers int8) is
+      timed on ``example`` in each faithful format; without it, the probes' total. Single layers
+      do not tell: on the CPU these were written on, the probes put the formats within 10% of each
+      other while the whole ResNet-20 ran 1.6x faster in one of them. A 7-bit-weight (``-rr``)
+      format wins only when it is more than 3% faster than every faithful full-range one.
+    """
+    root = Path(cache_dir) if cache_dir is not None else cache_root("latency")
+    path = root / f"{table_name(runtime, threads, batch)}-int8.json" if root is not None else None
+    if path is not None and path.is_file():
+        probes = json.loads(path.read_text())
+    else:
+        probes = _int8_probes(runtime, threads=threads, batch=batch, min_run_time=min_run_time)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, json.dumps(probes))
+    usable = [n for n in FORMATS if probes["faithful"][n]]
+    if not usable:
+        raise ConfigError(f"{runtime.name} computes no int8 format faithfully on this machine: use a space without "
+                          "`precision` (e.g. --space prune).")
+    info: dict[str, Any] = {"faithful": probes["faithful"], "probe_us": probes["probe_us"]}
+    if model_for is not None and example is not None:
+        whole = {n: runtime.time(model_for(Int8Format.parse(n)), example, threads=threads, min_run_time=0.5) for n in usable}
+        info["model_ms"] = {n: round(t * 1e3, 4) for n, t in whole.items()}
+    else:
+        whole = {n: probes["probe_us"][n] for n in usable}
+    fastest = min(whole.values())
+    full = sorted((whole[n], n) for n in usable if not n.endswith("-rr") and whole[n] <= 1.03 * fastest)
+    chosen = full[0][1] if full else min(usable, key=whole.__getitem__)
+    info["format"] = chosen
+    return Int8Format.parse(chosen), info
+
+
+def _int8_probes(runtime: Runtime, *, threads: int, batch: int, min_run_time: float) -> dict[str, Any]:
+    generator = torch.Generator().manual_seed(0)
+    seconds: dict[str, float] = {}
+    faithful: dict[str, bool] = {}
+    for name in FORMATS:
+        fmt = Int8Format.parse(name)
+        seconds[name], faithful[name] = 0.0, True
+        for probe in PROBES:
+            module, _ = probe.build(probe.max_in, probe.max_out, batch)
+            x = torch.randn(batch, *((probe.max_in, *probe.spatial) if probe.kind == "conv" else (probe.max_in,)),
+                            generator=generator)
+            layer = int8_layer(module, x, fmt)
+            run = runtime.runner(layer, x, threads=threads, layer=True)
+            with torch.no_grad():
+                step = layer.qparams()[1][0]
+                faithful[name] &= bool(((run(x) - layer(x)).abs() <= 1.01 * step).all())
+            seconds[name] += median_seconds(run, x, threads=threads, min_run_time=min_run_time)
+    return {"faithful": faithful, "probe_us": {n: round(t * 1e6, 2) for n, t in seconds.items()}}
+
+
+def _producers(graph: LayerGraph) -> list[list[int]]:
+    """Per layer, the layers that write the channels it reads (empty: it reads the model input or
+    channels no layer writes)."""
+    writers: dict[int, list[int]] = {}
+    for j, layer in enumerate(graph.layers):
+        for unit, _ in layer.out_deps:
+            writers.setdefault(unit, []).append(j)
+    return [sorted({j for unit, _ in layer.in_deps for j in writers.get(unit, []) if j != i})
+            for i, layer in enumerate(graph.layers)]

@@ -187,6 +187,9 @@ class OnnxRuntime(Runtime):
 
 def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     """``model`` as ONNX at ``path`` (``torch.onnx.export``, dynamo, a dynamic batch axis)."""
+    # plain strides: a batch of one sliced from a bigger batch has odd strides on its size-1 axes,
+    # from which the exporter infers a channels-last input and then a batch of at most 2
+    example = torch.empty(example.shape, dtype=example.dtype, device=example.device).copy_(example)
     with atomic_path(path) as tmp:
         torch.onnx.export(model.eval(), (example,), str(tmp), input_names=["input"], output_names=["logits"],
                           dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False,
@@ -195,42 +198,77 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 def layer_onnx(module: nn.Module, example: torch.Tensor) -> Any:
     """One conv (any dimension, groups, stride, padding, dilation) or linear layer as a one-node
-    ONNX model with its weights, for inputs shaped like ``example``."""
+    ONNX model with its weights, for inputs shaped like ``example``. A calibrated
+    :class:`~autocomp.ops.int8.Int8Layer` becomes its QDQ form: ``QuantizeLinear`` and
+    ``DequantizeLinear`` on the input and the output, int8 weights behind a per-channel
+    ``DequantizeLinear``, which onnxruntime fuses into one integer kernel."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = module.weight.detach().cpu().numpy().astype(np.float32)
+    from autocomp.ops.int8 import Int8Layer
+
+    int8 = module if isinstance(module, Int8Layer) else None
+    layer = int8.layer if int8 is not None else module
     inits = []
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *example.shape[1:]])
     with torch.no_grad():
         out_shape = module(example[:1]).shape[1:]
     y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", *out_shape])
-    if isinstance(module, nn.modules.conv._ConvNd):
-        inits.append(numpy_helper.from_array(weight, "weight"))
-        inputs = ["input", "weight"]
-        if module.bias is not None:
-            inits.append(numpy_helper.from_array(module.bias.detach().cpu().numpy().astype(np.float32), "bias"))
+    pre: list[Any] = []
+    if int8 is not None:
+        levels, scale = int8.int8_weight()
+        folded_bias = int8.folded()[1]
+        bias_array = folded_bias.detach().cpu().numpy().astype(np.float32) if folded_bias is not None else None
+        (s_in, z_in), (s_out, z_out) = int8.qparams()
+        act = np.uint8 if int8.fmt.activations == "uint8" else np.int8
+        axis = 0 if isinstance(layer, nn.modules.conv._ConvNd) or example.dim() == 2 else 1
+        w_levels = levels.cpu().numpy() if axis == 0 else levels.cpu().numpy().T.copy()
+        inits += [numpy_helper.from_array(w_levels, "w_levels"),
+                  numpy_helper.from_array(scale.cpu().numpy().astype(np.float32), "w_scale"),
+                  numpy_helper.from_array(np.zeros(len(scale), np.int8), "w_zero"),
+                  numpy_helper.from_array(np.array(s_in, np.float32), "in_scale"),
+                  numpy_helper.from_array(np.array(z_in, act), "in_zero"),
+                  numpy_helper.from_array(np.array(s_out, np.float32), "out_scale"),
+                  numpy_helper.from_array(np.array(z_out, act), "out_zero")]
+        pre = [helper.make_node("QuantizeLinear", ["input", "in_scale", "in_zero"], ["input_q"]),
+               helper.make_node("DequantizeLinear", ["input_q", "in_scale", "in_zero"], ["input_dq"]),
+               helper.make_node("DequantizeLinear", ["w_levels", "w_scale", "w_zero"], ["weight"], axis=axis)]
+        source, target = "input_dq", "float_out"
+        weight = None
+    else:
+        weight = layer.weight.detach().cpu().numpy().astype(np.float32)
+        bias_array = layer.bias.detach().cpu().numpy().astype(np.float32) if layer.bias is not None else None
+        source, target = "input", "output"
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        if weight is not None:
+            inits.append(numpy_helper.from_array(weight, "weight"))
+        inputs = [source, "weight"]
+        if bias_array is not None:
+            inits.append(numpy_helper.from_array(bias_array, "bias"))
             inputs.append("bias")
-        padding = list(module.padding) if not isinstance(module.padding, str) else [0] * len(module.kernel_size)
-        node = helper.make_node("Conv", inputs, ["output"], kernel_shape=list(module.kernel_size),
-                                strides=list(module.stride), pads=padding + padding, dilations=list(module.dilation),
-                                group=module.groups)
+        padding = list(layer.padding) if not isinstance(layer.padding, str) else [0] * len(layer.kernel_size)
+        node = helper.make_node("Conv", inputs, [target], kernel_shape=list(layer.kernel_size),
+                                strides=list(layer.stride), pads=padding + padding, dilations=list(layer.dilation),
+                                group=layer.groups)
         nodes = [node]
-    elif isinstance(module, nn.Linear):
-        inits.append(numpy_helper.from_array(weight if example.dim() == 2 else weight.T.copy(), "weight"))
-        bias = module.bias.detach().cpu().numpy().astype(np.float32) if module.bias is not None else None
+    elif isinstance(layer, nn.Linear):
+        if weight is not None:
+            inits.append(numpy_helper.from_array(weight if example.dim() == 2 else weight.T.copy(), "weight"))
         if example.dim() == 2:  # Gemm, as the exporter writes a linear layer on a batch of vectors
-            inputs = ["input", "weight"] + (["bias"] if bias is not None else [])
-            nodes = [helper.make_node("Gemm", inputs, ["output"], transB=1)]
+            inputs = [source, "weight"] + (["bias"] if bias_array is not None else [])
+            nodes = [helper.make_node("Gemm", inputs, [target], transB=1)]
         else:  # MatMul (+ Add) on a batch of sequences
-            nodes = [helper.make_node("MatMul", ["input", "weight"], ["product" if bias is not None else "output"])]
-            if bias is not None:
-                nodes.append(helper.make_node("Add", ["product", "bias"], ["output"]))
-        if bias is not None:
-            inits.append(numpy_helper.from_array(bias, "bias"))
+            nodes = [helper.make_node("MatMul", [source, "weight"], ["product" if bias_array is not None else target])]
+            if bias_array is not None:
+                nodes.append(helper.make_node("Add", ["product", "bias"], [target]))
+        if bias_array is not None:
+            inits.append(numpy_helper.from_array(bias_array, "bias"))
     else:
         raise TypeError(f"{type(module).__name__} is not a conv or linear layer")
-    graph = helper.make_graph(nodes, "layer", [x], [y], initializer=inits)
+    if int8 is not None:
+        nodes += [helper.make_node("QuantizeLinear", ["float_out", "out_scale", "out_zero"], ["output_q"]),
+                  helper.make_node("DequantizeLinear", ["output_q", "out_scale", "out_zero"], ["output"])]
+    graph = helper.make_graph(pre + nodes, "layer", [x], [y], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     onnx.checker.check_model(model)

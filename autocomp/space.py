@@ -1,7 +1,7 @@
 """Search spaces: which actions each layer takes and their ranges, loaded from YAML presets.
 
 A space declares actions, each an action kind of :mod:`autocomp.kinds` (``keep_ratio``,
-``heads``, ``bits``, ``rank_ratio``; their modules document their fields), and rules that change
+``heads``, ``bits``, ``rank_ratio``, ``precision``; their modules document their fields), and rules that change
 them for some layers. ``rules`` are applied in order to the layers they select (``first``,
 ``classifier``, ``conv``, ``linear``, ``depthwise``, ``pointwise``, ``grouped`` (grouped, not
 depthwise, convs), ``attention`` (the q/k/v/out projections of attention blocks) or a name
@@ -103,6 +103,18 @@ class SearchSpace:
         rules = tuple(Rule(r.selectors, {a: fix(s) for a, s in r.overrides.items()}) for r in self.rules)
         return dataclasses.replace(self, ranges=ranges, rules=rules)
 
+    @property
+    def uses_int8_format(self) -> bool:
+        """Whether int8 layers take the runtime's measured format (``precision: {format: runtime}``)."""
+        return getattr(self.ranges.get("precision"), "format", None) == "runtime"
+
+    def with_int8_format(self, name: str) -> SearchSpace:
+        """This space with ``format: runtime`` of ``precision`` replaced by ``name`` (e.g. ``u8s8``)."""
+        if not self.uses_int8_format:
+            return self
+        return dataclasses.replace(self, ranges={**self.ranges,
+                                                 "precision": dataclasses.replace(self.ranges["precision"], format=name)})
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
         name = str(data.get("name", "custom"))
@@ -122,6 +134,10 @@ class SearchSpace:
                 _parse_action(action, spec)  # fail on a bad range when the file loads
             rules.append(Rule(selectors, overrides))
         parsed = {a: _parse_action(a, actions[a]) for a in KINDS if a in actions}
+        clash = sorted({"bits", "rank_ratio"} & {a for a, r in parsed.items() if r is not None})
+        if parsed.get("precision") is not None and clash:
+            raise ConfigError(f"space {name!r} declares precision together with {clash}: precision (int8 kernels) "
+                              "cannot be combined with them in one space; drop one of them.")
         return cls(name=name, description=str(data.get("description", "")), rules=tuple(rules),
                    ranges={a: r for a, r in parsed.items() if r is not None})
 

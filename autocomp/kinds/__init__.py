@@ -5,9 +5,9 @@ here; nothing else in autocomp branches on kind names.
 
 Example:
     >>> list(KINDS)
-    ['keep_ratio', 'heads', 'bits', 'rank_ratio']
+    ['keep_ratio', 'heads', 'bits', 'rank_ratio', 'precision']
     >>> KINDS["bits"].key, [k.key for k in by_stage()]
-    ('bits', ['keep', 'heads', 'rank', 'bits'])
+    ('bits', ['keep', 'heads', 'rank', 'bits', 'precision'])
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from autocomp.kinds.base import ActionKind, Geometry, Panel
 from autocomp.kinds.bits import Bits
 from autocomp.kinds.heads import Heads
 from autocomp.kinds.keep import KeepRatio
+from autocomp.kinds.precision import Precision
 from autocomp.kinds.rank import RankRatio
 
-KINDS: dict[str, ActionKind] = {kind.action: kind for kind in (KeepRatio(), Heads(), Bits(), RankRatio())}
+KINDS: dict[str, ActionKind] = {kind.action: kind for kind in (KeepRatio(), Heads(), Bits(), RankRatio(), Precision())}
 """Action name (as in search spaces) -> kind."""
 
 
@@ -28,7 +29,7 @@ def by_stage() -> list[ActionKind]:
 
 
 def by_key(key: str) -> ActionKind:
-    """The kind a plan stores under ``key`` (``keep``, ``heads``, ``bits``, ``rank``)."""
+    """The kind a plan stores under ``key`` (``keep``, ``heads``, ``bits``, ``rank``, ``precision``)."""
     return next(kind for kind in KINDS.values() if kind.key == key)
 
 

@@ -41,8 +41,9 @@ class Geometry:
     Per layer: ``out_f``/``in_f`` features after pruning, ``fan_in`` weights per output channel,
     ``first``/``second`` weights of the layer's one or two tensors (``second`` is 0 unless the
     layer is factorised), ``rows_first``/``rows_second`` their output channels, ``rank`` (0 =
-    whole), ``weight_bytes`` what the tensors store. Per module with per-channel parameters
-    (batch norm, ...): ``kept_fraction``. Per attention block: ``heads`` kept.
+    whole), ``weight_bytes`` what the tensors store, ``int8`` whether it runs as an int8 kernel.
+    Per module with per-channel parameters (batch norm, ...): ``kept_fraction``. Per attention
+    block: ``heads`` kept.
     """
 
     out_f: np.ndarray
@@ -56,6 +57,7 @@ class Geometry:
     rank: np.ndarray | None = None
     weight_bytes: np.ndarray | None = None
     heads: np.ndarray | None = None  # per attention block: heads kept
+    int8: np.ndarray | None = None  # per layer: runs as an int8 kernel in the runtime
 
 
 class ActionKind(ABC):

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,9 +32,11 @@ from torch import nn
 from autocomp.compress import Compressor
 from autocomp.cost import Cost, CostModel
 from autocomp.data import DataBundle, Split
-from autocomp.errors import IncompatibleModelError
+from autocomp.errors import ConfigError, IncompatibleModelError
 from autocomp.graph import LayerGraph
-from autocomp.latency import LatencyTable, channel_step
+from autocomp.kinds.precision import INT8
+from autocomp.latency import LatencyTable, channel_step, int8_format
+from autocomp.ops.int8 import Int8Format, calibrate_int8, freeze
 from autocomp.plan import Plan
 from autocomp.problem.budgets import Budgets
 from autocomp.problem.decisions import DecisionSpace, State, Step
@@ -45,13 +48,21 @@ from autocomp.space import SearchSpace
 
 
 def measured_latency(graph: LayerGraph, cost: CostModel, model: nn.Module, *, threads: int, runtime: str = "onnxruntime",
-                     batch: int = 1) -> tuple[LatencyTable, float]:
+                     batch: int = 1, int8: Int8Format | None = None) -> tuple[LatencyTable, float]:
     """A latency table for ``graph`` on this machine in ``runtime`` at ``threads`` threads and
-    batch ``batch`` (measured now, or read from its cache) and the whole model's measured latency
-    in seconds."""
-    table = LatencyTable(graph, cost, threads=threads, runtime=get_runtime(runtime), batch=batch)
+    batch ``batch`` (measured now, or read from its cache; with int8 timings in format ``int8``)
+    and the whole model's measured latency in seconds."""
+    table = LatencyTable(graph, cost, threads=threads, runtime=get_runtime(runtime), batch=batch, int8=int8)
     table.warm()
     return table, table.calibrate(model)
+
+
+def int8_timing_model(compressor: Compressor, graph: LayerGraph, mask: np.ndarray, example: torch.Tensor) -> nn.Module:
+    """The original with the layers of ``mask`` int8, their ranges taken from ``example`` (for timing)."""
+    plan = Plan({"precision": {layer.name: INT8 for layer, m in zip(graph.layers, mask) if m}})
+    model = compressor.apply(plan)
+    calibrate_int8(model, [example])
+    return freeze(model)
 
 
 class CompressionProblem:
@@ -71,16 +82,42 @@ class CompressionProblem:
         self.evaluation = evaluation or EvalSettings()
         self.graph = graph or LayerGraph.build(self.model, data.input_shape)
         self.cost = CostModel(self.graph)
+        self.int8_format: Int8Format | None = None  # the format int8 layers run in, when the space has them
+        self.int8_choice: dict[str, Any] | None = None  # what was measured to choose it
+        if "precision" in space.ranges:
+            if runtime != "onnxruntime":
+                raise ConfigError(f"the precision action runs int8 layers in onnxruntime, not in --runtime {runtime}: "
+                                  "pass --runtime onnxruntime, or use a space without precision.")
+            if space.uses_int8_format:
+                allowed = np.array([INT8 in c for c in DecisionSpace(self.cost, space).choices["precision"]])
+                example = data.val.example(latency_batch)
+
+                def model_for(fmt: Int8Format) -> nn.Module:
+                    compressor = Compressor(self.model, self.graph, space.with_int8_format(fmt.name).ranges)
+                    return int8_timing_model(compressor, self.graph, allowed, data.val.example(8))
+
+                fmt, self.int8_choice = int8_format(get_runtime(runtime), threads=latency_threads, batch=latency_batch,
+                                                    model_for=model_for, example=example)
+                space = space.with_int8_format(fmt.name)
+                self.space = space
+            self.int8_format = space.ranges["precision"].int8_format
         self.decisions = DecisionSpace(self.cost, space)
         if not self.decisions.steps:
             why = self.graph.no_groups or "; ".join(sorted({u.fixed for u in self.graph.units if u.fixed}))
             raise IncompatibleModelError(
                 f"space `{space.name}` finds nothing to compress in this model{f' ({why})' if why else ''}: see "
                 "`autocomp inspect --model ... --space ...`, and use a space with other actions (e.g. --space quant).")
+        compressor = Compressor(self.model, self.graph, space.ranges)
         latency, self.baseline_latency_s = None, 0.0
+        self.int8_fit: dict[str, float] | None = None
         if budgets.get("latency") is not None:
             latency, self.baseline_latency_s = measured_latency(self.graph, self.cost, self.model, threads=latency_threads,
-                                                                runtime=runtime, batch=latency_batch)
+                                                                runtime=runtime, batch=latency_batch,
+                                                                int8=self.int8_format)
+            if self.int8_format is not None:  # what int8 layers share in a whole model, fitted on a few
+                self.int8_fit = latency.calibrate_int8(
+                    lambda mask: int8_timing_model(compressor, self.graph, mask, data.val.example(8)),
+                    np.array([INT8 in c for c in self.decisions.choices["precision"]]))
         self.latency: LatencyTable | None = latency
         self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)
         self.limits = self.constraints.limits
@@ -88,7 +125,7 @@ class CompressionProblem:
         self.calibration = calibration_split(data, self.evaluation)
         self.evaluator = Evaluator(self.model, self.graph, val=data.val, calibration=self.calibration,
                                    settings=self.evaluation, device=device,
-                                   compressor=Compressor(self.model, self.graph, space.ranges))
+                                   compressor=compressor)
         self.scorer = CachedScorer(self.evaluator, self.constraints.estimate_plan)
         self.constraints.check_reachable()
 

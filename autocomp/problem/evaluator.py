@@ -22,6 +22,7 @@ from autocomp.data import DataBundle, Split
 from autocomp.device import model_device
 from autocomp.evaluate import ForwardTimer, accuracy, recalibrate_batchnorm
 from autocomp.graph import LayerGraph
+from autocomp.ops.int8 import calibrate_int8, int8_layers
 from autocomp.plan import Plan
 
 
@@ -84,11 +85,15 @@ class Evaluator:
         self.device = torch.device(device)
 
     def _recalibrate(self, model: nn.Module, timer: ForwardTimer | None = None) -> None:
-        """Batch norm re-estimated on the calibration images, in batches of ``calib_batch_size``
+        """Batch norm re-estimated on the calibration images (then int8 layers' activation ranges
+        recorded on them), in batches of ``calib_batch_size``
         capped like scoring batches (55 images at 3x224x224; unchanged for small images), so
         that big inputs keep their activations in bounds."""
         batch = min(self.settings.calib_batch_size, self.settings.eval_batch(self.graph.input_shape))
+        timer = timer or ForwardTimer()
         recalibrate_batchnorm(model, self.calibration, batch_size=batch, timer=timer)
+        if int8_layers(model):  # then the int8 layers' activation ranges, on the same images
+            calibrate_int8(model, (x for x, _ in self.calibration.batches(batch, device=model_device(model))), timer.run)
 
     def build(self, plan: Plan) -> nn.Module:
         """The physically compressed model of ``plan`` with recalibrated batch norm."""

@@ -240,11 +240,17 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
     if problem.channel_step is not None:  # the space rounds kept channels to the runtime's measured step
         summary["channel_step"] = {"runtime": config.runtime, "threads": config.latency_threads,
                                    "batch": config.latency_batch, "step": problem.channel_step}
+    if problem.int8_format is not None:  # the format int8 layers run in (measured, or the space's)
+        summary["int8_format"] = problem.int8_format.name
+        if problem.int8_choice is not None:  # what was measured to choose it
+            summary["int8_format_choice"] = problem.int8_choice
+        if problem.int8_fit is not None:  # what int8 layers share in a whole model (autocomp.latency)
+            summary["int8_latency_fit"] = {k: round(v, 5) for k, v in problem.int8_fit.items()}
     if problem.latency is not None:  # predicted vs measured, in the runtime, at the table's batch and threads
-        from autocomp.ops import bake
+        from autocomp.ops import bake, freeze
 
         table = problem.latency
-        measured = table.measure(bake(model.cpu()))
+        measured = table.measure(freeze(bake(model.cpu())))
         summary["latency"] = {
             "runtime": table.runtime.name, "runtime_version": table.runtime.version(),
             "threads": config.latency_threads, "batch": table.batch,
