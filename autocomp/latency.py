@@ -146,13 +146,14 @@ class LatencyTable:
         elems = self._in_elems * in_f
         return np.array([float(np.sum(elems[int8 & ~interior])), float(np.sum(elems[interior]))])
 
-    def calibrate_int8(self, build: Callable[[np.ndarray], nn.Module], allowed: np.ndarray, *, plans: int = 4,
-                       seed: int = 0) -> dict[str, float]:
+    def calibrate_int8(self, build: Callable[[np.ndarray], nn.Module], allowed: np.ndarray, *, key: str,
+                       plans: int = 4, seed: int = 0) -> dict[str, float]:
         """Fit what the per-layer int8 timings miss in a whole model: a layer timed alone pays its
         own conversions (quantise, layout changes, dequantise), which adjacent int8 layers share.
         Whole models are measured with every ``allowed`` layer int8 and with ``plans`` random
         halves of them (``build(mask)``: the model with those layers int8); the gap to the table is
         fitted as seconds per input element of entry and interior int8 layers (least squares).
+        ``key``: the plan key of the int8 decisions.
         Returns the fit's coefficients and its largest relative error."""
         rng = np.random.default_rng(seed)
         masks = [allowed.copy()] + [allowed & (rng.random(len(allowed)) < 0.5) for _ in range(plans)]
@@ -160,7 +161,7 @@ class LatencyTable:
         rows, gaps, totals = [], [], []
         for mask in masks:
             self.int8_boundary = np.zeros(2)
-            geometry = self.cost.geometry({**self.cost.defaults, "precision": np.where(mask, 8, 32)})
+            geometry = self.cost.geometry({**self.cost.defaults, key: np.where(mask, 8, 32)})
             measured = self.measure(build(mask))
             rows.append(self.int8_features(mask, in_f))
             gaps.append(measured - self.predict(geometry))

@@ -104,16 +104,22 @@ class SearchSpace:
         return dataclasses.replace(self, ranges=ranges, rules=rules)
 
     @property
+    def int8_action(self) -> str | None:
+        """The action whose layers may run as int8 kernels (its range has an ``int8_format``), if any."""
+        return next((a for a, r in self.ranges.items() if hasattr(r, "int8_format")), None)
+
+    @property
     def uses_int8_format(self) -> bool:
         """Whether int8 layers take the runtime's measured format (``precision: {format: runtime}``)."""
-        return getattr(self.ranges.get("precision"), "format", None) == "runtime"
+        action = self.int8_action
+        return action is not None and self.ranges[action].format == "runtime"
 
     def with_int8_format(self, name: str) -> SearchSpace:
         """This space with ``format: runtime`` of ``precision`` replaced by ``name`` (e.g. ``u8s8``)."""
-        if not self.uses_int8_format:
+        action = self.int8_action
+        if action is None or not self.uses_int8_format:
             return self
-        return dataclasses.replace(self, ranges={**self.ranges,
-                                                 "precision": dataclasses.replace(self.ranges["precision"], format=name)})
+        return dataclasses.replace(self, ranges={**self.ranges, action: dataclasses.replace(self.ranges[action], format=name)})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:

@@ -38,10 +38,11 @@ SEARCHERS = {"ddpg": ({"warmup_episodes": 6}, 10), "optuna": ({"n_startup_trials
 
 
 TRANSFORMER_PRESETS = ["transformer", "transformer_quant", "transformer_lowrank"]  # searched in tests/test_coverage.py
+INT8_PRESETS = ["int8", "prune_int8"]  # searched in tests/ops/test_int8.py
 
 
 def test_every_space_preset_is_covered() -> None:
-    assert set(list_presets("space")) == set(PRESETS) | set(TRANSFORMER_PRESETS)
+    assert set(list_presets("space")) == set(PRESETS) | set(TRANSFORMER_PRESETS) | set(INT8_PRESETS)
 
 
 @pytest.mark.parametrize("space", PRESETS)

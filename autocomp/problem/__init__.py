@@ -34,6 +34,7 @@ from autocomp.cost import Cost, CostModel
 from autocomp.data import DataBundle, Split
 from autocomp.errors import ConfigError, IncompatibleModelError
 from autocomp.graph import LayerGraph
+from autocomp.kinds import KINDS
 from autocomp.kinds.precision import INT8
 from autocomp.latency import LatencyTable, channel_step, int8_format
 from autocomp.ops.int8 import Int8Format, calibrate_int8, freeze
@@ -57,9 +58,11 @@ def measured_latency(graph: LayerGraph, cost: CostModel, model: nn.Module, *, th
     return table, table.calibrate(model)
 
 
-def int8_timing_model(compressor: Compressor, graph: LayerGraph, mask: np.ndarray, example: torch.Tensor) -> nn.Module:
-    """The original with the layers of ``mask`` int8, their ranges taken from ``example`` (for timing)."""
-    plan = Plan({"precision": {layer.name: INT8 for layer, m in zip(graph.layers, mask) if m}})
+def int8_timing_model(compressor: Compressor, graph: LayerGraph, key: str, mask: np.ndarray,
+                      example: torch.Tensor) -> nn.Module:
+    """The original with the layers of ``mask`` int8 (plan key ``key``), their ranges taken from
+    ``example`` (for timing)."""
+    plan = Plan({key: {layer.name: INT8 for layer, m in zip(graph.layers, mask) if m}})
     model = compressor.apply(plan)
     calibrate_int8(model, [example])
     return freeze(model)
@@ -84,23 +87,25 @@ class CompressionProblem:
         self.cost = CostModel(self.graph)
         self.int8_format: Int8Format | None = None  # the format int8 layers run in, when the space has them
         self.int8_choice: dict[str, Any] | None = None  # what was measured to choose it
-        if "precision" in space.ranges:
+        int8_action = space.int8_action
+        if int8_action is not None:
+            int8_key = KINDS[int8_action].key
             if runtime != "onnxruntime":
                 raise ConfigError(f"the precision action runs int8 layers in onnxruntime, not in --runtime {runtime}: "
                                   "pass --runtime onnxruntime, or use a space without precision.")
             if space.uses_int8_format:
-                allowed = np.array([INT8 in c for c in DecisionSpace(self.cost, space).choices["precision"]])
+                allowed = np.array([INT8 in c for c in DecisionSpace(self.cost, space).choices[int8_key]])
                 example = data.val.example(latency_batch)
 
                 def model_for(fmt: Int8Format) -> nn.Module:
                     compressor = Compressor(self.model, self.graph, space.with_int8_format(fmt.name).ranges)
-                    return int8_timing_model(compressor, self.graph, allowed, data.val.example(8))
+                    return int8_timing_model(compressor, self.graph, int8_key, allowed, data.val.example(8))
 
                 fmt, self.int8_choice = int8_format(get_runtime(runtime), threads=latency_threads, batch=latency_batch,
                                                     model_for=model_for, example=example)
                 space = space.with_int8_format(fmt.name)
                 self.space = space
-            self.int8_format = space.ranges["precision"].int8_format
+            self.int8_format = space.ranges[int8_action].int8_format
         self.decisions = DecisionSpace(self.cost, space)
         if not self.decisions.steps:
             why = self.graph.no_groups or "; ".join(sorted({u.fixed for u in self.graph.units if u.fixed}))
@@ -116,8 +121,8 @@ class CompressionProblem:
                                                                 int8=self.int8_format)
             if self.int8_format is not None:  # what int8 layers share in a whole model, fitted on a few
                 self.int8_fit = latency.calibrate_int8(
-                    lambda mask: int8_timing_model(compressor, self.graph, mask, data.val.example(8)),
-                    np.array([INT8 in c for c in self.decisions.choices["precision"]]))
+                    lambda mask: int8_timing_model(compressor, self.graph, int8_key, mask, data.val.example(8)),
+                    np.array([INT8 in c for c in self.decisions.choices[int8_key]]), key=int8_key)
         self.latency: LatencyTable | None = latency
         self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)
         self.limits = self.constraints.limits
