@@ -194,8 +194,9 @@ def report() -> None:
                      f"{r['candidates']} | {r['per_candidate_s']:.1f} | {100 * r['outside_fraction']:.1f}% | {r['commit']} |")
     if searches:
         lines += ["", "Command (each folder): `python bench/scale_bench.py search FOLDER [LABEL [CANDIDATES]]`, which runs "
-                      f"`python {searches[-1]['command']}`. The 10-candidate row predates capping the recalibration "
-                      "batch (128 images at 224x224); the 2-candidate rows are after it, at both folder sizes."]
+                      f"`python {searches[-1]['command']}` (with `--episodes` the row's candidates). The row labelled "
+                      "\"recalibration in batches of 128\" predates capping the recalibration batch (128 images at "
+                      "224x224, now 55); the others are after it."]
     lines += ["", "Work per candidate outside its forward passes (ResNet-50 at 224, 6 random plans at 0.5 of the "
                   "MACs, 8 + 8 images so that the overhead shows; `python bench/scale_bench.py overhead NAME` from "
                   "each checkout):", "",

@@ -138,3 +138,30 @@ def test_the_default_prune_space_rounds_to_the_runtimes_step(digits_model, digit
     channels = [u.channels for u in problem.graph.units]
     assert all(k % 8 == 0 or k == c for k, c in zip(kept, channels))
     assert SearchSpace.load("prune").ranges["keep_ratio"].round_to == "runtime"
+
+
+def test_int8_layers_are_timed_as_int8_kernels(tmp_path, digits_model, digits_data) -> None:
+    """With an int8 format the table times every layer shape a second time as its QDQ form, and a
+    plan's int8 layers are predicted from those timings; producers follow the layer chain."""
+    import json
+
+    from autocomp.latency import _producers
+    from autocomp.ops.int8 import Int8Format
+
+    graph = LayerGraph.build(digits_model, digits_data.input_shape)
+    cost = CostModel(graph)
+    table = LatencyTable(graph, cost, runtime=get_runtime("onnxruntime"), int8=Int8Format(), cache_dir=tmp_path,
+                         min_run_time=0.002)
+    table.warm(progress=False)
+    stored = json.loads(table.path.read_text())
+    shapes = {g.key() for g in table._whole}
+    assert {k for k in stored if k.endswith("-int8-u8s8")} == {k + "-int8-u8s8" for k in shapes}
+    n = len(graph.layers)
+    first = table._whole[0]
+    int8_first = np.array([True] + [False] * (n - 1))
+    geometry = cost.geometry({**cost.defaults, "precision": np.where(int8_first, 8, 32)})
+    full = cost.geometry(cost.defaults)
+    assert geometry.int8 is not None and geometry.int8.tolist() == int8_first.tolist()
+    expected = table.predict(full) - stored[first.key()][-1][-1] + stored[first.key() + "-int8-u8s8"][-1][-1]
+    assert table.predict(geometry) == pytest.approx(expected)  # the fit's boundary terms are 0 until calibrated
+    assert _producers(graph) == [[]] + [[i] for i in range(n - 1)]  # the digits CNN is a chain
