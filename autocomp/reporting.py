@@ -179,9 +179,13 @@ def write_report(run_dir: str | os.PathLike[str], *, uniform: bool = True) -> Pa
                     f"<td>{baseline['size_bytes']:,}</td><td>{baseline['val_accuracy']:.4f}</td><td>-</td></tr>")
     latency = summary.get("latency")
     latency_html = "" if not latency else (
-        f"<p>Batch-1 latency on this machine ({latency['threads']} thread): original {latency['baseline_measured_ms']:.3f} ms "
+        f"<p>Batch-{latency.get('batch', 1)} latency on this machine in {html.escape(latency.get('runtime', 'torch'))} "
+        f"({latency['threads']} thread): original {latency['baseline_measured_ms']:.3f} ms "
         f"measured; best plan {latency['best_predicted_ms']:.3f} ms predicted by the latency table, "
         f"{latency['best_measured_ms']:.3f} ms measured.</p>")
+    if summary.get("int8_format"):
+        latency_html += (f"<p>Int8 layers run as integer kernels in onnxruntime, format "
+                         f"<code>{html.escape(summary['int8_format'])}</code> (measured on this machine).</p>")
     seen = _inspection(config, summary)
     title = html.escape(f"autocomp run {summary['name']}")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
