@@ -101,20 +101,29 @@ class Budgets:
         return self._fill_up(best, wanted)
 
     def _fill_up(self, indices: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        """Passes over the decisions, furthest below what was asked first, each raised one step
+        where that fits. Costs only grow as decisions rise, so a decision that does not fit once
+        never will (it is not tried again), and when every open raise of a pass fits together
+        they are taken with one check: the same plan as trying each in turn, in far fewer checks."""
         tops = self.decisions.tops
         indices = indices.copy()
-        raised = True
-        while raised:
-            raised = False
+        closed = indices >= tops
+        while not closed.all():
+            open_ = ~closed
+            if self.fits(indices + open_):
+                indices += open_
+                closed |= indices >= tops
+                continue
             shortfall = (wanted - indices) / tops
             for d in np.argsort(-shortfall, kind="stable"):
-                if indices[d] >= tops[d]:
+                if closed[d]:
                     continue
                 indices[d] += 1
-                if self.fits(indices):
-                    raised = True
-                else:
+                if not self.fits(indices):
                     indices[d] -= 1
+                    closed[d] = True
+                elif indices[d] >= tops[d]:
+                    closed[d] = True
         return indices
 
     def decode_positions(self, positions: np.ndarray) -> tuple[Plan, list[list[float]]]:

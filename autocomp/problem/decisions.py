@@ -112,6 +112,17 @@ class DecisionSpace:
             for step in steps for action, slot in sorted(step.slots.items(), key=lambda item: column[item[0]])
         ]
         self.tops = np.array([d.top for d in self.searched], dtype=np.int64)
+        self._full = self._pick(-1)
+        # per kind: which searched decisions set it, their slots, and their choices padded into one
+        # matrix, so that ``state_at`` is one gather per kind (the projection calls it thousands of times)
+        self._gather: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for kind in KINDS.values():
+            mine = [d for d, decision in enumerate(self.searched) if decision.key == kind.key]
+            if mine:
+                width = max(len(self.searched[d].choices) for d in mine)
+                table = np.array([np.pad(self.searched[d].choices, (0, width - len(self.searched[d].choices)), mode="edge")
+                                  for d in mine], dtype=kind.dtype)
+                self._gather[kind.key] = (np.array(mine), np.array([self.searched[d].slot for d in mine]), table)
 
     @property
     def action_kinds(self) -> tuple[str, ...]:
@@ -155,9 +166,10 @@ class DecisionSpace:
     def state_at(self, indices: Sequence[int] | np.ndarray) -> State:
         """The state with every searched decision at its allowed value number ``indices[d]``
         (every other slot at its only value)."""
-        state = self.full_state()
-        for decision, index in zip(self.searched, indices):
-            state.values[decision.key][decision.slot] = decision.choices[index]
+        state = self._full.copy()
+        indices = np.asarray(indices, dtype=np.int64)
+        for key, (mine, slots, table) in self._gather.items():
+            state.values[key][slots] = table[np.arange(len(mine)), indices[mine]]
         return state
 
     def indices_of(self, plan: Plan) -> np.ndarray:

@@ -83,3 +83,31 @@ def test_taken_actions_decode_to_the_same_plan() -> None:
     for _ in range(5):
         plan, taken = b.decode_taken(rng.uniform(-1, 1, (len(b.decisions.steps), len(b.decisions.kinds))))
         assert b.decode(taken) == plan
+
+
+def _fill_one_at_a_time(budgets, indices: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The fill-up as first written: passes trying every decision in turn until none rises."""
+    tops, indices, raised = budgets.decisions.tops, indices.copy(), True
+    while raised:
+        raised = False
+        for d in np.argsort(-(wanted - indices) / tops, kind="stable"):
+            if indices[d] < tops[d]:
+                indices[d] += 1
+                if budgets.fits(indices):
+                    raised = True
+                else:
+                    indices[d] -= 1
+    return indices
+
+
+@pytest.mark.parametrize(("space", "budgets"), [("joint", {"flops": "0.5", "size": "0.2"}), ("prune_quant", {"size": "0.1"})])
+def test_the_fast_fill_up_gives_the_plans_of_one_raise_at_a_time(space, budgets, digits_model, digits_data,
+                                                                   monkeypatch) -> None:
+    from autocomp.problem.budgets import Budgets
+
+    problem = CompressionProblem(model=digits_model, data=digits_data, space=SearchSpace.load(space), budgets=budgets)
+    rng = np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, (len(problem.steps), problem.action_dims)) for _ in range(20)]
+    fast = [problem.decode(a) for a in actions]
+    monkeypatch.setattr(Budgets, "_fill_up", _fill_one_at_a_time)
+    assert [problem.decode(a) for a in actions] == fast
