@@ -31,7 +31,7 @@ from torch import nn
 from autocomp.errors import ConfigError
 from autocomp.kinds.base import ActionKind, Geometry, Op, Panel
 from autocomp.kinds.bits import BYTES_PER_FLOAT, FLOAT_BITS
-from autocomp.ops.int8 import FORMATS, Int8Format, following_norms, wrap_int8
+from autocomp.ops.int8 import FORMATS, Int8Format, followed_by_relu, following_norms, wrap_int8
 
 if TYPE_CHECKING:
     from autocomp.cost import CostModel
@@ -59,8 +59,11 @@ class PrecisionChoice:
         return Int8Format.parse(DEFAULT_FORMAT if self.format == "runtime" else self.format)
 
 
-def _example(model: nn.Module, graph: LayerGraph) -> torch.Tensor:
-    return torch.zeros(1, *graph.input_shape, device=next(model.parameters()).device)
+def _fusions(model: nn.Module, graph: LayerGraph, names: list[str]) -> tuple[dict[str, str], set[str]]:
+    """The batch norm after each layer of ``names`` and the layers whose output only a ReLU reads."""
+    example = torch.zeros(1, *graph.input_shape, device=next(model.parameters()).device)
+    norms = following_norms(model, example, names)
+    return norms, followed_by_relu(model, example, names, norms)
 
 
 class Precision(ActionKind):
@@ -106,16 +109,17 @@ class Precision(ActionKind):
 
     def make_op(self, model: nn.Module, graph: LayerGraph, space_value: PrecisionChoice | None) -> Op:
         fmt = (space_value or PrecisionChoice((FLOAT_BITS, INT8))).int8_format
-        norms: dict[str, str] | None = None  # layer -> the batch norm to fold into it, found once
+        found: tuple[dict[str, str], set[str]] | None = None  # batch norms and ReLUs to fold, found once
         if space_value is not None and INT8 in space_value.choices:
-            norms = following_norms(model, _example(model, graph), [layer.name for layer in graph.layers])
+            found = _fusions(model, graph, [layer.name for layer in graph.layers])
 
         def apply(target: nn.Module, entries: Mapping[str, int]) -> nn.Module:
-            nonlocal norms
+            nonlocal found
             names = [name for name, value in entries.items() if value == INT8]
-            if names and norms is None:  # a model rebuilt from a plan alone: look on the (pruned) target
-                norms = following_norms(target, _example(target, graph), names)
-            return wrap_int8(target, names, norms or {}, fmt)
+            if names and found is None:  # a model rebuilt from a plan alone: look on the (pruned) target
+                found = _fusions(target, graph, names)
+            norms, relus = found or ({}, set())
+            return wrap_int8(target, names, norms, fmt, relus)
 
         return apply
 

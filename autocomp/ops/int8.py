@@ -98,8 +98,9 @@ class Int8Layer(nn.Module):
     """One conv or linear layer (``layer``), with the batch norm after it (``norm``, or ``None``),
     as an int8 layer in ``fmt``. Until calibrated (and while observing) it computes in float."""
 
-    def __init__(self, layer: nn.Module, norm: nn.Module | None, fmt: Int8Format) -> None:
+    def __init__(self, layer: nn.Module, norm: nn.Module | None, fmt: Int8Format, relu: bool = False) -> None:
         super().__init__()
+        self.relu = relu  # the ReLU that alone reads the output is applied here, before quantising it
         if not isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)):
             raise TypeError(f"{type(layer).__name__} is not a conv or linear layer")
         self.layer = layer
@@ -160,7 +161,8 @@ class Int8Layer(nn.Module):
 
     def _float(self, x: torch.Tensor) -> torch.Tensor:
         y = self.layer(x)
-        return self.norm(y) if self.norm is not None else y
+        y = self.norm(y) if self.norm is not None else y
+        return torch.relu(y) if self.relu else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing or not self.calibrated:
@@ -175,7 +177,7 @@ class Int8Layer(nn.Module):
         weight, bias = self.folded() if not hasattr(self, "levels") else (None, self.frozen_bias)
         x = self._fake_act(x, s_in, z_in)
         y = self._apply_layer(x, self._fake_weight(weight), bias)
-        return self._fake_act(y, s_out, z_out)
+        return self._fake_act(torch.relu(y) if self.relu else y, s_out, z_out)
 
     def _fake_act(self, x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
         qmin, qmax = self.fmt.act_range
@@ -207,7 +209,7 @@ class Int8Layer(nn.Module):
             return _QD.quantize_per_channel(weight, scale, zeros, 0, -q, q, torch.int8), scale
 
     def extra_repr(self) -> str:
-        return f"format={self.fmt.name}, calibrated={self.calibrated}"
+        return f"format={self.fmt.name}, calibrated={self.calibrated}, relu={self.relu}"
 
 
 def int8_layers(model: nn.Module) -> list[Int8Layer]:
@@ -285,15 +287,61 @@ def following_norms(model: nn.Module, example: torch.Tensor, names: Iterable[str
     return {layer: norm for layer, norm in found.items() if users[norm] == 1}
 
 
-def wrap_int8(model: nn.Module, names: Iterable[str], norms: Mapping[str, str], fmt: Int8Format) -> nn.Module:
+def followed_by_relu(model: nn.Module, example: torch.Tensor, names: Iterable[str],
+                     norms: Mapping[str, str]) -> set[str]:
+    """The layers of ``names`` whose output (after the batch norm of ``norms``, if any) is read by
+    a ReLU and by nothing else (one forward pass of ``example``, every torch call watched): the
+    ReLU then joins the int8 layer, so that its output is quantised after it (and the runtime
+    chains consecutive int8 layers without converting back to float). A module's ``nn.ReLU`` and
+    a functional ``F.relu`` in the model's forward both count."""
+    from torch.overrides import TorchFunctionMode
+
+    relus = {torch.relu, torch.relu_, F.relu, torch.Tensor.relu, torch.Tensor.relu_}
+    tails: dict[int, str] = {}
+    held: list[torch.Tensor] = []  # keeps every watched tensor alive, so that no id is reused
+    uses: dict[int, list[Any]] = {}
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                tails[id(output)] = name
+                held.append(output)
+        return hook
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            if isinstance(out, torch.Tensor):  # a call that makes a tensor reads its inputs (``.shape``, ``.dim()`` do not)
+                for arg in (*args, *kwargs.values()):
+                    for t in arg if isinstance(arg, (list, tuple)) else (arg,):
+                        if isinstance(t, torch.Tensor) and id(t) in tails:
+                            uses.setdefault(id(t), []).append(func)
+            return out
+
+    modules = dict(model.named_modules())
+    hooks = [modules[norms.get(name, name)].register_forward_hook(record(name)) for name in names]
+    try:
+        with torch.no_grad(), Watch():
+            model.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name for key, name in tails.items() if len(uses.get(key, [])) == 1 and uses[key][0] in relus}
+
+
+def wrap_int8(model: nn.Module, names: Iterable[str], norms: Mapping[str, str], fmt: Int8Format,
+              relus: Iterable[str] = ()) -> nn.Module:
     """Replace each layer in ``names`` by an :class:`Int8Layer` (with its batch norm from
-    ``norms``, whose own place becomes an ``Identity``), in place."""
+    ``norms``, whose own place becomes an ``Identity``, and the ReLU after it where it is in
+    ``relus``), in place."""
+    relus = set(relus)
     for name in names:
         layer = model.get_submodule(name)
         norm = model.get_submodule(norms[name]) if name in norms else None
         if norm is not None:
             _set(model, norms[name], nn.Identity())
-        _set(model, name, Int8Layer(layer, norm, fmt))
+        _set(model, name, Int8Layer(layer, norm, fmt, relu=name in relus))
     return model
 
 

@@ -16,6 +16,7 @@ from autocomp.ops.int8 import (
     Int8Layer,
     act_qparams,
     calibrate_int8,
+    followed_by_relu,
     following_norms,
     freeze,
     wrap_int8,
@@ -36,9 +37,11 @@ def _net() -> nn.Module:
     return net.eval()
 
 
-def _int8(net: nn.Module, fmt: Int8Format, x: torch.Tensor) -> nn.Module:
+def _int8(net: nn.Module, fmt: Int8Format, x: torch.Tensor, relu: bool = True) -> nn.Module:
     names = ["0", "3", "8"]
-    model = wrap_int8(copy.deepcopy(net), names, following_norms(net, x[:1], names), fmt)
+    norms = following_norms(net, x[:1], names)
+    relus = followed_by_relu(net, x[:1], names, norms) if relu else set()
+    model = wrap_int8(copy.deepcopy(net), names, norms, fmt, relus)
     calibrate_int8(model, [x[:32], x[32:]])
     return model
 
@@ -54,6 +57,28 @@ def test_the_batch_norm_after_a_layer_is_found_and_folded() -> None:
         weight, bias = layer.folded()
         folded = nn.functional.conv2d(torch.relu(model[0](x)), weight, bias, padding=1)
         assert torch.allclose(folded, net[4](net[3](torch.relu(net[1](net[0](x))))), atol=1e-5)
+
+
+def test_a_relu_that_alone_reads_the_output_joins_the_layer() -> None:
+    """Module or functional, a ReLU that is the only reader of a layer's (normalised) output is
+    applied inside the int8 layer; one whose input is also read elsewhere is not."""
+    net, x = _net(), torch.randn(2, 3, 12, 12)
+    norms = following_norms(net, x[:1], ["0", "3", "8"])
+    assert followed_by_relu(net, x[:1], ["0", "3", "8"], norms) == {"0", "3"}
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(x)
+            return torch.nn.functional.relu(self.b(torch.relu(y))) + y  # a's output is read twice
+
+    assert followed_by_relu(Residual().eval(), x[:1], ["a", "b"], {}) == {"b"}
+    model = _int8(net, Int8Format(), torch.randn(64, 3, 12, 12))
+    assert model[0].relu and model[3].relu and not model[8].relu
+    assert model[0].qparams()[1][1] == 0  # the output range starts at 0: the zero point is uint8's lowest
 
 
 def test_activation_scales_cover_the_observed_range_and_zero() -> None:
@@ -89,6 +114,8 @@ def test_onnxruntime_computes_what_the_simulation_computes(name: str, tmp_path) 
     onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert ops.count("QLinearConv") == 2 and "Conv" not in ops, ops
+    first = ops.index("QLinearConv")  # the ReLU joined the first layer: the two chain in int8, no conversion between
+    assert ops[first + 1] == "QLinearConv", ops
 
 
 def test_training_is_quantisation_aware() -> None:
