@@ -88,7 +88,7 @@ def ort_int8(model: torch.nn.Module, data: Any, shape: tuple[int, ...]) -> dict[
     return out
 
 
-EPISODES = 80
+EPISODES = 40
 FT_EPOCHS = 1
 SPACES = ("prune", "prune_int8")
 
