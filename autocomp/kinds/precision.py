@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from autocomp.errors import ConfigError
-from autocomp.kinds.base import ActionKind, Geometry, Op, Panel
-from autocomp.kinds.bits import BYTES_PER_FLOAT, FLOAT_BITS
+from autocomp.kinds.base import Geometry, Op
+from autocomp.kinds.bits import BYTES_PER_FLOAT, FLOAT_BITS, Bits
 from autocomp.ops.int8 import FORMATS, Int8Format, followed_by_relu, following_norms, wrap_int8
 
 if TYPE_CHECKING:
@@ -66,13 +66,13 @@ def _fusions(model: nn.Module, graph: LayerGraph, names: list[str]) -> tuple[dic
     return norms, followed_by_relu(model, example, names, norms)
 
 
-class Precision(ActionKind):
+class Precision(Bits):
+    """Shares with :class:`~autocomp.kinds.bits.Bits` its per-layer choices among a few widths
+    (32 = float32), their uniform setting, default and report panel."""
+
     action: ClassVar[str] = "precision"
     key: ClassVar[str] = "precision"
-    scope: ClassVar = "layer"
-    stage: ClassVar[int] = 2
     plural: ClassVar[str] = "runtime precision per layer (8 = int8, 32 = float32)"
-    categorical: ClassVar[bool] = True
 
     def parse(self, spec: Mapping[str, Any]) -> PrecisionChoice:
         if not isinstance(spec, Mapping) or set(spec) - {"choices", "format"}:
@@ -86,18 +86,8 @@ class Precision(ActionKind):
     def to_spec(self, value: PrecisionChoice) -> dict[str, Any]:
         return {"choices": list(value.choices), "format": value.format}
 
-    def choices(self, value: PrecisionChoice | None, cost: CostModel, index: int) -> np.ndarray:
-        return np.array(value.choices if value is not None else (FLOAT_BITS,), dtype=np.int64)
-
-    def uniform_threshold(self, level: float, space_value: PrecisionChoice | None, cost: CostModel, index: int) -> float:
-        b = space_value.choices if space_value is not None else (FLOAT_BITS,)
-        return b[0] + level * (b[-1] - b[0])
-
     def observe(self, value: float, cost: CostModel, index: int) -> float:
         return 1.0 if value >= FLOAT_BITS else 0.0
-
-    def plan_default(self, cost: CostModel) -> np.ndarray:
-        return np.full(len(cost.graph.layers), FLOAT_BITS, dtype=np.int64)
 
     def shape(self, plan: np.ndarray, geometry: Geometry, cost: CostModel) -> None:
         int8 = np.asarray(plan) == INT8
@@ -123,8 +113,3 @@ class Precision(ActionKind):
 
         return apply
 
-    def panel(self, entries: Mapping[str, int], channels: Mapping[str, int], layers: list[str],
-              searched: bool) -> Panel | None:
-        if not (entries or searched):
-            return None
-        return (self.plural, layers, [float(entries.get(n, FLOAT_BITS)) for n in layers], (0.0, 33.0))
