@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,10 +11,31 @@ torch.set_num_threads(2)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+PINNED_STEP = 1
+"""The channel step the tests' ``round_to: runtime`` spaces get on every machine."""
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """One trained digits model and decoded-image cache per test session, never the user's."""
-    os.environ.setdefault("AUTOCOMP_CACHE", str(tmp_path_factory.mktemp("autocomp-cache")))
+    """One trained digits model and decoded-image cache per test session, never the user's.
+
+    The runtime's channel step is measured per machine (16 on an AVX-512 CPU in onnxruntime, 1 in
+    eager torch), and a coarse step leaves a small model few plans: tests that are about searchers,
+    resume or export would then pass or fail with the CPU they run on. The session cache holds
+    :data:`PINNED_STEP` where a measured step would be cached, for both runtimes at 1 and 2 threads;
+    ``tests/test_latency.py`` measures the step itself in caches of its own.
+    """
+    from autocomp.latency import table_name
+    from autocomp.runtimes import RUNTIMES
+
+    cache = tmp_path_factory.mktemp("autocomp-cache")
+    os.environ["AUTOCOMP_CACHE"] = str(cache)
+    (cache / "latency").mkdir()
+    for name in RUNTIMES.list():
+        for threads in (1, 2):
+            for batch in (1, 8, 16, 32):
+                file = cache / "latency" / f"{table_name(RUNTIMES.get(name)(), threads, batch)}-step.json"
+                file.write_text(json.dumps({"step": PINNED_STEP, "pinned": "tests/conftest.py"}))
 
 
 @pytest.fixture(scope="session")

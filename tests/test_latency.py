@@ -6,12 +6,13 @@ import numpy as np
 import optuna
 import pytest
 import torch
+from torch import nn
 
 from autocomp import latency
 from autocomp.budget import parse_latency
 from autocomp.config import SearchConfig
 from autocomp.cost import CostModel
-from autocomp.errors import BudgetFormatError, ConfigError
+from autocomp.errors import BudgetFormatError, ConfigError, IncompatibleModelError
 from autocomp.graph import LayerGraph
 from autocomp.latency import STAIRCASE, LatencyTable, channel_step, pick_step
 from autocomp.problem import CompressionProblem
@@ -165,3 +166,15 @@ def test_int8_layers_are_timed_as_int8_kernels(tmp_path, digits_model, digits_da
     expected = table.predict(full) - stored[first.key()][-1][-1] + stored[first.key() + "-int8-u8s8"][-1][-1]
     assert table.predict(geometry) == pytest.approx(expected)  # the fit's boundary terms are 0 until calibrated
     assert _producers(graph) == [[]] + [[i] for i in range(n - 1)]  # the digits CNN is a chain
+
+
+def test_a_step_that_leaves_nothing_to_prune_is_named(digits_data, monkeypatch) -> None:
+    """Groups no wider than the measured step keep all their channels; the error says so and how to
+    set a finer step."""
+    import autocomp.problem as problem_module
+
+    monkeypatch.setattr(problem_module, "channel_step", lambda runtime, **_: 16)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 10))
+    with pytest.raises(IncompatibleModelError, match=r"multiples of 16, the step measured .*`round_to: N`"):
+        CompressionProblem(model=model, data=digits_data, space=SearchSpace.load("prune"), budgets={"flops": "0.5"})

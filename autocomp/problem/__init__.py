@@ -109,6 +109,9 @@ class CompressionProblem:
         self.decisions = DecisionSpace(self.cost, space)
         if not self.decisions.steps:
             why = self.graph.no_groups or "; ".join(sorted({u.fixed for u in self.graph.units if u.fixed}))
+            if self.channel_step is not None and self.channel_step > 1 and not why:
+                why = (f"with channels in multiples of {self.channel_step}, the step measured for --runtime {runtime}, "
+                       "every group keeps all its channels; `round_to: N` in your own space sets a finer step")
             raise IncompatibleModelError(
                 f"space `{space.name}` finds nothing to compress in this model{f' ({why})' if why else ''}: see "
                 "`autocomp inspect --model ... --space ...`, and use a space with other actions (e.g. --space quant).")
