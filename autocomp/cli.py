@@ -47,6 +47,9 @@ class SearchCommand:
         g.add_argument("--cache-mb", type=int, default=d.cache_mb,
                        help="decode the validation and calibration images into memory when they fit in this many MB "
                             "(default: %(default)s; 0 streams them too)")
+        g.add_argument("--low-memory", action="store_true",
+                       help="keep memory at one candidate's peak over a long search of a big model "
+                            "(big blocks by their own mmap; slower, see README)")
         g = p.add_argument_group("budgets (a fraction of the original such as 0.5, or an amount such as 20M; all must hold)")
         g.add_argument("--budget-flops", help="MACs budget")
         g.add_argument("--budget-params", help="parameter budget")
@@ -95,7 +98,7 @@ class SearchCommand:
             model=args.model, weights=args.weights, num_classes=args.num_classes, data=args.data,
             data_dir=args.data_dir, mean=args.mean, std=args.std, preprocess=args.preprocess,
             image_size=args.image_size, resize=args.resize, val_size=args.val_size, loader_workers=args.loader_workers,
-            cache_mb=args.cache_mb, device=args.device, gpus_per_worker=args.gpus_per_worker, budget_flops=args.budget_flops,
+            cache_mb=args.cache_mb, low_memory=args.low_memory, device=args.device, gpus_per_worker=args.gpus_per_worker, budget_flops=args.budget_flops,
             budget_params=args.budget_params, budget_size=args.budget_size,
             budget_latency=args.budget_latency, latency_threads=args.latency_threads, runtime=args.runtime,
             latency_batch=args.latency_batch, agent=args.agent, agent_options=dict(args.agent_opt),

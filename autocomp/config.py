@@ -9,7 +9,7 @@ from typing import Any
 from autocomp.errors import ConfigError
 
 RUN_FIELDS = ("name", "runs_dir", "episodes", "threads", "workers", "address", "device", "loader_workers",
-              "cache_mb", "gpus_per_worker")
+              "cache_mb", "gpus_per_worker", "low_memory")
 """Where a run lives, how long it goes on and what it runs on: a resumed run may change these.
 Every other field says what is searched, and a resumed run keeps it."""
 
@@ -62,6 +62,7 @@ class SearchConfig:
     gpus_per_worker: float | None = None
     loader_workers: int | None = None
     cache_mb: int = 2048
+    low_memory: bool = False  # bound the heap (autocomp.device.bound_heap): lower peak memory, slower
 
     def __post_init__(self) -> None:
         if self.reward not in ("error", "error_log_flops"):

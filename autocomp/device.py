@@ -7,6 +7,11 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
+from collections.abc import Callable
+
 import torch
 
 from autocomp.errors import ConfigError
@@ -45,3 +50,28 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work (so that wall-clock timings include it)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+HEAP_MMAP_THRESHOLD = 1 << 20
+"""Bytes from which glibc serves an allocation by its own ``mmap`` (see :func:`bound_heap`)."""
+
+
+@functools.cache
+def bound_heap() -> bool:
+    """Keep a long search's resident memory at one candidate's peak (once per process).
+
+    glibc raises its ``mmap`` threshold each time a big block is freed, so after the first
+    candidate the big tensors of the next ones (activations, pruned weights) come from the heap,
+    whose freed holes it keeps: the resident size grows from candidate to candidate. Fixing the
+    threshold (``mallopt(M_MMAP_THRESHOLD, 1 MiB)``) serves every block of 1 MiB or more by its
+    own ``mmap``, returned whole when freed. Returns whether it was set (False off glibc)."""
+    if sys.platform != "linux":
+        return False
+    try:
+        mallopt: Callable[[int, int], int] = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD))
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h

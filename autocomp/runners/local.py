@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from autocomp.budget import METRICS
 from autocomp.config import SearchConfig
-from autocomp.device import resolve_device
+from autocomp.device import bound_heap, resolve_device
 from autocomp.errors import ConfigError
 from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem, EvalSettings, Metrics
@@ -104,6 +104,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
 def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episodes: int, searcher_cls: type[Searcher],
             space: SearchSpace, *, start: float, progress: bool) -> SearchResult:
     device = resolve_device(config.device)
+    if config.low_memory:
+        bound_heap()
     if config.budget_latency is not None:
         get_runtime(config.runtime)  # installed?
     data = load_config_data(config, run.read_subsets() if run.exists() else None)

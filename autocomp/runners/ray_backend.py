@@ -19,6 +19,7 @@ import torch
 
 from autocomp.compress import Compressor
 from autocomp.config import SearchConfig
+from autocomp.device import bound_heap
 from autocomp.errors import ConfigError
 from autocomp.plan import Plan
 from autocomp.problem import CompressionProblem, Evaluator, Score
@@ -85,6 +86,8 @@ class EvalWorker:
         from autocomp.models import build_model
 
         torch.set_num_threads(threads)  # this actor's own process
+        if payload["low_memory"]:
+            bound_heap()
         model = build_model(payload["model"], num_classes=payload["num_classes"])
         model.load_state_dict(payload["state_dict"])
         graph = payload["graph"]
@@ -131,7 +134,7 @@ class RayBackend:
             "model": config.model, "num_classes": problem.data.num_classes,
             "state_dict": {k: v.detach().cpu() for k, v in problem.model.state_dict().items()},
             "graph": problem.graph, "ranges": dict(problem.space.ranges), "evaluation": evaluator.settings,
-            "calibration": evaluator.calibration, "val": evaluator.val,
+            "calibration": evaluator.calibration, "val": evaluator.val, "low_memory": config.low_memory,
         }
         self.gpus = gpus_per_worker(ray, config, workers, evaluator.device)
         self._payload = ray.put(payload)  # held for the backend's life: restarted actors read it again

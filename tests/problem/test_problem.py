@@ -49,3 +49,30 @@ def test_evaluator_scores_without_a_problem(digits_problem) -> None:
                       settings=problem.evaluation)
     plan = problem.uniform_plan(0.5)
     assert alone.score_plan(plan).val_accuracy == problem.evaluate(plan).val_accuracy
+
+
+
+
+
+def test_low_memory_bounds_the_heap(tmp_path, monkeypatch) -> None:
+    """`low_memory` bounds the heap for the search; without it the allocator is left alone."""
+    import autocomp
+    from autocomp.runners import local
+
+    calls: list[int] = []
+    monkeypatch.setattr(local, "bound_heap", lambda: calls.append(1))
+    autocomp.search(budget_flops=0.7, agent="random", episodes=1, runs_dir=str(tmp_path), name="plain")
+    assert calls == []
+    autocomp.search(budget_flops=0.7, agent="random", episodes=1, runs_dir=str(tmp_path), name="low", low_memory=True)
+    assert calls == [1]
+
+
+def test_bound_heap_sets_glibc_threshold_only_on_glibc() -> None:
+    """In a process of its own (the setting is process-wide): True on glibc, False elsewhere."""
+    import platform
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "from autocomp.device import bound_heap; print(bound_heap())"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(sys.platform == "linux" and platform.libc_ver()[0] == "glibc")

@@ -1,0 +1,57 @@
+"""Resident memory over candidates, with and without ``--low-memory`` (a bounded heap).
+
+torchvision ResNet-50 at 224x224 (random weights), 96 random training images for recalibration,
+64 for validation, 10 random pruning plans at 0.25 of the MACs, 2 threads. Prints the resident
+size after each candidate, the peak (``ru_maxrss``) and the seconds, for one mode per process
+(the setting is process-wide):
+
+    python bench/heap_bench.py plain
+    python bench/heap_bench.py low-memory
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+import torchvision
+
+from autocomp.data import DataBundle, TensorSplit
+from autocomp.data.bundle import Preprocess
+from autocomp.device import bound_heap
+from autocomp.problem import CompressionProblem
+from autocomp.space import SearchSpace
+
+
+def resident_gb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**30
+
+
+def main(mode: str) -> None:
+    if mode not in ("plain", "low-memory"):
+        sys.exit(f"mode {mode!r}: pass plain or low-memory")
+    if mode == "low-memory":
+        print("heap bounded:", bound_heap())
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 3, 224, 224), torch.randint(0, 1000, (96,))
+    data = DataBundle(name="synthetic", train=TensorSplit(x, y), val=TensorSplit(x[:64], y[:64]),
+                      test=TensorSplit(x[:8], y[:8]), num_classes=1000, class_names=tuple(map(str, range(1000))),
+                      preprocess=Preprocess((0.0,) * 3, (1.0,) * 3))
+    problem = CompressionProblem(model=torchvision.models.resnet50().eval(), data=data,
+                                 space=SearchSpace.load("prune").with_runtime_step(1), budgets={"flops": "0.25"})
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for i in range(10):
+        problem.evaluator.score_plan(problem.decode(rng.uniform(0, 1, len(problem.steps))))
+        print(f"candidate {i}: resident {resident_gb():.3f} GB, "
+              f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.3f} GB", flush=True)
+    print(f"seconds {time.perf_counter() - start:.1f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "plain")
