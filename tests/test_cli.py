@@ -114,3 +114,21 @@ def test_cuda_without_a_gpu_is_one_line_and_leaves_no_run(capsys, tmp_path: Path
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "--device cuda: torch sees no CUDA GPU here" in err and "use --device cpu" in err
     assert not (tmp_path / "gpu").exists()
+
+
+def test_weights_keep_their_module_versions(tmp_path) -> None:
+    """torchvision's MNASNet checks its module version on load: a saved state_dict (also one saved
+    from ``nn.DataParallel``, keys under ``module.``) loads with its versions intact."""
+    import torch
+    import torchvision
+
+    from autocomp.models import build_model, load_weights
+
+    saved = torchvision.models.mnasnet0_5(num_classes=10).eval()
+    torch.save(saved.state_dict(), tmp_path / "plain.pt")
+    torch.save(torch.nn.DataParallel(saved).state_dict(), tmp_path / "parallel.pt")
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("plain.pt", "parallel.pt"):
+        model = build_model("torchvision:mnasnet0_5", num_classes=10)
+        load_weights(model, tmp_path / name)
+        torch.testing.assert_close(model.eval()(x), saved(x))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,6 +105,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise IncompatibleModelError(f"weights file {path} holds a {type(state).__name__}, not a state_dict.")
+    # module versions (``state_dict()._metadata``) travel with the keys: some modules check them on load
+    metadata = {"" if k == "module" else k.removeprefix("module."): v  # nn.DataParallel's root is "module"
+                for k, v in getattr(state, "_metadata", {}).items()}
     state = {k.removeprefix("module."): v for k, v in state.items()}
     for prefix in fused_prefixes(model):  # saved from the model before its attention was unfused
         state = split_fused_keys(state, prefix)
@@ -124,4 +128,6 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             f"weights {path} do not fit the model: {', '.join(parts)} keys. "
             "Pass the --model these weights were saved from (and --num-classes if it differs)."
         )
+    state = OrderedDict(state)
+    state._metadata = OrderedDict(metadata)  # type: ignore[attr-defined]
     model.load_state_dict(state)
