@@ -1,7 +1,7 @@
 """Predict a plan's MACs, parameters and bytes without building the compressed model.
 
 "FLOPs" in autocomp are multiply-accumulates (MACs) of conv and linear layers, of attention
-products (``2 * heads * head_dim * queries * keys`` per block, shrinking with the heads kept) and
+products (``2 * heads * head_dim * queries * keys`` per block, shrinking with the heads kept and their width) and
 of any other matrix product of the forward (``LayerGraph.fixed_macs``, never compressed): the
 figure AMC and most pruning papers report; ``torch.utils.flop_counter`` counts 2 FLOPs per MAC.
 
@@ -91,7 +91,8 @@ class CostModel:
         self._chan_floats = np.array([c.params + c.buffers for c in graph.channel_params], dtype=float)
         self._fixed_floats = graph.fixed_params + graph.fixed_buffers
         self.heads = np.array([a.heads for a in graph.attentions], dtype=np.int64)
-        self._attention_macs_per_head = np.array([a.macs / a.heads for a in graph.attentions], dtype=float)
+        # per query/key/value dimension of one head: 2 * queries * keys
+        self._attention_macs_per_dim = np.array([a.macs / (a.heads * a.head_dim) for a in graph.attentions], dtype=float)
         self.attention_layers = np.array([[self.layer_index[p] for p in a.projections] for a in graph.attentions],
                                          dtype=np.int64).reshape(-1, 4)
         self.head_dims = np.array([a.head_dim for a in graph.attentions], dtype=np.int64)
@@ -106,7 +107,7 @@ class CostModel:
     def geometry(self, arrays: Mapping[str, np.ndarray]) -> Geometry:
         """What plan ``arrays`` (kind key -> plan array; absent kinds at their default) make of the layers."""
         g = Geometry(out_f=self._out0, in_f=self._in0, kept_fraction=np.ones(len(self._chan_params)),
-                     heads=self.heads.astype(float))
+                     heads=self.heads.astype(float), head_dim=self.head_dims.astype(float))
         stages = by_stage()
         for kind in (k for k in stages if k.stage == 0 and k.key in arrays):
             kind.shape(arrays[kind.key], g, self)
@@ -126,7 +127,8 @@ class CostModel:
         params = float(np.sum(weights + self._bias * g.out_f))
         floats = float(np.sum(self._bias * g.out_f)) + self._fixed_floats
         if g.heads is not None and len(g.heads):
-            macs += float(np.sum(g.heads * self._attention_macs_per_head))
+            width = g.head_dim if g.head_dim is not None else self.head_dims
+            macs += float(np.sum(g.heads * width * self._attention_macs_per_dim))
             params += float(np.sum(g.heads * self._head_params))
             floats += float(np.sum(g.heads * self._head_params))
         if len(self._chan_params):

@@ -26,6 +26,7 @@ from torchvision.models import swin_transformer
 
 from autocomp.errors import IncompatibleModelError
 from autocomp.models.attention import Attention, EmbeddingPruner, TokenAttention, WindowAttention
+from autocomp.models.merging import SLICES, MergingProxy, MergingPruner, merging_proxies, norm_before
 
 COMPUTE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -171,6 +172,7 @@ class LayerGraph:
         no_groups = ""
         try:
             dg = dependency_graph(model, input_shape)
+            names.update({m: n for m, n in dg._module2name.items() if isinstance(m, MergingProxy)})
             groups = list(dg.get_all_groups(ignored_layers=[modules[classifier]], root_module_types=list(COMPUTE_TYPES)))
         except (RuntimeError, ValueError, KeyError, IndexError, ZeroDivisionError, AttributeError, TypeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else ""
@@ -181,7 +183,6 @@ class LayerGraph:
         in_deps: dict[str, list[tuple[int, float]]] = {}
         chan_deps: dict[str, dict[int, float]] = {}
         opaque_deps: dict[int, str] = {}  # unit -> why it cannot be pruned
-        untraced = [(n, type(m).__name__) for n, m in modules.items() if isinstance(m, UNMAPPED)]
         unwrapped = {id(p): (n, p) for n, p in model.named_parameters()}
         units: list[Unit] = []
         for index, group in enumerate(groups):
@@ -206,10 +207,16 @@ class LayerGraph:
                 if (name, is_out) in seen:
                     continue
                 seen.add((name, is_out))
-                inside = next((f"{n} ({t})" for n, t in untraced if name.startswith(f"{n}.")), None)
-                if inside is not None:
-                    opaque_deps.setdefault(index, f"reaches `{inside}`, whose concatenation Torch-Pruning does not map")
-                if isinstance(module, Attention):  # its embedding: out_proj's outputs, the projections' inputs
+                if isinstance(module, MergingProxy):  # one layer: C channels in (4 features each), 2C out
+                    reduction, norm = f"{name}.reduction", f"{name}.norm"
+                    features = per_channel if is_out else SLICES * per_channel
+                    (out_deps if is_out else in_deps).setdefault(reduction, []).append((index, features))
+                    if is_out:
+                        members.append(reduction)
+                    if norm_before(module) != is_out:  # V1 normalises the 4C input features, V2 the 2C outputs
+                        deps = chan_deps.setdefault(norm, {})
+                        deps[index] = max(deps.get(index, 0.0), features / _out_width(modules[norm]))
+                elif isinstance(module, Attention):  # its embedding: out_proj's outputs, the projections' inputs
                     if is_out and f"{name}.out_proj" in positions:
                         out_deps.setdefault(f"{name}.out_proj", []).append((index, per_channel))
                         members.append(f"{name}.out_proj")
@@ -407,19 +414,28 @@ OPAQUE_PRUNERS: dict[type, OpaquePruner] = {
     cls: OpaquePruner("qkv", "proj")
     for cls in (swin_transformer.ShiftedWindowAttention, swin_transformer.ShiftedWindowAttentionV2)}
 OPAQUE = tuple(OPAQUE_PRUNERS)
-UNMAPPED = (swin_transformer.PatchMerging, swin_transformer.PatchMergingV2)
-"""Modules whose channel mapping Torch-Pruning gets wrong (Swin's patch merging concatenates four
-strided slices of one tensor): the channel groups reaching them are not pruned."""
 
 
 def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
     """Trace ``model`` once with a batch of one into a Torch-Pruning dependency graph (an
-    :class:`~autocomp.models.attention.Attention` is one layer whose channels are its embedding)."""
-    with torch.inference_mode(False), torch.enable_grad():  # tracing follows autograd, even if the caller disabled it
+    :class:`~autocomp.models.attention.Attention` is one layer whose channels are its embedding;
+    a patch merging is traced as its :class:`~autocomp.models.merging.MergingProxy`, under the same
+    name: :func:`traced_module` finds a layer's node by name)."""
+    with torch.inference_mode(False), torch.enable_grad(), merging_proxies(model):  # tracing follows autograd
         return tp.DependencyGraph().build_dependency(
             model, example_inputs=torch.randn(1, *input_shape), verbose=False,
             customized_pruners={**{cls: EmbeddingPruner() for cls in (Attention, TokenAttention, WindowAttention)},
+                                MergingProxy: MergingPruner(),
                                 **OPAQUE_PRUNERS})
+
+
+def traced_module(dg: tp.DependencyGraph, name: str) -> nn.Module:
+    """The module of ``dg`` that stands for layer ``name``: the layer itself, or the one the graph
+    holds as one layer around it (a patch merging's ``reduction``: its proxy)."""
+    by_name = {n: m for m, n in dg._module2name.items() if isinstance(m, nn.Module)}
+    while name not in by_name and "." in name:
+        name = name.rpartition(".")[0]
+    return by_name[name]
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -8,13 +8,15 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torchvision.models import swin_transformer
 
 from autocomp.compress import Compressor
 from autocomp.cost import CostModel, measure_cost
 from autocomp.graph import LayerGraph
 from autocomp.models import load_weights
 from autocomp.models.attention import Attention, TokenAttention, unfuse_attention
-from autocomp.ops.heads import head_importance, remove_heads
+from autocomp.models.merging import slice_features
+from autocomp.ops.heads import head_importance, narrow_heads, remove_heads, width_ranking
 from autocomp.plan import Plan
 
 
@@ -100,6 +102,28 @@ def test_removing_a_head_equals_silencing_it() -> None:
     assert head_importance(att).shape == (3,)
 
 
+def test_narrowing_heads_equals_silencing_their_weakest_dimensions() -> None:
+    torch.manual_seed(0)
+    att = Attention(32, 4, 8, batch_first=True).eval()
+    x = torch.randn(2, 5, 32)
+    qk, v = width_ranking(att)
+    silenced = Attention(32, 4, 8, batch_first=True).eval()
+    silenced.load_state_dict(att.state_dict())
+    with torch.no_grad():  # the 3 weakest query dimensions of each head add nothing to its scores, its 3
+        for head in range(4):  # weakest value dimensions nothing to the output
+            for j in qk[head, :3].tolist():
+                silenced.q_proj.weight[head * 8 + j] = 0
+                silenced.q_proj.bias[head * 8 + j] = 0
+            for j in v[head, :3].tolist():
+                silenced.out_proj.weight[:, head * 8 + j] = 0
+        expected = silenced(x, x, x)[0]
+    narrow_heads(att, 5)
+    assert att.head_dim == 5 and att.q_proj.out_features == att.v_proj.out_features == att.out_proj.in_features == 20
+    assert att.scale == 8 ** -0.5  # the softmax scale of the width it was trained with
+    torch.testing.assert_close(att(x, x, x)[0], expected, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(qk[:, :3], v[:, :3])  # query/key and value dimensions are chosen apart
+
+
 def test_heads_and_embedding_pruned_with_exact_costs() -> None:
     torch.manual_seed(0)
     vit = unfuse_attention(torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=2, num_heads=4,
@@ -117,6 +141,12 @@ def test_heads_and_embedding_pruned_with_exact_costs() -> None:
     assert predicted == measured and measured.macs < cost.baseline.macs
     assert sum(v.numel() for v in small.state_dict().values() if v.is_floating_point()) * 4 == measured.size_bytes
     assert small(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    narrow = Plan({**plan.decisions, "head_dim": {graph.attentions[0].name: 5, graph.attentions[1].name: 12}})
+    narrower = Compressor(vit, graph).apply(narrow)
+    assert narrower.encoder.layers[1].self_attention.q_proj.out_features == 3 * 12
+    predicted, measured = cost.predict(narrow), measure_cost(narrower, (3, 32, 32))
+    assert predicted == measured and measured.macs < cost.predict(plan).macs
+    assert sum(v.numel() for v in narrower.state_dict().values() if v.is_floating_point()) * 4 == measured.size_bytes
 
 
 @pytest.mark.parametrize(("patch", "size"), [(4, 32), (2, 36)])  # 36: windows padded, shifted windows masked
@@ -131,9 +161,34 @@ def test_swin_window_attention_is_unchanged_and_pruned_with_exact_costs(patch: i
     graph = LayerGraph.build(swin, (3, size, size))
     cost = CostModel(graph)
     assert len(graph.attentions) == 4 and graph.fixed_macs == 0 and cost.baseline == measure_cost(swin, (3, size, size))
-    plan = Plan({"heads": {a.name: 1 for a in graph.attentions},
+    plan = Plan({"heads": {a.name: 1 for a in graph.attentions}, "head_dim": {graph.attentions[-1].name: 3},
                  "keep": {u.name: u.channels // 2 for u in graph.units if not u.fixed}})
+    assert all(not u.fixed for u in graph.units)  # the widths around patch merging too
     small = Compressor(swin, graph).apply(plan)
     assert small.features[1][0].attn.relative_position_bias_table.shape[1] == 1  # the bias of the kept head only
     assert cost.predict(plan) == measure_cost(small, (3, size, size))
     assert small(images).shape == (2, 3)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_patch_merging_keeps_the_four_slices_of_each_kept_channel(version: int) -> None:
+    torch.manual_seed(0)
+    extra = {"downsample_layer": swin_transformer.PatchMergingV2} if version == 2 else {}
+    swin = unfuse_attention(torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=[4, 4], num_classes=3, **extra)).eval()
+    with torch.no_grad():
+        for norm in (m for m in swin.modules() if isinstance(m, nn.LayerNorm)):
+            norm.weight.uniform_(0.5, 1.5)  # distinct values, which tell the kept channels apart
+    graph = LayerGraph.build(swin, (3, 32, 32))
+    stage1, merged = graph.unit("features.0.0"), graph.unit("features.2.reduction")
+    assert not stage1.fixed and not merged.fixed
+    plan = Plan({"keep": {stage1.name: 8, merged.name: 24}})
+    small = Compressor(swin, graph).apply(plan)
+    kept = [int((swin.features[0][2].weight == w).nonzero()[0]) for w in small.features[0][2].weight]  # by its norm
+    columns = slice_features(kept, 16)  # channel i is feature k * 16 + i of each of the four slices
+    first = swin.features[2].reduction.weight[:, columns[0]]
+    rows = [int((first == w).nonzero()[0]) for w in small.features[2].reduction.weight[:, 0]]
+    torch.testing.assert_close(small.features[2].reduction.weight, swin.features[2].reduction.weight[rows][:, columns])
+    norm = small.features[2].norm.weight
+    torch.testing.assert_close(norm, swin.features[2].norm.weight[columns if version == 1 else rows])
+    assert small.features[2].dim == 8 and CostModel(graph).predict(plan) == measure_cost(small, (3, 32, 32))

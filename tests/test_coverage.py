@@ -204,12 +204,14 @@ def test_a_model_with_nothing_to_prune_fails_in_one_line(workload: Path) -> None
 def test_inspect_says_what_is_left_out_and_why(workload: Path) -> None:
     seen = autocomp.inspect(model=_spec("swin", workload), space="transformer", input_shape=(3, 32, 32), num_classes=3)
     notes = " ".join(r.note for r in seen.layers)
-    assert "whose concatenation Torch-Pruning does not map" in notes  # patch merging: that stage's width stays
+    assert "channels not pruned" not in notes  # patch merging: the widths into and out of it are pruned too
+    assert any(r.name == "features.2.reduction" and r.actions["keep_ratio"] not in ("-", "fixed") for r in seen.layers)
     assert sum(r.actions["heads"] not in ("-", "fixed") for r in seen.layers) == 4  # window attention: heads searched
     assert not [r for r in seen.left_out if "attn" in r.module]  # its projections and position bias are covered
     vit = autocomp.inspect(model=_spec("vit", workload), space="transformer", input_shape=(3, 32, 32), num_classes=3)
     heads = [r for r in vit.layers if r.actions["heads"] not in ("-", "fixed")]
     assert [r.name for r in heads] == [f"encoder.layers.encoder_layer_{i}.self_attention.q_proj" for i in range(2)]
+    assert [r for r in vit.layers if r.actions["head_dim"] not in ("-", "fixed")] == heads  # decided with the heads
     assert vit.totals["attention_macs"] == 2 * 2 * 32 * 17 * 17  # 2 blocks: QK^T and AV, 17 tokens, width 32
     assert not [r for r in vit.left_out if r.module == "(model)"]  # class token: pruned with the embedding
     regnet = autocomp.inspect(model="torchvision:regnet_x_400mf", space="prune", input_shape=(3, 32, 32), num_classes=3)

@@ -5,21 +5,22 @@ here; nothing else in autocomp branches on kind names.
 
 Example:
     >>> list(KINDS)
-    ['keep_ratio', 'heads', 'bits', 'rank_ratio', 'precision']
+    ['keep_ratio', 'heads', 'head_dim', 'bits', 'rank_ratio', 'precision']
     >>> KINDS["bits"].key, [k.key for k in by_stage()]
-    ('bits', ['keep', 'heads', 'rank', 'bits', 'precision'])
+    ('bits', ['keep', 'heads', 'head_dim', 'rank', 'bits', 'precision'])
 """
 
 from __future__ import annotations
 
 from autocomp.kinds.base import ActionKind, Geometry, Panel
 from autocomp.kinds.bits import Bits
+from autocomp.kinds.head_dim import HeadDim
 from autocomp.kinds.heads import Heads
 from autocomp.kinds.keep import KeepRatio
 from autocomp.kinds.precision import Precision
 from autocomp.kinds.rank import RankRatio
 
-KINDS: dict[str, ActionKind] = {kind.action: kind for kind in (KeepRatio(), Heads(), Bits(), RankRatio(), Precision())}
+KINDS: dict[str, ActionKind] = {kind.action: kind for kind in (KeepRatio(), Heads(), HeadDim(), Bits(), RankRatio(), Precision())}
 """Action name (as in search spaces) -> kind."""
 
 
@@ -29,7 +30,7 @@ def by_stage() -> list[ActionKind]:
 
 
 def by_key(key: str) -> ActionKind:
-    """The kind a plan stores under ``key`` (``keep``, ``heads``, ``bits``, ``rank``, ``precision``)."""
+    """The kind a plan stores under ``key`` (``keep``, ``heads``, ``head_dim``, ``bits``, ``rank``, ``precision``)."""
     return next(kind for kind in KINDS.values() if kind.key == key)
 
 

@@ -43,7 +43,7 @@ class Geometry:
     layer is factorised), ``rows_first``/``rows_second`` their output channels, ``rank`` (0 =
     whole), ``weight_bytes`` what the tensors store, ``int8`` whether it runs as an int8 kernel.
     Per module with per-channel parameters (batch norm, ...): ``kept_fraction``. Per attention
-    block: ``heads`` kept.
+    block: ``heads`` kept and ``head_dim``, the width of each.
     """
 
     out_f: np.ndarray
@@ -57,6 +57,7 @@ class Geometry:
     rank: np.ndarray | None = None
     weight_bytes: np.ndarray | None = None
     heads: np.ndarray | None = None  # per attention block: heads kept
+    head_dim: np.ndarray | None = None  # per attention block: width of each head kept
     int8: np.ndarray | None = None  # per layer: runs as an int8 kernel in the runtime
 
 

@@ -28,6 +28,19 @@ if TYPE_CHECKING:
     from autocomp.graph import LayerGraph
 
 
+def shape_attention(geometry: Geometry, cost: CostModel) -> None:
+    """Write every attention block's inner width (heads kept x width of each) into the rows of
+    its q/k/v projections and the columns of its ``out_proj``."""
+    heads = geometry.heads if geometry.heads is not None else cost.heads
+    width = geometry.head_dim if geometry.head_dim is not None else cost.head_dims
+    inner = np.asarray(heads, dtype=float) * np.asarray(width, dtype=float)
+    out_f, in_f = geometry.out_f.copy(), geometry.in_f.copy()
+    for column in range(3):  # q, k, v rows
+        out_f[cost.attention_layers[:, column]] = inner
+    in_f[cost.attention_layers[:, 3]] = inner  # out_proj columns
+    geometry.out_f, geometry.in_f = out_f, in_f
+
+
 @dataclass(frozen=True)
 class HeadsRange:
     min: float
@@ -80,13 +93,8 @@ class Heads(ActionKind):
     def shape(self, plan: np.ndarray, geometry: Geometry, cost: CostModel) -> None:
         if not len(cost.heads):
             return
-        inner = np.asarray(plan, dtype=float) * cost.head_dims
-        out_f, in_f = geometry.out_f.copy(), geometry.in_f.copy()
-        for column in range(3):  # q, k, v rows
-            out_f[cost.attention_layers[:, column]] = inner
-        in_f[cost.attention_layers[:, 3]] = inner  # out_proj columns
-        geometry.out_f, geometry.in_f = out_f, in_f
         geometry.heads = np.asarray(plan, dtype=float)
+        shape_attention(geometry, cost)
 
     def make_op(self, model: nn.Module, graph: LayerGraph, space_value: HeadsRange | None) -> Op:
         pruner = HeadPruner(model, self.slot_names(graph))

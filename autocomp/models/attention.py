@@ -218,7 +218,11 @@ class WindowAttention(Attention):
         x = x.view(b, ph // ws[0], pw // ws[1], ws[0], ws[1], -1).permute(0, 1, 3, 2, 4, 5).reshape(b, ph, pw, -1)
         if sum(shift) > 0:
             x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
-        return x[:, :h, :w, :].contiguous()
+        if ph > h:  # padded: crop by index, which a channel-pruning trace reads as keeping the channels
+            x = x.index_select(1, torch.arange(h, device=x.device))
+        if pw > w:
+            x = x.index_select(2, torch.arange(w, device=x.device))
+        return x.contiguous()
 
 
 def _shift_mask(x: torch.Tensor, ph: int, pw: int, ws: list[int], shift: list[int]) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.dependency.dependency import Dependency
 
-from autocomp.graph import LayerGraph, dependency_graph
+from autocomp.graph import LayerGraph, dependency_graph, traced_module
 
 
 def out_group(dg: tp.DependencyGraph, module: nn.Module, idxs: list[int]) -> tp.Group:
@@ -55,11 +55,10 @@ class ChannelPruner:
         """Channel indices of ``unit`` from least to most important; for a unit in ``g`` groups, the
         positions within a group (by importance averaged over the groups, as Torch-Pruning does)."""
         if not self._ranking:
-            modules = dict(self.model.named_modules())
             importance = tp.importance.GroupMagnitudeImportance(p=self.p)
             with torch.no_grad():
                 for u in self.graph.units:
-                    group = out_group(self.dg, modules[u.name], list(range(u.channels)))
+                    group = out_group(self.dg, traced_module(self.dg, u.name), list(range(u.channels)))
                     scores = importance(group).reshape(u.groups, -1).mean(0)
                     self._ranking[u.name] = torch.argsort(scores, stable=True)
         return self._ranking[unit]
@@ -67,14 +66,13 @@ class ChannelPruner:
     def removals(self, kept: dict[str, int]) -> list[tuple[Dependency, list[int]]]:
         """What pruning ``kept`` removes: each (layer or parameter, pruning function) of the
         original's graph once, with the indices every group removes from it."""
-        modules = dict(self.model.named_modules())
         found: dict[tuple[int, str], tuple[Dependency, set[int]]] = {}
         for name, k in kept.items():
             unit = self.graph.unit(name)
             width = unit.channels // unit.groups
             positions = self.ranking(name)[: (unit.channels - k) // unit.groups].tolist()
             remove = sorted(g * width + p for g in range(unit.groups) for p in positions)
-            for dep, idxs in out_group(self.dg, modules[name], remove).items:
+            for dep, idxs in out_group(self.dg, traced_module(self.dg, name), remove).items:
                 entry = found.setdefault((id(dep.target), dep.handler.__name__), (dep, set()))
                 entry[1].update(tp._helpers.to_plain_idxs(idxs) if idxs and isinstance(idxs[0], tp._helpers._HybridIndex) else idxs)
         return [(dep, sorted(idxs)) for dep, idxs in found.values()]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from autocomp.errors import ConfigError
-from autocomp.graph import dependency_graph
+from autocomp.graph import dependency_graph, traced_module
 from autocomp.kinds import KINDS, by_key
 from autocomp.ops.prune import out_group
 from autocomp.problem import CompressionProblem
@@ -49,10 +49,9 @@ def unit_scales(model: nn.Module, problem: CompressionProblem) -> dict[int, list
     aligned with the unit's channel order."""
     graph = problem.graph
     dg = dependency_graph(model, graph.input_shape)
-    modules = dict(model.named_modules())
     out: dict[int, list[tuple[nn.Parameter, torch.Tensor]]] = {}
     for unit in graph.units:
-        group = out_group(dg, modules[unit.name], list(range(unit.channels)))
+        group = out_group(dg, traced_module(dg, unit.name), list(range(unit.channels)))
         scales = [(dep.target.module.weight, torch.as_tensor(idxs, dtype=torch.long)) for dep, idxs in group
                   if isinstance(dep.target.module, NORM_TYPES) and dep.target.module.weight is not None
                   and len(idxs) == unit.channels]

@@ -24,8 +24,8 @@ KIND_NAMES = {name for kind in KINDS.values() for name in (kind.action, kind.key
 
 
 def test_registry_orders() -> None:
-    assert list(KINDS) == ["keep_ratio", "heads", "bits", "rank_ratio", "precision"]  # the environment's action order
-    assert [k.key for k in by_stage()] == ["keep", "heads", "rank", "bits", "precision"]  # prune, factorise, quantise
+    assert list(KINDS) == ["keep_ratio", "heads", "head_dim", "bits", "rank_ratio", "precision"]  # the action order
+    assert [k.key for k in by_stage()] == ["keep", "heads", "head_dim", "rank", "bits", "precision"]  # prune, factorise, quantise
 
 
 def test_no_branch_on_a_kind_name_outside_its_module() -> None:
