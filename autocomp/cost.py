@@ -96,6 +96,8 @@ class CostModel:
         self.attention_layers = np.array([[self.layer_index[p] for p in a.projections] for a in graph.attentions],
                                          dtype=np.int64).reshape(-1, 4)
         self.head_dims = np.array([a.head_dim for a in graph.attentions], dtype=np.int64)
+        pairs = [(i, self.layer_index[name]) for i, a in enumerate(graph.attentions) for name in a.head_layers]
+        self.head_layers = np.array(pairs, dtype=np.int64).reshape(-1, 2)  # (block, layer with an output per head)
         self._head_params = np.array([a.head_params for a in graph.attentions], dtype=float)
         self.defaults = {kind.key: kind.plan_default(self) for kind in KINDS.values()}
         self.baseline = self.predict_arrays(self.defaults)

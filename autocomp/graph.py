@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import swin_transformer
 
 from autocomp.errors import IncompatibleModelError
-from autocomp.models.attention import Attention, EmbeddingPruner, TokenAttention, WindowAttention
+from autocomp.models.attention import Attention, EmbeddingPruner, TokenAttention, WindowAttention, WindowAttentionV2
 from autocomp.models.merging import SLICES, MergingProxy, MergingPruner, merging_proxies, norm_before
 
 COMPUTE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -102,6 +102,7 @@ class AttentionBlock:
     queries: int  # query tokens per sample
     keys: int  # keys each query attends to
     head_params: int = 0  # parameters outside the projections per head (Swin's relative position bias)
+    head_layers: tuple[str, ...] = ()  # layers with one output per head (SwinV2's position-bias MLP)
 
     @property
     def macs(self) -> int:
@@ -291,7 +292,8 @@ class LayerGraph:
         attentions = [
             AttentionBlock(name, m.num_heads, m.head_dim, tuple(f"{name}.{p}" for p in PROJECTIONS),  # type: ignore[arg-type]
                            positions[f"{name}.q_proj"], m.keys_per_query(positions[f"{name}.k_proj"]),
-                           _count(m.parameters(recurse=False)) // m.num_heads)
+                           _count(m.parameters(recurse=False)) // m.num_heads,
+                           tuple(f"{name}.{h}" for h in m.head_layers if f"{name}.{h}" in positions))
             for name, m in modules.items()
             if isinstance(m, Attention) and all(f"{name}.{p}" in positions for p in PROJECTIONS)
         ]
@@ -389,7 +391,7 @@ def _out_width(module: nn.Module) -> int:
 
 class OpaquePruner(tp.pruner.function.BasePruningFunc):
     """Torch-Pruning's view of a module that applies its projections' weights itself (torchvision's
-    SwinV2 window attention reads ``self.qkv.weight``; V1 is unfused by ``build_model``, and stays
+    Swin window attention reads ``self.qkv.weight``; ``build_model`` unfuses V1 and V2, which stay
     here for models built otherwise): one layer from its input projection's inputs to its output
     projection's outputs, never traced inside. The groups reaching it are fixed (``_mark_fixed``),
     so Torch-Pruning never asks it to prune."""
@@ -424,7 +426,8 @@ def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.Depen
     with torch.inference_mode(False), torch.enable_grad(), merging_proxies(model):  # tracing follows autograd
         return tp.DependencyGraph().build_dependency(
             model, example_inputs=torch.randn(1, *input_shape), verbose=False,
-            customized_pruners={**{cls: EmbeddingPruner() for cls in (Attention, TokenAttention, WindowAttention)},
+            customized_pruners={**{cls: EmbeddingPruner() for cls in (Attention, TokenAttention, WindowAttention,
+                                                                      WindowAttentionV2)},
                                 MergingProxy: MergingPruner(),
                                 **OPAQUE_PRUNERS})
 

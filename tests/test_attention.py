@@ -14,7 +14,7 @@ from autocomp.compress import Compressor
 from autocomp.cost import CostModel, measure_cost
 from autocomp.graph import LayerGraph
 from autocomp.models import load_weights
-from autocomp.models.attention import Attention, TokenAttention, unfuse_attention
+from autocomp.models.attention import Attention, TokenAttention, WindowAttentionV2, unfuse_attention
 from autocomp.models.merging import slice_features
 from autocomp.ops.heads import head_importance, narrow_heads, remove_heads, width_ranking
 from autocomp.plan import Plan
@@ -102,6 +102,22 @@ def test_removing_a_head_equals_silencing_it() -> None:
     assert head_importance(att).shape == (3,)
 
 
+def test_removing_a_swin_v2_head_equals_silencing_it() -> None:
+    torch.manual_seed(0)
+    original = swin_transformer.ShiftedWindowAttentionV2(16, [4, 4], [2, 2], 4).eval()
+    with torch.no_grad():
+        original.logit_scale.uniform_(1.0, 3.0)  # each head its own temperature and position bias
+    x = torch.randn(2, 8, 8, 16)
+    att = WindowAttentionV2.from_swin(original)
+    torch.testing.assert_close(att(x), original(x), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        original.proj.weight[:, 4:8] = 0  # head 1 contributes nothing
+        expected = original(x)
+    remove_heads(att, [1])
+    assert att.num_heads == 3 and att.logit_scale.shape[0] == 3 and att.cpb_mlp[2].out_features == 3
+    torch.testing.assert_close(att(x), expected, atol=1e-5, rtol=1e-4)
+
+
 def test_narrowing_heads_equals_silencing_their_weakest_dimensions() -> None:
     torch.manual_seed(0)
     att = Attention(32, 4, 8, batch_first=True).eval()
@@ -149,11 +165,17 @@ def test_heads_and_embedding_pruned_with_exact_costs() -> None:
     assert sum(v.numel() for v in narrower.state_dict().values() if v.is_floating_point()) * 4 == measured.size_bytes
 
 
-@pytest.mark.parametrize(("patch", "size"), [(4, 32), (2, 36)])  # 36: windows padded, shifted windows masked
-def test_swin_window_attention_is_unchanged_and_pruned_with_exact_costs(patch: int, size: int) -> None:
-    torch.manual_seed(0)
+@pytest.mark.parametrize(("patch", "size", "version"), [(4, 32, 1), (2, 36, 1), (2, 36, 2)])  # 36: windows padded,
+def test_swin_window_attention_is_unchanged_and_pruned_with_exact_costs(patch: int, size: int, version: int) -> None:
+    torch.manual_seed(0)  # shifted windows masked
+    v2 = {"block": swin_transformer.SwinTransformerBlockV2, "downsample_layer": swin_transformer.PatchMergingV2}
     swin = torchvision.models.SwinTransformer(patch_size=[patch, patch], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
-                                              window_size=[4, 4], num_classes=3).eval()
+                                              window_size=[4, 4], num_classes=3, **(v2 if version == 2 else {})).eval()
+    if version == 2:
+        with torch.no_grad():  # a trained temperature and key bias (which V2 zeroes in its forward)
+            for m in (m for m in swin.modules() if isinstance(m, swin_transformer.ShiftedWindowAttentionV2)):
+                m.logit_scale.uniform_(1.0, 3.0)
+                m.qkv.bias.normal_()
     images = torch.randn(2, 3, size, size)
     expected = swin(images)
     unfuse_attention(swin)
@@ -165,7 +187,11 @@ def test_swin_window_attention_is_unchanged_and_pruned_with_exact_costs(patch: i
                  "keep": {u.name: u.channels // 2 for u in graph.units if not u.fixed}})
     assert all(not u.fixed for u in graph.units)  # the widths around patch merging too
     small = Compressor(swin, graph).apply(plan)
-    assert small.features[1][0].attn.relative_position_bias_table.shape[1] == 1  # the bias of the kept head only
+    attn = small.features[1][0].attn
+    if version == 1:
+        assert attn.relative_position_bias_table.shape[1] == 1  # the bias of the kept head only
+    else:  # its temperature and its row of the position-bias MLP
+        assert attn.logit_scale.shape[0] == 1 and attn.cpb_mlp[2].out_features == 1
     assert cost.predict(plan) == measure_cost(small, (3, size, size))
     assert small(images).shape == (2, 3)
 

@@ -96,6 +96,13 @@ def timm_style(num_classes: int = 10) -> nn.Module:
 def swin(num_classes: int = 10) -> nn.Module:
     return torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
                                               window_size=[4, 4], num_classes=num_classes)
+
+
+def swin_v2(num_classes: int = 10) -> nn.Module:
+    v2 = torchvision.models.swin_transformer
+    return torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                              window_size=[4, 4], num_classes=num_classes,
+                                              block=v2.SwinTransformerBlockV2, downsample_layer=v2.PatchMergingV2)
 '''
 
 SPACES = {  # space -> budget settings
@@ -109,7 +116,7 @@ TRANSFORMER_SPACES = {
     "transformer_quant": {"budget_size": "0.25"},
     "transformer_lowrank": {"budget_flops": "0.7"},
 }
-FAST = ["vit", "encoder", "timm_style", "swin", "torchvision:regnet_x_400mf", "torchvision:shufflenet_v2_x0_5"]
+FAST = ["vit", "encoder", "timm_style", "swin", "swin_v2", "torchvision:regnet_x_400mf", "torchvision:shufflenet_v2_x0_5"]
 SLOW = ["torchvision:mobilenet_v3_small", "torchvision:efficientnet_b0", "torchvision:convnext_tiny",
         "torchvision:mobilenet_v2", "torchvision:resnet18", "torchvision:densenet121", "torchvision:squeezenet1_1"]
 BUDGETS: dict[tuple[str, str], dict[str, str]] = {}
@@ -169,7 +176,7 @@ def _search_and_check(model: str, space: str, budgets: dict[str, str], root: Pat
 
 def _cases(models: list[str]) -> list[tuple[str, str, dict[str, str]]]:
     cases = [(m, s, BUDGETS.get((m, s), b)) for m in models for s, b in SPACES.items() if (m, s) not in NOTHING_TO_PRUNE]
-    cases += [(m, s, b) for m in ("vit", "encoder", "timm_style", "swin") for s, b in TRANSFORMER_SPACES.items()
+    cases += [(m, s, b) for m in ("vit", "encoder", "timm_style", "swin", "swin_v2") for s, b in TRANSFORMER_SPACES.items()
               if m in models]
     return cases
 

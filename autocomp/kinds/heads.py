@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 def shape_attention(geometry: Geometry, cost: CostModel) -> None:
     """Write every attention block's inner width (heads kept x width of each) into the rows of
-    its q/k/v projections and the columns of its ``out_proj``."""
+    its q/k/v projections and the columns of its ``out_proj``, and its heads into the outputs of
+    its per-head layers."""
     heads = geometry.heads if geometry.heads is not None else cost.heads
     width = geometry.head_dim if geometry.head_dim is not None else cost.head_dims
     inner = np.asarray(heads, dtype=float) * np.asarray(width, dtype=float)
@@ -38,6 +39,7 @@ def shape_attention(geometry: Geometry, cost: CostModel) -> None:
     for column in range(3):  # q, k, v rows
         out_f[cost.attention_layers[:, column]] = inner
     in_f[cost.attention_layers[:, 3]] = inner  # out_proj columns
+    out_f[cost.head_layers[:, 1]] = np.asarray(heads, dtype=float)[cost.head_layers[:, 0]]  # one output per head
     geometry.out_f, geometry.in_f = out_f, in_f
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from autocomp.errors import ConfigError, IncompatibleModelError, UnknownNameError
 from autocomp.models import builtin
-from autocomp.models.attention import fused_prefixes, split_fused_keys, unfuse_attention
+from autocomp.models.attention import split_saved_keys, unfuse_attention
 from autocomp.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -109,8 +109,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     metadata = {"" if k == "module" else k.removeprefix("module."): v  # nn.DataParallel's root is "module"
                 for k, v in getattr(state, "_metadata", {}).items()}
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    for prefix in fused_prefixes(model):  # saved from the model before its attention was unfused
-        state = split_fused_keys(state, prefix)
+    state = split_saved_keys(model, state)  # saved from the model before its attention was unfused
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -65,8 +66,16 @@ class Attention(nn.Module):
         """Keys each query attends to, given the key tokens per sample (windowed attention: fewer)."""
         return keys
 
+    head_layers: tuple[str, ...] = ()
+    """Submodule layers with one output per head (SwinV2's position-bias MLP ends in one)."""
+
     def remove_heads(self, heads: Sequence[int]) -> None:
         """Remove the parameters of heads ``heads`` outside the projections (none here)."""
+
+    def own_keys(self, state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        """``state`` with the fused keys of the module this one was unfused from, under
+        ``prefix``, renamed to this module's."""
+        return split_fused_keys(state, prefix)
 
     def _heads(self, x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
         y = proj(x)
@@ -174,10 +183,20 @@ class WindowAttention(Attention):
                          batch_first=True)
         self.window_size, self.shift_size = list(window_size), list(shift_size)
         self.proj_dropout = dropout
-        self.relative_position_bias_table = nn.Parameter(
-            torch.zeros((2 * window_size[0] - 1) * (2 * window_size[1] - 1), num_heads))
+        self._define_position_bias(num_heads)
         self.register_buffer("relative_position_index", torch.zeros(window_size[0] * window_size[1] * window_size[0]
                                                                     * window_size[1], dtype=torch.long))
+
+    def _define_position_bias(self, num_heads: int) -> None:
+        ws = self.window_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * ws[0] - 1) * (2 * ws[1] - 1), num_heads))
+
+    def position_bias(self, n: int) -> torch.Tensor:
+        """The relative position bias of every head, (heads, n, n) for windows of ``n`` tokens."""
+        return self.relative_position_bias_table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1)
+
+    def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return (q * self.scale) @ k.transpose(-2, -1)
 
     @classmethod
     def from_swin(cls, module: nn.Module) -> WindowAttention:
@@ -206,9 +225,7 @@ class WindowAttention(Attention):
         windows, n = (ph // ws[0]) * (pw // ws[1]), ws[0] * ws[1]
         x = x.view(b, ph // ws[0], ws[0], pw // ws[1], ws[1], c).permute(0, 1, 3, 2, 4, 5).reshape(b * windows, n, c)
         q, k, v = self._heads(x, self.q_proj), self._heads(x, self.k_proj), self._heads(x, self.v_proj)
-        attn = (q * self.scale) @ k.transpose(-2, -1)
-        bias = self.relative_position_bias_table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1)
-        attn = attn + bias.unsqueeze(0)
+        attn = self.scores(q, k) + self.position_bias(n).unsqueeze(0)
         if sum(shift) > 0:
             attn = (attn.view(b, windows, self.num_heads, n, n) + _shift_mask(x, ph, pw, ws, shift).unsqueeze(1)
                     .unsqueeze(0)).view(-1, self.num_heads, n, n)
@@ -223,6 +240,55 @@ class WindowAttention(Attention):
         if pw > w:
             x = x.index_select(2, torch.arange(w, device=x.device))
         return x.contiguous()
+
+
+class WindowAttentionV2(WindowAttention):
+    """torchvision's SwinV2 ``ShiftedWindowAttentionV2`` with its ``qkv``/``proj`` as modules:
+    cosine attention with a learned temperature per head (``logit_scale``), and a position bias
+    per head from a small MLP over log-spaced relative coordinates (``cpb_mlp``, whose last layer
+    has one output per head). The key projection has no bias (V2 zeroes it in every forward)."""
+
+    head_layers = ("cpb_mlp.2",)
+
+    def __init__(self, dim: int, num_heads: int, window_size: list[int], shift_size: list[int], *,
+                 bias: bool = True, out_bias: bool = True, attention_dropout: float = 0.0, dropout: float = 0.0) -> None:
+        super().__init__(dim, num_heads, window_size, shift_size, bias=bias, out_bias=out_bias,
+                         attention_dropout=attention_dropout, dropout=dropout)
+        self.k_proj = nn.Linear(dim, num_heads * self.head_dim, bias=False)
+
+    def _define_position_bias(self, num_heads: int) -> None:
+        self.logit_scale = nn.Parameter(torch.log(10 * torch.ones((num_heads, 1, 1))))
+        self.cpb_mlp = nn.Sequential(nn.Linear(2, 512, bias=True), nn.ReLU(inplace=True),
+                                     nn.Linear(512, num_heads, bias=False))
+        ws = self.window_size
+        self.register_buffer("relative_coords_table", torch.zeros(1, 2 * ws[0] - 1, 2 * ws[1] - 1, 2))
+
+    @classmethod
+    def from_swin(cls, module: nn.Module) -> WindowAttentionV2:
+        dim = module.qkv.in_features
+        att = cls(dim, module.num_heads, module.window_size, module.shift_size, bias=module.qkv.bias is not None,
+                  out_bias=module.proj.bias is not None, attention_dropout=module.attention_dropout,
+                  dropout=module.dropout)
+        att.load_state_dict(att.own_keys({k: v.detach().clone() for k, v in module.state_dict().items()}, ""))
+        return att.train(module.training)
+
+    def own_keys(self, state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+        out = split_fused_keys(state, prefix)
+        out.pop(f"{prefix}k_proj.bias", None)  # zeroed in every forward of the original: the same as none
+        return out
+
+    def position_bias(self, n: int) -> torch.Tensor:
+        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+        return 16 * torch.sigmoid(table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1))
+
+    def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        temperature = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
+        return F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * temperature
+
+    def remove_heads(self, heads: Sequence[int]) -> None:
+        keep = [h for h in range(self.logit_scale.shape[0]) if h not in set(heads)]
+        self.logit_scale = nn.Parameter(self.logit_scale.data[keep].clone())
+        tp.prune_linear_out_channels(self.cpb_mlp[2], list(heads))
 
 
 def _shift_mask(x: torch.Tensor, ph: int, pw: int, ws: list[int], shift: list[int]) -> torch.Tensor:
@@ -278,14 +344,21 @@ def unfuse_attention(model: nn.Module) -> nn.Module:
                     setattr(parent, child_name, Attention.from_mha(child))
             elif type(child) is swin_transformer.ShiftedWindowAttention:
                 setattr(parent, child_name, WindowAttention.from_swin(child))
+            elif type(child) is swin_transformer.ShiftedWindowAttentionV2:
+                setattr(parent, child_name, WindowAttentionV2.from_swin(child))
             elif (token := TokenAttention.from_qkv(child)) is not None:
                 setattr(parent, child_name, token)
     return model
 
 
-def fused_prefixes(model: nn.Module) -> list[str]:
-    """State-dict prefixes of the :class:`Attention` modules of ``model`` (``encoder.layers.0.self_attention.``)."""
-    return [f"{name}." for name, m in model.named_modules() if isinstance(m, Attention)]
+def split_saved_keys(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` saved from ``model`` before its attention was unfused, with the keys of every
+    :class:`Attention` of ``model`` renamed to its own (:meth:`Attention.own_keys`)."""
+    out = dict(state)
+    for name, module in model.named_modules():
+        if isinstance(module, Attention):
+            out = module.own_keys(out, f"{name}." if name else "")
+    return out
 
 
 class EmbeddingPruner(tp.pruner.function.BasePruningFunc):
