@@ -137,6 +137,8 @@ def test_size_budgets_in_bytes() -> None:
     ("actions: {rank_ratio: {min: 0, max: 1}}", "0 < min <= max <= 1"),
     ("actions: {prune: {min: 0.2}}", "cannot apply"),
     ("actions: {bits: {choices: [4]}}\nrules: [{bits: off}]", "no `layers:` list"),
+    ("actions: {head_dim: {min: 0.5, round_to: 0}}", "positive width"),
+    ("actions: {head_dim: {min: 0.5, step: 4}}", "unknown field"),
 ])
 def test_bad_space_files_fail_with_the_rule(tmp_path, text: str, message: str) -> None:
     path = tmp_path / "space.yaml"

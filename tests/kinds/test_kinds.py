@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from autocomp.compress import Compressor
@@ -16,7 +17,9 @@ from autocomp.cost import CostModel, measure_cost
 from autocomp.evaluate import recalibrate_batchnorm
 from autocomp.graph import LayerGraph
 from autocomp.kinds import KINDS, by_stage
+from autocomp.kinds.head_dim import HeadDimRange
 from autocomp.models import build_model
+from autocomp.models.attention import unfuse_attention
 from autocomp.plan import Plan
 
 PACKAGE = Path(__file__).resolve().parents[2] / "autocomp"
@@ -26,6 +29,19 @@ KIND_NAMES = {name for kind in KINDS.values() for name in (kind.action, kind.key
 def test_registry_orders() -> None:
     assert list(KINDS) == ["keep_ratio", "heads", "head_dim", "bits", "rank_ratio", "precision"]  # the action order
     assert [k.key for k in by_stage()] == ["keep", "heads", "head_dim", "rank", "bits", "precision"]  # prune, factorise, quantise
+
+
+def test_head_widths_are_multiples_of_round_to_and_the_whole_width() -> None:
+    vit = unfuse_attention(torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                                                hidden_dim=64, mlp_dim=128)).eval()
+    cost = CostModel(LayerGraph.build(vit, (3, 32, 32)))  # 4 heads of 16, 17 tokens
+    kind = KINDS["head_dim"]
+    assert kind.choices(HeadDimRange(0.25, 1.0, 4), cost, 0).tolist() == [4, 8, 12, 16]
+    assert kind.choices(HeadDimRange(0.3, 0.9, 4), cost, 0).tolist() == [8, 12]
+    assert kind.choices(None, cost, 0).tolist() == [16]
+    narrow = cost.predict_arrays({**cost.defaults, "head_dim": np.array([8, 16])})
+    products, qkv, out = 2 * 4 * 8 * 17 * 17, 3 * 17 * 64 * 32, 17 * 32 * 64  # what 8 fewer dimensions per head save
+    assert cost.baseline.macs - narrow.macs == products + qkv + out
 
 
 def test_no_branch_on_a_kind_name_outside_its_module() -> None:
