@@ -72,7 +72,8 @@ class Inspection:
                      f"{self.totals['params']:,} parameters ({self.totals['covered_params']:,} in the layers above)")
         if self.totals.get("attention_macs") or self.totals.get("other_macs"):
             lines.append(f"MACs include {self.totals['attention_macs']:,} in attention products (QK^T, AV; they shrink "
-                         f"with the heads kept) and {self.totals['other_macs']:,} in other matrix products (never compressed)")
+                         f"with the heads kept and their width) and {self.totals['other_macs']:,} in other matrix "
+                         "products (never compressed)")
         if self.no_groups:
             lines.append(f"no channel is pruned: {self.no_groups}; bits and rank still apply")
         if self.left_out:
