@@ -435,7 +435,10 @@ def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.Depen
 def traced_module(dg: tp.DependencyGraph, name: str) -> nn.Module:
     """The module of ``dg`` that stands for layer ``name``: the layer itself, or the one the graph
     holds as one layer around it (a patch merging's ``reduction``: its proxy)."""
-    by_name = {n: m for m, n in dg._module2name.items() if isinstance(m, nn.Module)}
+    by_name = getattr(dg, "_autocomp_by_name", None)
+    if by_name is None:
+        by_name = {n: m for m, n in dg._module2name.items() if isinstance(m, nn.Module)}
+        dg._autocomp_by_name = by_name  # type: ignore[attr-defined]
     while name not in by_name and "." in name:
         name = name.rpartition(".")[0]
     return by_name[name]

@@ -66,9 +66,9 @@ def merging_proxies(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` with every patch merging swapped for a :class:`MergingProxy` while the block runs."""
     swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
              if isinstance(child, MERGING)]
-    for parent, name, child in swaps:
-        setattr(parent, name, MergingProxy(child))
     try:
+        for parent, name, child in swaps:
+            setattr(parent, name, MergingProxy(child))
         yield model
     finally:
         for parent, name, child in swaps:

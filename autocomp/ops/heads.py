@@ -68,7 +68,7 @@ def narrow_heads(att: Attention, width: int) -> None:
         return
     drop = att.head_dim - width
     qk, v = width_ranking(att)
-    offsets = torch.arange(att.num_heads)[:, None] * att.head_dim
+    offsets = torch.arange(att.num_heads, device=qk.device)[:, None] * att.head_dim
     qk_rows = sorted((qk[:, :drop] + offsets).flatten().tolist())
     v_rows = sorted((v[:, :drop] + offsets).flatten().tolist())
     for proj in (att.q_proj, att.k_proj):
