@@ -162,6 +162,7 @@ def report(results: dict) -> None:
     lines += ["", f"Original model: val acc {base['val_accuracy']:.4f}, test acc {base['test_accuracy']:.4f}. "
               "Candidates count every scored plan: sensitivity's single-layer probes (outside the budget) and "
               "evolution's children stopped after a slice of the validation images included."]
+    lines += [f"\n{note}" for note in results.get("notes", [])]  # how runs shared the machine, when not as above
     write_section(f"quality-{results['space']}", "\n".join(lines))
 
 
@@ -202,6 +203,7 @@ def compare(spaces: list[str]) -> None:
             lines += ["", f"Target (a combined space's best mean above the best single-technique space's): `{space}` "
                       f"({spec}) {mean:.4f} vs `{top}` ({singles[top][1]}) {singles[top][0]:.4f}, "
                       f"{100 * (mean - singles[top][0]):+.2f} points: {verdict}."]
+    lines += [f"\n`{space}`: {note}" for space, r in loaded.items() for note in r.get("notes", [])]
     write_section(f"quality-compare-{kind}", "\n".join(lines))
 
 
