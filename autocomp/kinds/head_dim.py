@@ -22,8 +22,8 @@ import numpy as np
 from torch import nn
 
 from autocomp.errors import ConfigError
-from autocomp.kinds.base import ActionKind, Geometry, Op, Panel
-from autocomp.kinds.heads import shape_attention
+from autocomp.kinds.base import Geometry, Op
+from autocomp.kinds.heads import PerAttention, shape_attention
 from autocomp.kinds.ranges import parse_fields
 from autocomp.ops.heads import HeadDimPruner
 
@@ -45,10 +45,9 @@ class HeadDimRange:
             raise ConfigError(f"head_dim round_to={self.round_to} must be a positive width: fix the space file.")
 
 
-class HeadDim(ActionKind):
+class HeadDim(PerAttention):
     action: ClassVar[str] = "head_dim"
     key: ClassVar[str] = "head_dim"
-    scope: ClassVar = "attention"
     stage: ClassVar[int] = 0
     plural: ClassVar[str] = "width of each head kept per block"
 
@@ -59,12 +58,6 @@ class HeadDim(ActionKind):
     def to_spec(self, value: HeadDimRange) -> dict[str, Any]:
         return {"min": value.min, "max": value.max, "round_to": value.round_to}
 
-    def slot_names(self, graph: LayerGraph) -> list[str]:
-        return [a.name for a in graph.attentions]
-
-    def slot_layers(self, graph: LayerGraph) -> list[int | None]:
-        index = {layer.name: i for i, layer in enumerate(graph.layers)}
-        return [index[a.projections[0]] for a in graph.attentions]
 
     def choices(self, value: HeadDimRange | None, cost: CostModel, index: int) -> np.ndarray:
         width = int(cost.head_dims[index])
@@ -95,9 +88,3 @@ class HeadDim(ActionKind):
     def make_op(self, model: nn.Module, graph: LayerGraph, space_value: HeadDimRange | None) -> Op:
         return HeadDimPruner().apply
 
-    def panel(self, entries: Mapping[str, int], channels: Mapping[str, int], layers: list[str],
-              searched: bool) -> Panel | None:
-        if not entries:
-            return None
-        names = list(entries)
-        return (self.plural, names, [float(entries[n]) for n in names], None)

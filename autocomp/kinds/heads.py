@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -53,10 +54,30 @@ class HeadsRange:
             raise ConfigError(f"heads range [{self.min}, {self.max}] must satisfy 0 < min <= max <= 1: fix the space file.")
 
 
-class Heads(ActionKind):
+class PerAttention(ActionKind, ABC):
+    """A kind with one slot per attention block, decided at the block's query projection, whose
+    plan stores a count per block (the report shows the counts)."""
+
+    scope: ClassVar = "attention"
+
+    def slot_names(self, graph: LayerGraph) -> list[str]:
+        return [a.name for a in graph.attentions]
+
+    def slot_layers(self, graph: LayerGraph) -> list[int | None]:
+        index = {layer.name: i for i, layer in enumerate(graph.layers)}
+        return [index[a.projections[0]] for a in graph.attentions]
+
+    def panel(self, entries: Mapping[str, int], channels: Mapping[str, int], layers: list[str],
+              searched: bool) -> Panel | None:
+        if not entries:
+            return None
+        names = list(entries)
+        return (self.plural, names, [float(entries[n]) for n in names], None)
+
+
+class Heads(PerAttention):
     action: ClassVar[str] = "heads"
     key: ClassVar[str] = "heads"
-    scope: ClassVar = "attention"
     stage: ClassVar[int] = 0
     plural: ClassVar[str] = "attention heads kept per block"
 
@@ -67,12 +88,6 @@ class Heads(ActionKind):
     def to_spec(self, value: HeadsRange) -> dict[str, Any]:
         return {"min": value.min, "max": value.max}
 
-    def slot_names(self, graph: LayerGraph) -> list[str]:
-        return [a.name for a in graph.attentions]
-
-    def slot_layers(self, graph: LayerGraph) -> list[int | None]:
-        index = {layer.name: i for i, layer in enumerate(graph.layers)}
-        return [index[a.projections[0]] for a in graph.attentions]
 
     def choices(self, value: HeadsRange | None, cost: CostModel, index: int) -> np.ndarray:
         heads = int(cost.heads[index])
@@ -102,9 +117,3 @@ class Heads(ActionKind):
         pruner = HeadPruner(model, self.slot_names(graph))
         return pruner.apply
 
-    def panel(self, entries: Mapping[str, int], channels: Mapping[str, int], layers: list[str],
-              searched: bool) -> Panel | None:
-        if not entries:
-            return None
-        names = list(entries)
-        return (self.plural, names, [float(entries[n]) for n in names], None)

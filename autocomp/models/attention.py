@@ -200,11 +200,12 @@ class WindowAttention(Attention):
 
     @classmethod
     def from_swin(cls, module: nn.Module) -> WindowAttention:
+        """The equivalent of torchvision's ``module`` (of this class's Swin version), with copies of its weights."""
         dim = module.qkv.in_features
         att = cls(dim, module.num_heads, module.window_size, module.shift_size, bias=module.qkv.bias is not None,
                   out_bias=module.proj.bias is not None, attention_dropout=module.attention_dropout,
                   dropout=module.dropout)
-        att.load_state_dict(split_fused_keys({k: v.detach().clone() for k, v in module.state_dict().items()}, ""))
+        att.load_state_dict(att.own_keys({k: v.detach().clone() for k, v in module.state_dict().items()}, ""))
         return att.train(module.training)
 
     def keys_per_query(self, keys: int) -> int:
@@ -262,15 +263,6 @@ class WindowAttentionV2(WindowAttention):
                                      nn.Linear(512, num_heads, bias=False))
         ws = self.window_size
         self.register_buffer("relative_coords_table", torch.zeros(1, 2 * ws[0] - 1, 2 * ws[1] - 1, 2))
-
-    @classmethod
-    def from_swin(cls, module: nn.Module) -> WindowAttentionV2:
-        dim = module.qkv.in_features
-        att = cls(dim, module.num_heads, module.window_size, module.shift_size, bias=module.qkv.bias is not None,
-                  out_bias=module.proj.bias is not None, attention_dropout=module.attention_dropout,
-                  dropout=module.dropout)
-        att.load_state_dict(att.own_keys({k: v.detach().clone() for k, v in module.state_dict().items()}, ""))
-        return att.train(module.training)
 
     def own_keys(self, state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
         out = split_fused_keys(state, prefix)
