@@ -1,6 +1,6 @@
 """Search quality over seeds: every searcher on the shared CIFAR-10 ResNet-20, 3 seeds each.
 
-    python bench/quality_bench.py                       # --budget-flops 0.5, space prune, 300 candidates
+    python bench/quality_bench.py                       # --budget-flops 0.5, space prune_fine, 300 candidates
     python bench/quality_bench.py --space joint --budget size=0.125
     python bench/quality_bench.py --agents morphnet "optuna:pruner=halving@600"
     python bench/quality_bench.py --report              # only re-render RESULTS.md
@@ -147,7 +147,7 @@ def report(results: dict) -> None:
                      f"{vals.mean():.4f} ({vals.min():.4f}-{vals.max():.4f}) | {tests.mean():.4f} | {cpu:.1f} | "
                      f"{_commits(results, seeds)} |")
     means = {spec: float(np.mean([r["val"] for r in seeds.values()])) for spec, seeds in results["runs"].items()}
-    if results["space"] == "prune" and results["budget"] == "flops=0.5" and {"ddpg", "random"} <= set(means):
+    if results["space"] == "prune_fine" and results["budget"] == "flops=0.5" and {"ddpg", "random"} <= set(means):
         best = max((s for s in means if s != "uniform"), key=means.get)
         worst_seed = min(r["val"] for r in results["runs"][best].values())
         lines += ["", "Targets, against the searchers before budget projection (optuna 0.773, random 0.688, ddpg 0.670 "
@@ -212,7 +212,7 @@ def main() -> None:
     p.add_argument("--agents", nargs="+", default=DEFAULT_AGENTS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--episodes", type=int, default=300)
-    p.add_argument("--space", default="prune")
+    p.add_argument("--space", default="prune_fine")
     p.add_argument("--budget", default="flops=0.5", help="KIND=VALUE, e.g. flops=0.5 or size=0.125")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--data-dir", default="/tmp/cifar10")

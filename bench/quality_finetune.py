@@ -7,7 +7,7 @@ Torch-Pruning's global group-L1 plan at the same MACs.
 Every row gets the same training: ``--epochs`` (3) of knowledge distillation from the original
 model over the 49,000 training images (SGD lr 0.01 cosine, batch 128, T=4, alpha 0.9, the
 settings of ``autocomp finetune``), starting from the plan's model with recalibrated batch
-norm; test accuracy on the 10,000 test images. Reads runs/bench-quality/prune-flops0.5/ (from
+norm; test accuracy on the 10,000 test images. Reads runs/bench-quality/prune_fine-flops0.5/ (from
 ``bench/quality_bench.py``); writes one file per row in bench/results/quality_finetune/ (so
 rows can run in parallel processes) and the ``quality-finetune`` section of bench/RESULTS.md.
 """
@@ -37,7 +37,7 @@ from autocomp.space import SearchSpace  # noqa: E402
 from autocomp.training import train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality_finetune"  # one JSON per row: rows can run in parallel
-RUNS = Path("runs/bench-quality/prune-flops0.5")
+RUNS = Path("runs/bench-quality/prune_fine-flops0.5")
 
 
 def main() -> None:
@@ -58,7 +58,7 @@ def main() -> None:
         base_macs = measure_cost(teacher, data.input_shape).macs
         models = {f"{a}/s{s}": load_compressed(RUNS / f"{a}-s{s}") for a in args.agents for s in args.seeds}
         if not args.no_peer:
-            problem = CompressionProblem(model=teacher, data=data, space=SearchSpace.load("prune"), budgets={"flops": "0.5"})
+            problem = CompressionProblem(model=teacher, data=data, space=SearchSpace.load("prune_fine"), budgets={"flops": "0.5"})
             plan, ratio = torch_pruning_plan(teacher, problem.graph, 0.5)
             models[f"torch-pruning global group-L1 (ratio {ratio:.3f})"] = problem.build(plan)
         for name, model in models.items():

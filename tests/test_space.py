@@ -33,7 +33,7 @@ def model_for_graph():
     return build_model("digits_cnn", num_classes=10)
 
 
-PRESETS = ["prune", "prune_coarse", "quant", "lowrank", "prune_quant", "joint"]
+PRESETS = ["prune", "prune_fine", "prune_coarse", "quant", "lowrank", "prune_quant", "joint"]
 SEARCHERS = {"ddpg": ({"warmup_episodes": 6}, 10), "optuna": ({"n_startup_trials": 5}, 10)}
 
 

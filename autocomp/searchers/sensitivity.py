@@ -12,13 +12,17 @@ under the budgets.
    the summed drops. Savings of separate decisions overlap (pruning a layer's inputs and its
    outputs saves less together than apart), so the savings asked for are raised by bisection
    until the true cost of the plan meets every budget; the plan is then filled up to the
-   budget surface.
+   budget surface. In a space that combines techniques (pruning and bits, say) the summed drops
+   are least faithful where techniques meet on one layer, so the knapsack is also solved with
+   each technique alone (the other decisions uncompressed) and those plans are scored too: the
+   combined space starts from the best of them and never from worse than its single techniques.
 3. What is left of the candidate budget refines that plan with the evolutionary search
    (:mod:`autocomp.searchers.evolution`); with ``refine: false`` the search stops after it.
 
 The probes take ``levels`` x decisions evaluations and one of the uncompressed model, fewer
 levels when the budget is smaller (at least 1 per decision: a search needs at least decisions + 2
-candidates). Settings and their defaults: ``agents/sensitivity.yaml``.
+candidates), plus one plan per technique in a combined space. Settings and their defaults:
+``agents/sensitivity.yaml``.
 """
 
 from __future__ import annotations
@@ -104,8 +108,9 @@ class SensitivitySearcher(Searcher):
                 f"{needed - 2} decisions, the uncompressed reference and the plan), not {episodes}: raise --episodes "
                 f"to {needed} or more, or use --agent evolution.")
 
-    def plan_indices(self, drops: list[np.ndarray]) -> np.ndarray:
-        """The knapsack plan for ``drops`` that meets every budget, filled up to the surface."""
+    def plan_indices(self, drops: list[np.ndarray]) -> np.ndarray | None:
+        """The knapsack plan for ``drops`` that meets every budget, filled up to the surface; None
+        when no plan the knapsack can reach fits (an infinite drop marks a value not to take)."""
         problem = self.problem
         budgets, decisions = problem.constraints, problem.decisions
         base = budgets.estimate(decisions.state_at(decisions.tops))
@@ -121,10 +126,11 @@ class SensitivitySearcher(Searcher):
                 indices[d] = i
                 saving[i] = getattr(base, metric) - getattr(budgets.estimate(decisions.state_at(indices)), metric)
             savings.append(saving)
-        lo, hi = 1.0, max(1.0, sum(s.max() for s in savings) / max(need, 1e-12))
+        reach = sum(s[np.isfinite(d)].max() for s, d in zip(savings, drops))  # what the allowed values save at most
+        lo, hi = 1.0, max(1.0, reach / max(need, 1e-12))
         plan = knapsack(drops, savings, need * hi)
         if plan is None or not budgets.fits(plan):
-            plan = np.zeros(len(decisions.tops), dtype=np.int64)  # every decision at its minimum: checked feasible
+            plan = None
         for _ in range(20):
             mid = (lo + hi) / 2
             trial = knapsack(drops, savings, need * mid)
@@ -132,11 +138,26 @@ class SensitivitySearcher(Searcher):
                 plan, hi = trial, mid
             else:
                 lo = mid
-        return budgets.project(plan / decisions.tops)
+        return None if plan is None else budgets.project(plan / decisions.tops)
+
+    def plans(self, drops: list[np.ndarray]) -> list[np.ndarray]:
+        """The knapsack plan over every decision and, where the space combines techniques, the
+        plan of each technique alone (the others' decisions kept at their top); the plan of every
+        decision at its minimum (checked feasible) when none fits."""
+        keys = [decision.key for decision in self.problem.decisions.searched]
+        masks = [None] + ([[k == key for k in keys] for key in dict.fromkeys(keys)] if len(set(keys)) > 1 else [])
+        found = []
+        for mask in masks:
+            table = drops if mask is None else [
+                d if mine else np.append(np.full(len(d) - 1, np.inf), 0.0) for d, mine in zip(drops, mask)]
+            plan = self.plan_indices(table)
+            if plan is not None and not any(np.array_equal(plan, f) for f in found):
+                found.append(plan)
+        return found or [np.zeros(len(keys), dtype=np.int64)]
 
     def _probe(self, rows: list[np.ndarray], done: dict[str, Metrics]) -> list[float] | None:
-        """Accuracies of the plans ``rows`` (indices), each scored once and recorded as a probe;
-        None when the search was asked to stop."""
+        """Accuracies of the plans ``rows`` (indices), each scored once and recorded as a probe
+        (a candidate where it meets the budgets); None when the search was asked to stop."""
         decisions = self.problem.decisions
         plans = [decisions.plan_of(decisions.state_at(indices)) for indices in rows]
         new = [(indices, plan) for indices, plan in zip(rows, plans) if plan.key() not in done]
@@ -145,7 +166,9 @@ class SensitivitySearcher(Searcher):
                 return None
             started = datetime.now()
             for (indices, plan), metrics in zip(new, self.problem.evaluate_many([plan for _, plan in new])):
-                self.recorder.record(plan, metrics, actions=decisions.actions_at(indices), started=started, probe=True)
+                # a probe that happens to meet every budget is a plan like any other
+                self.recorder.record(plan, metrics, actions=decisions.actions_at(indices), started=started,
+                                     probe=not self.problem.constraints.fits(indices))
                 done[plan.key()] = metrics
         return [done[plan.key()].val_accuracy for plan in plans]
 
@@ -168,10 +191,13 @@ class SensitivitySearcher(Searcher):
             if accuracies is None or reference is None:
                 return
             drops.append(reference[0] - np.array(accuracies))
-        indices = self.plan_indices(drop_table(tops, probed, drops))
-        plan = decisions.plan_of(decisions.state_at(indices))
-        started = datetime.now()
-        recorder.record(plan, problem.evaluate(plan), actions=decisions.actions_at(indices), started=started)
+        for indices in self.plans(drop_table(tops, probed, drops))[: max(1, n_candidates - (len(recorder.history) - start))]:
+            plan = decisions.plan_of(decisions.state_at(indices))
+            if plan.key() in done:
+                continue
+            started = datetime.now()
+            done[plan.key()] = metrics = problem.evaluate(plan)
+            recorder.record(plan, metrics, actions=decisions.actions_at(indices), started=started)
         used = len(recorder.history) - start
         if self.settings["refine"] and used < n_candidates:
             best = recorder.best

@@ -386,3 +386,21 @@ def test_sensitivity_keeps_to_the_candidates_it_is_given(tmp_path) -> None:
     summary = run_search(SearchConfig(budget_flops="0.5", agent="sensitivity", episodes=7, name="ok",
                                       runs_dir=str(tmp_path)), progress=False).summary
     assert summary["candidates"] == 7
+
+
+def test_sensitivity_scores_each_technique_alone_in_a_combined_space(tmp_path) -> None:
+    """In the joint space the knapsack's plan over every decision is scored beside the plan of
+    each technique alone (the others uncompressed), all within the budget."""
+    config = SearchConfig(budget_size="0.2", space="joint", agent="sensitivity", episodes=40, name="joint",
+                          runs_dir=str(tmp_path), agent_options={"refine": False})
+    result = run_search(config, progress=False)
+    study = optuna.load_study(study_name="joint", storage=f"sqlite:///{result.run_dir / 'study.db'}")
+    full = study.trials[0].user_attrs["plan"]  # the first probe: the uncompressed reference
+    assert study.trials[0].user_attrs["probe"] and "rank" not in full
+    plans = [t.user_attrs["plan"] for t in study.trials if not t.user_attrs.get("probe")]
+    assert len(plans) >= 2 and result.summary["candidates"] == len(study.trials) <= 40
+    assert all(t.user_attrs["size_bytes"] <= result.summary["budgets"]["size"]["limit"]
+               for t in study.trials if not t.user_attrs.get("probe"))
+    bits_only = [p for p in plans if p["keep"] == full["keep"] and "rank" not in p and p["bits"] != full["bits"]]
+    keep_only = [p for p in plans if p["bits"] == full["bits"] and "rank" not in p and p["keep"] != full["keep"]]
+    assert bits_only and keep_only
