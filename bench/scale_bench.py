@@ -6,6 +6,7 @@ Three steps (results in bench/results/scale_*.json, then the `scale` section of 
     python bench/scale_bench.py make 40000 /tmp/synth-40k
     python bench/scale_bench.py search /tmp/synth-20k         # a 10-candidate search, 5,000 validation images:
     python bench/scale_bench.py search /tmp/synth-40k [LABEL [CANDIDATES]]   # peak RSS (sampled), time outside forward passes
+    python bench/scale_bench.py search /tmp/synth-20k LABEL 10 --low-memory   # the same with a bounded heap
     python bench/scale_bench.py overhead NAME                 # ms per candidate outside its forward passes
     python bench/scale_bench.py report
 
@@ -80,7 +81,7 @@ def _tree_rss(pid: int) -> tuple[int, int]:
     return rss.get(pid, 0), total
 
 
-def search(folder: Path, label: str = "", episodes: int = 10) -> None:
+def search(folder: Path, label: str = "", episodes: int = 10, low_memory: bool = False) -> None:
     import torch
     import torchvision
 
@@ -92,14 +93,14 @@ def search(folder: Path, label: str = "", episodes: int = 10) -> None:
         torch.save(torchvision.models.resnet50(num_classes=10).state_dict(), weights)
     space = work / "prune_fine.yaml"  # the prune space with every channel count allowed (as at the baseline commit)
     space.write_text("name: prune_fine\nactions:\n  keep_ratio: {min: 0.2, max: 1.0, round_to: 1}\n")
-    name = f"r50-{folder.name}"
+    name = f"r50-{folder.name}" + ("-low-memory" if low_memory else "")
     subprocess.run(["rm", "-rf", str(work / "runs" / name)], check=True)
     command = [sys.executable, "-m", "autocomp", "search", "--model", "torchvision:resnet50", "--weights", str(weights),
                "--data", f"imagefolder:{folder}", "--resize", "256", "--image-size", "224",
                "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--val-size", "5000",
                "--budget-flops", "0.25", "--space", str(space), "--agent", "random", "--episodes", str(episodes),
                "--threads", "2", "--device", "cpu",
-               "--name", name, "--runs-dir", str(work / "runs"), "--no-progress"]
+               "--name", name, "--runs-dir", str(work / "runs"), "--no-progress"] + (["--low-memory"] if low_memory else [])
     peak = {"main": 0, "tree": 0}
     start = time.perf_counter()
     proc = subprocess.Popen(command)
@@ -133,7 +134,7 @@ def search(folder: Path, label: str = "", episodes: int = 10) -> None:
         "baseline_val": summary["baseline"]["val_accuracy"], "machine": machine(), "commit": commit(),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"scale_search_{folder.name}.json").write_text(json.dumps(row, indent=1) + "\n")
+    (RESULTS / f"scale_search_{name.removeprefix('r50-')}.json").write_text(json.dumps(row, indent=1) + "\n")
     print(json.dumps(row, indent=1))
 
 
@@ -214,7 +215,12 @@ if __name__ == "__main__":
     if step == "make":
         make(int(sys.argv[2]), Path(sys.argv[3]))
     elif step == "search":
-        search(Path(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "", int(sys.argv[4]) if len(sys.argv) > 4 else 10)
+        flags = [a for a in sys.argv[2:] if a.startswith("--")]
+        if set(flags) - {"--low-memory"}:
+            raise SystemExit(f"unknown flag {sorted(set(flags) - {'--low-memory'})}: the only one is --low-memory")
+        given = [a for a in sys.argv[2:] if not a.startswith("--")]
+        search(Path(given[0]), given[1] if len(given) > 1 else "", int(given[2]) if len(given) > 2 else 10,
+               low_memory="--low-memory" in flags)
     elif step == "overhead":
         overhead(sys.argv[2] if len(sys.argv) > 2 else "candidate")
     elif step == "report":
