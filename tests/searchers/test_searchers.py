@@ -337,7 +337,10 @@ def test_optuna_successive_halving_stops_plans_early(digits_problem) -> None:
     searcher.run(30)
     images = [t.user_attrs["val_images"] for t in study.get_trials()]
     assert len(images) == 30 and set(images) <= {38, 114, 300}
-    assert images.count(38) > images.count(114) >= images.count(300) >= 1
+    # every plan passes the rungs in order; some stop before the full score (at which rung
+    # depends on how the first plans compare, so no rung is required to stop one)
+    assert images.count(38) >= images.count(114) >= images.count(300) >= 1
+    assert images.count(300) < images.count(38)
     assert recorder.best.metrics.val_images == 300
     states = [t.state for t in searcher.proposals.get_trials()]
     assert optuna.trial.TrialState.PRUNED in states and optuna.trial.TrialState.COMPLETE in states
