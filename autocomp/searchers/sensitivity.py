@@ -12,7 +12,8 @@ under the budgets.
    the summed drops. Savings of separate decisions overlap (pruning a layer's inputs and its
    outputs saves less together than apart), so the savings asked for are raised by bisection
    until the true cost of the plan meets every budget; the plan is then filled up to the
-   budget surface. In a space that combines techniques (pruning and bits, say) the summed drops
+   budget surface. In a space that combines techniques (pruning and bits, say; a technique is a
+   kind's stage, so heads, head widths and channel widths are one) the summed drops
    are least faithful where techniques meet on one layer, so the knapsack is also solved with
    each technique alone (the other decisions uncompressed) and those plans are scored too: the
    combined space starts from the best of them and never from worse than its single techniques.
@@ -33,6 +34,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from autocomp.errors import ConfigError
+from autocomp.kinds import by_key
 from autocomp.problem import CompressionProblem, Metrics
 from autocomp.searchers.base import Searcher
 from autocomp.searchers.evolution import Evolution
@@ -144,8 +146,9 @@ class SensitivitySearcher(Searcher):
         """The knapsack plan over every decision and, where the space combines techniques, the
         plan of each technique alone (the others' decisions kept at their top); the plan of every
         decision at its minimum (checked feasible) when none fits."""
-        keys = [decision.key for decision in self.problem.decisions.searched]
-        masks = [None] + ([[k == key for k in keys] for key in dict.fromkeys(keys)] if len(set(keys)) > 1 else [])
+        # a technique is a stage of the kinds: structure (channels, heads), factorisation, storage
+        stages = [by_key(decision.key).stage for decision in self.problem.decisions.searched]
+        masks = [None] + ([[s == stage for s in stages] for stage in dict.fromkeys(stages)] if len(set(stages)) > 1 else [])
         found = []
         for mask in masks:
             table = drops if mask is None else [
@@ -153,7 +156,7 @@ class SensitivitySearcher(Searcher):
             plan = self.plan_indices(table)
             if plan is not None and not any(np.array_equal(plan, f) for f in found):
                 found.append(plan)
-        return found or [np.zeros(len(keys), dtype=np.int64)]
+        return found or [np.zeros(len(stages), dtype=np.int64)]
 
     def _probe(self, rows: list[np.ndarray], done: dict[str, Metrics]) -> list[float] | None:
         """Accuracies of the plans ``rows`` (indices), each scored once and recorded as a probe
