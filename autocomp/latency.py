@@ -179,6 +179,19 @@ class LatencyTable:
         example = torch.randn(batch or self.batch, *self.graph.input_shape, generator=torch.Generator().manual_seed(0))
         return self.runtime.time(model, example, threads=self.threads, min_run_time=0.5)
 
+    def measure_together(self, models: list[nn.Module], *, rounds: int = 5, min_run_time: float = 0.2) -> list[float]:
+        """Measured seconds of whole models timed in turn: ``rounds`` passes over all of them (each
+        a median of at least ``min_run_time`` seconds of calls), each model's fastest pass. Load
+        from other processes that comes and goes lands on every model alike, so their ratios hold
+        where absolute times drift between measurements taken minutes apart."""
+        example = torch.randn(self.batch, *self.graph.input_shape, generator=torch.Generator().manual_seed(0))
+        runs = [self.runtime.runner(model.eval(), example, threads=self.threads) for model in models]
+        best = [float("inf")] * len(runs)
+        for _ in range(rounds):
+            for i, run in enumerate(runs):
+                best[i] = min(best[i], median_seconds(run, example, threads=self.threads, min_run_time=min_run_time))
+        return best
+
     def _key(self, geometry: LayerShape, int8: bool) -> str:
         return geometry.key() + (f"-int8-{self.int8.name}" if int8 and self.int8 is not None else "")
 

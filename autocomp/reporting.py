@@ -144,6 +144,16 @@ def _plots(run: RunDir, summary: dict[str, Any], trials: list[dict[str, Any]], u
     run.save_figure(fig, "best_so_far.png")
 
 
+def _latency_fractions(latency: dict[str, Any]) -> str:
+    """The best plan's latency as a fraction of the original's: predicted, measured, the budget's."""
+    if "best_fraction_measured" not in latency:  # runs from before the paired measurement
+        return ""
+    budget = latency.get("budget_fraction")
+    return (f"<p>As a fraction of the original's latency: {latency['best_fraction_predicted']:.3f} predicted, "
+            f"{latency['best_fraction_measured']:.3f} measured (the best plan and the original timed in turn "
+            f"after the search){'' if budget is None else f'; budget {budget:.3f}'}.</p>")
+
+
 def _inspection(config: SearchConfig, summary: dict[str, Any]) -> str:
     from autocomp.inspection import inspect_model
     from autocomp.models import build_model
@@ -182,7 +192,7 @@ def write_report(run_dir: str | os.PathLike[str], *, uniform: bool = True) -> Pa
         f"<p>Batch-{latency.get('batch', 1)} latency on this machine in {html.escape(latency.get('runtime', 'torch'))} "
         f"({latency['threads']} thread): original {latency['baseline_measured_ms']:.3f} ms "
         f"measured; best plan {latency['best_predicted_ms']:.3f} ms predicted by the latency table, "
-        f"{latency['best_measured_ms']:.3f} ms measured.</p>")
+        f"{latency['best_measured_ms']:.3f} ms measured.</p>{_latency_fractions(latency)}")
     if summary.get("int8_format"):
         latency_html += (f"<p>Int8 layers run as integer kernels in onnxruntime, format "
                          f"<code>{html.escape(summary['int8_format'])}</code> (measured on this machine).</p>")

@@ -7,10 +7,13 @@ size after each candidate, the peak (``ru_maxrss``) and the seconds, for one mod
 
     python bench/heap_bench.py plain
     python bench/heap_bench.py low-memory
+    python bench/heap_bench.py trim    # glibc's malloc_trim(0) after each candidate
+    python bench/heap_bench.py trim4   # the mmap threshold fixed at 4 MiB, and the trim
 """
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import sys
 import time
@@ -26,16 +29,21 @@ from autocomp.problem import CompressionProblem
 from autocomp.space import SearchSpace
 
 
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
 def resident_gb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**30
 
 
 def main(mode: str) -> None:
-    if mode not in ("plain", "low-memory"):
-        sys.exit(f"mode {mode!r}: pass plain or low-memory")
+    if mode not in ("plain", "low-memory", "trim", "trim4"):
+        sys.exit(f"mode {mode!r}: pass plain, low-memory, trim or trim4")
     if mode == "low-memory":
         print("heap bounded:", bound_heap())
+    if mode == "trim4":
+        print("threshold set:", bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 4 << 20)))
     torch.set_num_threads(2)
     torch.manual_seed(0)
     x, y = torch.randn(96, 3, 224, 224), torch.randint(0, 1000, (96,))
@@ -48,6 +56,8 @@ def main(mode: str) -> None:
     start = time.perf_counter()
     for i in range(10):
         problem.evaluator.score_plan(problem.decode(rng.uniform(0, 1, len(problem.steps))))
+        if mode.startswith("trim"):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         print(f"candidate {i}: resident {resident_gb():.3f} GB, "
               f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.3f} GB", flush=True)
     print(f"seconds {time.perf_counter() - start:.1f}")

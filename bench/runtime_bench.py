@@ -7,21 +7,23 @@ Rows (results in bench/results/runtime_resnet20.json and the `runtime` section o
   onnxruntime alone (post-training quantisation of the trained original: nothing to fine-tune);
 - Torch-Pruning global group-L1 (``round_to=8``), its MACs ratio bisected so that its measured
   latency at batch 1 matches our seed-0 ``prune`` plan's, then the same fine-tune as ours;
-- our best plans (:data:`SETTINGS`): ``--budget-latency 0.85`` at batch 1 in the default space
-  (``prune``, channels rounded to the runtime's measured step; with the step of 16 measured here,
-  pruning alone reaches 0.68-0.78 of ResNet-20's latency at best, so 0.5 is infeasible) and in
-  ``prune_int8`` (plus int8 layers), and ``prune_int8`` at ``--budget-latency 0.85 --latency-batch
-  32`` (0.4 is infeasible here: at batch 32 the step is 16 too, so the seven 16-channel convolutions
-  of the first stage, over half the time, stay whole, and int8 runs them only ~1.2x faster; the
-  search's up-front check put the floor at 0.53, 0.64 and 0.77 of the original in three setups); seeds 0, 1, 2: TPE,
-  ``EPISODES`` candidates each, then ``autocomp finetune --epochs FT_EPOCHS`` (distillation; int8
-  layers quantisation-aware) and an ONNX export of the fine-tuned model.
+- our best plans (:data:`SETTINGS`, the target rows): ``--budget-latency 0.5`` at batch 1 in the
+  default space (``prune``: channels in multiples of the runtime's measured step, narrower groups
+  a finer step so that each has 4 counts) and ``prune_int8`` (plus int8 layers) at
+  ``--budget-latency 0.4 --latency-batch 32``; seeds 0, 1, 2: TPE, ``EPISODES`` candidates each,
+  then ``autocomp finetune --epochs FT_EPOCHS`` (distillation; int8 layers quantisation-aware) and
+  an ONNX export of the fine-tuned model.
 
 Columns: measured speed-up over the original at batch 1 and 32 (the exported file), predicted vs
 measured latency, test accuracy measured in onnxruntime before and after fine-tuning, search
 CPU-minutes.
 
-    python bench/runtime_bench.py
+    python bench/runtime_bench.py               # 3-epoch fine-tunes: about 2 hours on 2 cores
+    FT_EPOCHS=0 python bench/runtime_bench.py   # searches and exports only, into their own section
+
+The latency columns also give the best plan as a fraction of the original, predicted and as
+measured at the end of the search with the two timed in turn (``summary.json``'s ``latency``):
+absolute times on a shared machine drift between measurements minutes apart, their ratio much less.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ from autocomp.runners.setup import load_config_data, prepare_model
 from autocomp.runtimes import OnnxRuntime, write_onnx
 from autocomp.training import train
 
-RESULTS = Path(__file__).resolve().parent / "results" / "runtime_resnet20.json"
+FT_EPOCHS = int(os.environ.get("FT_EPOCHS", "3"))  # 0: no fine-tune columns (results and section of their own)
+SECTION = "runtime" if FT_EPOCHS else "runtime-search"
+RESULTS = Path(__file__).resolve().parent / "results" / f"{SECTION.replace('-', '_')}_resnet20.json"
 RUNS = Path("/tmp/runtime-bench")
 ORT = OnnxRuntime()
 
@@ -96,8 +100,7 @@ def ort_int8(model: torch.nn.Module, data: Any, shape: tuple[int, ...]) -> dict[
 
 
 EPISODES = 24
-FT_EPOCHS = int(os.environ.get("FT_EPOCHS", "1"))  # 0: no fine-tune columns
-SETTINGS = (("prune", "0.85", 1), ("prune_int8", "0.85", 1), ("prune_int8", "0.85", 32))
+SETTINGS = (("prune", "0.5", 1), ("prune_int8", "0.4", 32))
 """(space, ``--budget-latency``, ``--latency-batch``) of our rows."""
 
 
@@ -125,7 +128,9 @@ def ours(config: SearchConfig, space: str, budget: str, batch: int, seed: int) -
             "macs_ratio": summary["best"]["flops"] / summary["baseline"]["flops"],
             "int8_layers": len(json.loads((run / "best" / "plan.json").read_text())["decisions"].get("precision", {})),
             "int8_format": summary.get("int8_format"), "channel_step": summary.get("channel_step", {}).get("step"),
-            "cpu_minutes": summary["search_seconds"]["cpu"] / 60}
+            "cpu_minutes": summary["search_seconds"]["cpu"] / 60,
+            "fraction_budget": lat.get("budget_fraction"), "fraction_predicted": lat.get("best_fraction_predicted"),
+            "fraction_measured": lat.get("best_fraction_measured")}
 
 
 def main() -> None:
@@ -180,6 +185,13 @@ def _spread(values: list[float], fmt: str = "{:.4f}") -> str:
     return f"{fmt.format(mean)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
+def _fractions(runs: list[dict[str, Any]]) -> str:
+    if any(r.get("fraction_measured") is None for r in runs):  # runs from before the paired measurement
+        return "-"
+    return (f"{runs[0]['fraction_budget']:.3f} / {_spread([r['fraction_predicted'] for r in runs], '{:.3f}')} / "
+            f"{_spread([r['fraction_measured'] for r in runs], '{:.3f}')}")
+
+
 def _noise(rows: dict[str, Any]) -> float:
     """Largest / smallest - 1 of the original's batch-1 latency as measured by each batch-1 search and the export."""
     seen = [r["budget_s"] / float(r["budget"]) for r in rows["ours"] if r["latency_batch"] == 1]
@@ -189,7 +201,8 @@ def _noise(rows: dict[str, Any]) -> float:
 
 def report(rows: dict[str, Any]) -> None:
     o, q, tp = rows["original"], rows["ort_int8"], rows["torch_pruning"]
-    lines = ["## Runtime: the shared ResNet-20 measured in onnxruntime (1 thread)", "",
+    title = "## Runtime: the shared ResNet-20 measured in onnxruntime (1 thread)"
+    lines = [title + ("" if FT_EPOCHS else ", at the target budgets: searches and exports only"), "",
              f"Machine: {rows['machine']}; commit {rows['commit']}. Command: `"
              + ("" if FT_EPOCHS else "FT_EPOCHS=0 ") + "python bench/runtime_bench.py` "
              f"(TPE, {EPISODES} candidates per search, 2 threads; "
@@ -199,17 +212,17 @@ def report(rows: dict[str, Any]) -> None:
              "onnxruntime on the 10,000 test images (before: after batch-norm recalibration; after: fine-tuned). "
              "Speed-ups are of the exported files, before fine-tuning (fine-tuning changes no shape). Predicted / "
              "measured is at the search's latency batch.", "",
-             "| row | speed-up, batch 1 | speed-up, batch 32 | predicted / measured | test accuracy | "
-             "after fine-tune | search CPU-min |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+             "| row | speed-up, batch 1 | speed-up, batch 32 | predicted / measured | fraction: budget / predicted / "
+             "measured in turn | test accuracy | after fine-tune | search CPU-min |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
              f"| fp32 original ({_ms(o['latency_b1_s'])}, {_ms(o['latency_b32_s'])} at 32) | 1.00x | 1.00x | - | "
-             f"{o['test_accuracy']:.4f} | - | - |",
+             f"- | {o['test_accuracy']:.4f} | - | - |",
              f"| onnxruntime static int8 of the original (QDQ, U8S8, reduce_range) | "
              f"{o['latency_b1_s'] / q['latency_b1_s']:.2f}x | {o['latency_b32_s'] / q['latency_b32_s']:.2f}x | - | "
-             f"{q['test_accuracy']:.4f} | - | - |",
+             f"- | {q['test_accuracy']:.4f} | - | - |",
              f"| Torch-Pruning group-L1, round_to 8, at our prune seed-0 latency ({tp['macs_ratio']:.3f} of the MACs) | "
              f"{o['latency_b1_s'] / tp['latency_b1_s']:.2f}x | {o['latency_b32_s'] / tp['latency_b32_s']:.2f}x | - | "
-             f"{tp['test_accuracy']:.4f} | {_spread([tp.get('finetuned_test_accuracy', float('nan'))])} | - |"]
+             f"- | {tp['test_accuracy']:.4f} | {_spread([tp.get('finetuned_test_accuracy', float('nan'))])} | - |"]
     for space, budget, batch in SETTINGS:
         runs = [r for r in rows["ours"] if (r["space"], r["budget"], r["latency_batch"]) == (space, budget, batch)]
         if not runs:
@@ -220,7 +233,7 @@ def report(rows: dict[str, Any]) -> None:
         tuned = [r.get("finetuned_test_accuracy", float("nan")) for r in runs]
         lines.append(f"| ours, `--budget-latency {budget} --latency-batch {batch} --space {space}` (3 seeds; mean, "
                      f"min-max) | {_spread(s1, '{:.2f}')}x | {_spread(s32, '{:.2f}')}x | {_spread(ratio, '{:.3f}')} | "
-                     f"{_spread([r['test_accuracy'] for r in runs])} | {_spread(tuned)} | "
+                     f"{_fractions(runs)} | {_spread([r['test_accuracy'] for r in runs])} | {_spread(tuned)} | "
                      f"{_spread([r['cpu_minutes'] for r in runs], '{:.1f}')} |")
     lines += ["", "Per run (ours): " + "; ".join(
         f"{r['space']} at {r['budget']}, batch {r['latency_batch']}, seed {r['seed']}: predicted "
@@ -236,7 +249,7 @@ def report(rows: dict[str, Any]) -> None:
               + f"; the export step measured it at {_ms(o['latency_b1_s'])}: repeated measurements of one unchanged "
               f"model on this machine differ by up to {_noise(rows):.0%} (largest / smallest - 1), which bounds how "
               "close a prediction can be checked here."]
-    write_section("runtime", "\n".join(lines))
+    write_section(SECTION, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,13 @@ def test_latency_budget_is_enforced_and_measured(tmp_path) -> None:
     latency = summary["latency"]
     assert latency["best_predicted_ms"] * 1e3 <= limit
     assert latency["best_measured_ms"] > 0 and latency["baseline_measured_ms"] > 0
+    # the end's paired measurement: the best plan over the original timed beside it, against the
+    # budget's fraction and the predicted one (fractions of the original measured before the search)
+    whole_us = 2e-3 / latency["baseline_measured_ms"]  # limits are whole microseconds: 2 us as a fraction
+    assert latency["budget_fraction"] == pytest.approx(0.95, abs=whole_us)
+    assert latency["best_fraction_predicted"] <= latency["budget_fraction"] + 1e-4
+    assert latency["best_fraction_measured"] == pytest.approx(
+        latency["best_measured_ms"] / latency["original_measured_again_ms"], abs=1e-3)
 
 
 def test_latency_budget_formats() -> None:
@@ -137,8 +144,32 @@ def test_the_default_prune_space_rounds_to_the_runtimes_step(digits_model, digit
     assert problem.channel_step == 8 and problem.space.ranges["keep_ratio"].round_to == 8
     kept = [int(k) for k in problem.decode([0.3] * len(problem.steps)).get("keep").values()]
     channels = [u.channels for u in problem.graph.units]
-    assert all(k % 8 == 0 or k == c for k, c in zip(kept, channels))
+    # groups of 4 steps or more keep multiples of 8; narrower ones a finer step (see the next test)
+    assert all(k % 8 == 0 or k == c for k, c in zip(kept, channels) if c >= 32)
     assert SearchSpace.load("prune").ranges["keep_ratio"].round_to == "runtime"
+
+
+def _widths_model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.BatchNorm2d(32),
+                         nn.ReLU(), nn.Conv2d(32, 64, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(64, 10))
+
+
+def test_groups_narrow_for_the_step_take_a_finer_one(digits_data, monkeypatch) -> None:
+    """At a measured step of 16, `min_counts: 4` of the default space gives a 16-channel group
+    counts in steps of 4 and a 32-channel one steps of 8; a 64-channel group keeps the step. Without
+    `min_counts` the 16-channel group could not shrink at all."""
+    import autocomp.problem as problem_module
+
+    monkeypatch.setattr(problem_module, "channel_step", lambda runtime, **_: 16)
+    problem = CompressionProblem(model=_widths_model(), data=digits_data, space=SearchSpace.load("prune"),
+                                 budgets={"flops": "0.5"})
+    assert problem.space.ranges["keep_ratio"].min_counts == 4
+    assert [c.tolist() for c in problem.decisions.choices["keep"]] == [[4, 8, 12, 16], [8, 16, 24, 32],
+                                                                       [16, 32, 48, 64]]
+    strict = SearchSpace.from_dict({"name": "strict", "actions": {"keep_ratio": {"min": 0.2, "round_to": "runtime"}}})
+    problem = CompressionProblem(model=_widths_model(), data=digits_data, space=strict, budgets={"flops": "0.5"})
+    assert [c.tolist() for c in problem.decisions.choices["keep"]] == [[16], [16, 32], [16, 32, 48, 64]]
 
 
 def test_int8_layers_are_timed_as_int8_kernels(tmp_path, digits_model, digits_data) -> None:
@@ -169,12 +200,13 @@ def test_int8_layers_are_timed_as_int8_kernels(tmp_path, digits_model, digits_da
 
 
 def test_a_step_that_leaves_nothing_to_prune_is_named(digits_data, monkeypatch) -> None:
-    """Groups no wider than the measured step keep all their channels; the error says so and how to
-    set a finer step."""
+    """Without `min_counts`, groups no wider than the measured step keep all their channels; the
+    error says so and how to set a finer step."""
     import autocomp.problem as problem_module
 
     monkeypatch.setattr(problem_module, "channel_step", lambda runtime, **_: 16)
     model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(16, 10))
+    strict = SearchSpace.from_dict({"name": "strict", "actions": {"keep_ratio": {"min": 0.2, "round_to": "runtime"}}})
     with pytest.raises(IncompatibleModelError, match=r"multiples of 16, the step measured .*`round_to: N`"):
-        CompressionProblem(model=model, data=digits_data, space=SearchSpace.load("prune"), budgets={"flops": "0.5"})
+        CompressionProblem(model=model, data=digits_data, space=strict, budgets={"flops": "0.5"})

@@ -139,6 +139,7 @@ def test_size_budgets_in_bytes() -> None:
     ("actions: {bits: {choices: [4]}}\nrules: [{bits: off}]", "no `layers:` list"),
     ("actions: {head_dim: {min: 0.5, round_to: 0}}", "positive width"),
     ("actions: {head_dim: {min: 0.5, step: 4}}", "unknown field"),
+    ("actions: {keep_ratio: {min: 0.5, min_counts: 0}}", "positive number of kept-channel counts"),
 ])
 def test_bad_space_files_fail_with_the_rule(tmp_path, text: str, message: str) -> None:
     path = tmp_path / "space.yaml"

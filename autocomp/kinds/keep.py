@@ -1,17 +1,20 @@
 """``keep_ratio``: channels kept per unit (a group of coupled channels), decided at its first layer.
 
-Space spec: ``keep_ratio: {min: 0.2, max: 1.0, round_to: 8, importance: l1}``; ``round_to:
-runtime`` is the step measured for the deployment runtime (``autocomp.latency.channel_step``,
-resolved by the problem; 1 where no runtime is known). Allowed counts
-are the multiples of ``round_to`` between ``min`` and ``max`` of the unit's channels, and the
+Space spec: ``keep_ratio: {min: 0.2, max: 1.0, round_to: 8, min_counts: 1, importance: l1}``;
+``round_to: runtime`` is the step measured for the deployment runtime
+(``autocomp.latency.channel_step``, resolved by the problem; 1 where no runtime is known). Allowed
+counts are the multiples of ``round_to`` between ``min`` and ``max`` of the unit's channels, and the
 whole unit when ``max`` is 1 (a unit with no multiple in range keeps its nearest multiple, or
-stays whole); with ``round_to: 1`` that is every count from ``min`` to ``max``. ``importance``
+stays whole); with ``round_to: 1`` that is every count from ``min`` to ``max``. A unit narrow for
+the step (fewer than ``min_counts`` allowed counts, e.g. a 16-channel group at a step of 16) takes
+the step halved until it has ``min_counts`` (or the step is 1): its few counts are still timed
+exactly by the latency table, and without it a narrow first stage could never shrink. ``importance``
 ranks the channels to remove: ``l1`` (default) or ``l2``, the norm of each
 channel over its whole coupled group (Torch-Pruning's ``GroupMagnitudeImportance``).
 
 Example:
     >>> KeepRatio().parse({"min": 0.25, "round_to": 8})
-    KeepRange(min=0.25, max=1.0, round_to=8, importance='l1')
+    KeepRange(min=0.25, max=1.0, round_to=8, importance='l1', min_counts=1)
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class KeepRange:
     max: float = 1.0
     round_to: int | str = 1  # a channel count, or "runtime": the step measured for the deployment runtime
     importance: str = "l1"
+    min_counts: int = 1  # a unit with fewer allowed counts at the step takes the step halved until it has these
 
     def __post_init__(self) -> None:
         if not 0 < self.min <= self.max <= 1:
@@ -49,6 +53,9 @@ class KeepRange:
         if self.round_to != "runtime" and (not isinstance(self.round_to, int) or self.round_to < 1):
             raise ConfigError(f"round_to={self.round_to} must be a positive channel count or `runtime` (the step that "
                               "pays in the deployment runtime, measured): fix the space file.")
+        if not isinstance(self.min_counts, int) or self.min_counts < 1:
+            raise ConfigError(f"min_counts={self.min_counts} must be a positive number of kept-channel counts per group "
+                              "(e.g. 4): fix the space file.")
         if self.importance not in IMPORTANCE:
             raise ConfigError(f"importance={self.importance!r} is not one of {sorted(IMPORTANCE)}: fix the space file.")
 
@@ -57,6 +64,19 @@ class KeepRange:
     def step(self) -> int:
         """The channel step; ``runtime`` not yet resolved (no runtime known) counts as 1."""
         return self.round_to if isinstance(self.round_to, int) else 1
+
+
+def _counts(step: int, low: int, high: int, channels: int) -> np.ndarray:
+    """Kept counts of a ``channels``-wide unit in multiples of ``step`` within [low, high] (see the module)."""
+    grid = np.arange(step, high + 1, step)
+    inside = grid[grid >= low]
+    if step == 1:
+        allowed = inside
+    elif len(inside):
+        allowed = np.concatenate([inside, [channels] if high == channels else []])
+    else:  # no multiple in range: the multiple nearest to it, else the whole unit
+        allowed = np.array([min(channels, max(step, round(low / step) * step))])
+    return np.unique(allowed).astype(np.int64)
 
 
 def _round_to(value: Any) -> int | str:
@@ -73,10 +93,12 @@ class KeepRatio(ActionKind):
 
     def parse(self, spec: Mapping[str, Any]) -> KeepRange:
         return parse_fields(KeepRange, spec, self.action, example="{min: 0.2, max: 1.0}",
-                            casts={"min": float, "max": float, "round_to": _round_to, "importance": str})
+                            casts={"min": float, "max": float, "round_to": _round_to, "importance": str,
+                                   "min_counts": int})
 
     def to_spec(self, value: KeepRange) -> dict[str, Any]:
-        return {"min": value.min, "max": value.max, "round_to": value.round_to, "importance": value.importance}
+        return {"min": value.min, "max": value.max, "round_to": value.round_to, "importance": value.importance,
+                "min_counts": value.min_counts}
 
     def choices(self, value: KeepRange | None, cost: CostModel, index: int) -> np.ndarray:
         channels = int(cost.channels[index])
@@ -85,16 +107,12 @@ class KeepRatio(ActionKind):
             return np.array([channels], dtype=np.int64)
         low = max(1, round(value.min * channels))
         high = max(low, round(value.max * channels))
-        step = math.lcm(value.step, unit.groups)  # a grouped conv's groups stay equal
-        grid = np.arange(step, high + 1, step)
-        inside = grid[grid >= low]
-        if step == 1:
-            allowed = inside
-        elif len(inside):
-            allowed = np.concatenate([inside, [channels] if high == channels else []])
-        else:  # no multiple in range: the multiple nearest to it, else the whole unit
-            allowed = np.array([min(channels, max(step, round(low / step) * step))])
-        return np.unique(allowed).astype(np.int64)
+        step = value.step
+        allowed = _counts(math.lcm(step, unit.groups), low, high, channels)
+        while len(allowed) < value.min_counts and step > 1:  # narrow for the step: a finer one
+            step //= 2
+            allowed = _counts(math.lcm(step, unit.groups), low, high, channels)
+        return allowed
 
     def uniform_threshold(self, level: float, space_value: KeepRange | None, cost: CostModel, index: int) -> float:
         return level * float(cost.channels[index])

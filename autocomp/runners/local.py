@@ -252,13 +252,21 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
         from autocomp.ops import bake, freeze
 
         table = problem.latency
-        measured = table.measure(freeze(bake(model.cpu())))
+        original, measured = table.measure_together([problem.model, freeze(bake(model.cpu()))])
+        predicted_s = best.metrics.latency_us / 1e6
+        limit_us = problem.limits.get(METRICS["latency"])
         summary["latency"] = {
             "runtime": table.runtime.name, "runtime_version": table.runtime.version(),
             "threads": config.latency_threads, "batch": table.batch,
             "baseline_measured_ms": round(problem.baseline_latency_s * 1e3, 4),
-            "best_predicted_ms": round(best.metrics.latency_us / 1e3, 4),
+            "best_predicted_ms": round(predicted_s * 1e3, 4),
             "best_measured_ms": round(measured * 1e3, 4),
-            "best_measured_over_predicted": round(measured * 1e6 / max(1, best.metrics.latency_us), 4),
+            "best_measured_over_predicted": round(measured / max(1e-9, predicted_s), 4),
+            # the best plan and the original timed in turn at the end: their ratio against the
+            # predicted one and the budget's (fractions of the original measured before the search)
+            "original_measured_again_ms": round(original * 1e3, 4),
+            "best_fraction_measured": round(measured / original, 4),
+            "best_fraction_predicted": round(predicted_s / problem.baseline_latency_s, 4),
+            "budget_fraction": None if limit_us is None else round(limit_us / 1e6 / problem.baseline_latency_s, 4),
         }
     return run.write_summary(summary)
