@@ -28,7 +28,6 @@ from autocomp.device import bound_heap
 from autocomp.problem import CompressionProblem
 from autocomp.space import SearchSpace
 
-
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
