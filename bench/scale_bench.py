@@ -20,6 +20,7 @@ streaming change can be measured the same way: ResNet-50 in the prune and the jo
 from __future__ import annotations
 
 import json
+import re
 import os
 import resource
 import subprocess
@@ -177,24 +178,31 @@ def overhead(label: str) -> None:
         json.dumps({"label": label, "machine": machine(), **rows}, indent=1) + "\n")
 
 
+def _cpu(line: str) -> str:
+    """The CPU of a results file's machine line, e.g. ``AMD EPYC``."""
+    found = re.search(r"cores \((.*?)\), torch", line)
+    return found.group(1).replace("(R)", "").replace(" Processor", "") if found else line
+
+
 def report() -> None:
     searches = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("scale_search_*.json"))]
     overheads = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("scale_overhead_*.json"))]
-    lines = ["## Scale: ResNet-50 at 224x224, a streamed ImageNet-layout folder (issue: real scale)", "",
-             f"Machine: {searches[0]['machine'] if searches else machine()}; no GPU was available, so the GPU rows "
-             "are not measured.", "",
+    lines = ["## Scale: ResNet-50 at 224x224, a streamed ImageNet-layout folder", "",
+             "Machines: 2 cores, the CPU in the table (each row's results file has the whole line), torch 2.14.1, "
+             "2 torch threads; no GPU was available, so the GPU rows are not measured.", "",
              "A random search (10 candidates, or as the table says), 5,000 validation images (decoded once into a uint8 cache), 512 calibration "
              "images, `--budget-flops 0.25`, 2 threads, random weights. Peak RSS is sampled every 0.5 s from /proc "
              "(RSS of the search process; PSS of it with its DataLoader workers, which share pages with it).", "",
-             "| training JPEGs | peak RSS, search process | peak PSS, with workers | candidates | s per candidate | outside forward passes | commit |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| training JPEGs | peak RSS, search process | peak PSS, with workers | candidates | s per candidate | outside forward passes | CPU | commit |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for r in searches:
         pss = f"{r['peak_pss_tree_gb']:.2f} GB" if r.get("peak_pss_tree_gb") else "-"
         label = f" ({r['label']})" if r.get("label") else ""
         lines.append(f"| {r['train_images']:,}{label} | {r['peak_rss_main_gb']:.2f} GB | {pss} | "
-                     f"{r['candidates']} | {r['per_candidate_s']:.1f} | {100 * r['outside_fraction']:.1f}% | {r['commit']} |")
+                     f"{r['candidates']} | {r['per_candidate_s']:.1f} | {100 * r['outside_fraction']:.1f}% | {_cpu(r['machine'])} | "
+                     f"{r['commit']} |")
     if searches:
-        lines += ["", "Command (each folder): `python bench/scale_bench.py search FOLDER [LABEL [CANDIDATES]]`, which runs "
+        lines += ["", "Command (each folder): `python bench/scale_bench.py search FOLDER [LABEL [CANDIDATES]] [--low-memory]`, which runs "
                       f"`python {searches[-1]['command']}` (with `--episodes` the row's candidates). The row labelled "
                       "\"recalibration in batches of 128\" predates capping the recalibration batch (128 images at "
                       "224x224, now 55); the others are after it."]
