@@ -100,8 +100,10 @@ def ort_int8(model: torch.nn.Module, data: Any, shape: tuple[int, ...]) -> dict[
 
 
 EPISODES = 24
-SETTINGS = (("prune", "0.5", 1), ("prune_int8", "0.4", 32))
-"""(space, ``--budget-latency``, ``--latency-batch``) of our rows."""
+SETTINGS = tuple((space, budget, int(batch)) for space, budget, batch in (
+    item.split(":") for item in os.environ.get("SETTINGS", "prune:0.5:1,prune_int8:0.4:32").split(",")))
+"""(space, ``--budget-latency``, ``--latency-batch``) of our rows; ``SETTINGS=prune:0.6:1,...`` for others
+(a budget below what a space reaches on this machine stops with the smallest reachable fraction)."""
 
 
 def ours(config: SearchConfig, space: str, budget: str, batch: int, seed: int) -> dict[str, Any]:
