@@ -48,7 +48,7 @@ from autocomp.files import atomic_path, save_torch, write_text
 from autocomp.ops import bake, freeze
 from autocomp.ops.int8 import int8_layers
 from autocomp.rundir import RunDir
-from autocomp.runtimes import OnnxRuntime, Runner, get_runtime, median_seconds, write_onnx
+from autocomp.runtimes import OnnxRuntime, Runner, fastest_seconds, get_runtime, write_onnx
 
 FORMATS = ("torchscript", "pt2", "onnx", "state_dict", "packed")
 INT8_FORMATS = ("onnx", "state_dict")
@@ -91,8 +91,8 @@ def _write(fmt: str, model: nn.Module, example: torch.Tensor, out_dir: Path, *, 
 
 
 def time_runner(run: Runner, x: torch.Tensor, *, threads: int, min_run_time: float = 0.5) -> float:
-    """Median seconds of one call (torch runners at ``threads`` threads, restored afterwards)."""
-    return median_seconds(run, x, threads=threads, min_run_time=min_run_time)
+    """Seconds of the fastest call (torch runners at ``threads`` threads, restored afterwards)."""
+    return fastest_seconds(run, x, threads=threads, min_run_time=min_run_time)
 
 
 def runtime_accuracy(run: Runner, split: Split, *, batch_size: int = 256) -> float:

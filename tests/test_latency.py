@@ -30,7 +30,7 @@ def test_latency_table_is_reused_from_cache_on_a_second_run(tmp_path, digits_mod
     first = LatencyTable(graph, cost, threads=1, cache_dir=tmp_path, runtime=get_runtime(runtime), batch=batch)
     first.warm(progress=False)
     assert first.measured == 25 * len({g.key() for g in first._whole}) and first.path.is_file()
-    assert f"-{runtime}" in first.path.name and first.path.name.endswith(f"-1t-b{batch}-v2.json")
+    assert f"-{runtime}" in first.path.name and first.path.name.endswith(f"-1t-b{batch}-v3.json")
     second = LatencyTable(graph, cost, threads=1, cache_dir=tmp_path, runtime=get_runtime(runtime), batch=batch)
     second.warm(progress=False)
     assert second.measured == 0  # every layer shape came from the cache
@@ -210,3 +210,27 @@ def test_a_step_that_leaves_nothing_to_prune_is_named(digits_data, monkeypatch) 
     strict = SearchSpace.from_dict({"name": "strict", "actions": {"keep_ratio": {"min": 0.2, "round_to": "runtime"}}})
     with pytest.raises(IncompatibleModelError, match=r"multiples of 16, the step measured .*`round_to: N`"):
         CompressionProblem(model=model, data=digits_data, space=strict, budgets={"flops": "0.5"})
+
+
+def test_the_table_is_mapped_onto_whole_models_by_a_fitted_line(tmp_path, digits_model, digits_data,
+                                                                monkeypatch) -> None:
+    """Whole models cost ``overhead + scale * (sum of layer times)``: the fit recovers a line the
+    measurements follow, and falls back to a constant when the plans do not spread the sum."""
+    graph = LayerGraph.build(digits_model, digits_data.input_shape)
+    cost = CostModel(graph)
+    table = LatencyTable(graph, cost, cache_dir=tmp_path, min_run_time=0.002)
+    table.warm(progress=False)
+    full = cost.geometry(cost.defaults)
+    plans = [(digits_model, cost.geometry({"keep": np.maximum(1, (cost.channels * r).astype(int))}))
+             for r in (0.25, 0.5, 0.75)]
+    sums = [table.predict(full)] + [table.predict(g) for _, g in plans]
+    monkeypatch.setattr(table, "measure_together", lambda models: [2e-4 + 0.6 * s for s in sums])
+    assert table.calibrate(digits_model, plans) == pytest.approx(2e-4 + 0.6 * sums[0])
+    assert table.scale == pytest.approx(0.6) and table.overhead == pytest.approx(2e-4)
+    assert table.fit["max_fit_error"] == pytest.approx(0.0, abs=1e-9)
+    assert table.predict(plans[0][1]) == pytest.approx(2e-4 + 0.6 * sums[1])
+    # plans that all cost what the original does tell no scale: the remainder is a constant
+    same = [(digits_model, full)] * 2
+    monkeypatch.setattr(table, "measure_together", lambda models: [sums[0] + 1e-4] * 3)
+    table.calibrate(digits_model, same)
+    assert table.scale == 1.0 and table.overhead == pytest.approx(1e-4)

@@ -34,7 +34,8 @@ from autocomp.cost import Cost, CostModel
 from autocomp.data import DataBundle, Split
 from autocomp.errors import ConfigError, IncompatibleModelError
 from autocomp.graph import LayerGraph
-from autocomp.kinds import KINDS
+from autocomp.kinds import KINDS, Geometry
+from autocomp.kinds.bits import FLOAT_BITS
 from autocomp.kinds.precision import INT8
 from autocomp.latency import LatencyTable, channel_step, int8_format
 from autocomp.ops.int8 import Int8Format, calibrate_int8, freeze
@@ -49,13 +50,39 @@ from autocomp.space import SearchSpace
 
 
 def measured_latency(graph: LayerGraph, cost: CostModel, model: nn.Module, *, threads: int, runtime: str = "onnxruntime",
-                     batch: int = 1, int8: Int8Format | None = None) -> tuple[LatencyTable, float]:
+                     batch: int = 1, int8: Int8Format | None = None,
+                     plans: Sequence[tuple[nn.Module, Geometry]] = ()) -> tuple[LatencyTable, float]:
     """A latency table for ``graph`` on this machine in ``runtime`` at ``threads`` threads and
-    batch ``batch`` (measured now, or read from its cache; with int8 timings in format ``int8``)
+    batch ``batch`` (measured now, or read from its cache; with int8 timings in format ``int8``),
+    calibrated on whole models (the original and ``plans``, see ``LatencyTable.calibrate``),
     and the whole model's measured latency in seconds."""
     table = LatencyTable(graph, cost, threads=threads, runtime=get_runtime(runtime), batch=batch, int8=int8)
     table.warm()
-    return table, table.calibrate(model)
+    return table, table.calibrate(model, plans)
+
+
+CALIBRATION_LEVELS = (0.0, 0.25, 0.5, 0.75)
+"""Uniform levels of the plans a latency table is calibrated on, beside the original."""
+
+
+def latency_calibration_plans(decisions: DecisionSpace, compressor: Compressor, example: torch.Tensor,
+                              int8_key: str | None) -> list[tuple[nn.Module, Geometry]]:
+    """Float32 models of the space's uniform plans at :data:`CALIBRATION_LEVELS`, with their
+    geometry (int8 layers are fitted separately, by ``LatencyTable.calibrate_int8``). A plan the
+    model cannot run is left out (the preflight names why)."""
+    cost, plans = decisions.cost, []
+    for level in CALIBRATION_LEVELS:
+        arrays = decisions.plan_arrays(decisions.uniform_state(level))
+        if int8_key is not None:
+            arrays[int8_key] = np.full_like(arrays[int8_key], FLOAT_BITS)
+        try:
+            model = compressor.apply(cost.plan_of(arrays))
+            with torch.no_grad():
+                model(example)
+        except Exception:  # noqa: BLE001, S112 - any failure to build or run: the preflight reports it
+            continue
+        plans.append((model, cost.geometry(arrays)))
+    return plans
 
 
 def int8_timing_model(compressor: Compressor, graph: LayerGraph, key: str, mask: np.ndarray,
@@ -119,9 +146,11 @@ class CompressionProblem:
         latency, self.baseline_latency_s = None, 0.0
         self.int8_fit: dict[str, float] | None = None
         if budgets.get("latency") is not None:
+            plans = latency_calibration_plans(self.decisions, compressor, data.val.example(2),
+                                              int8_key if int8_action is not None else None)
             latency, self.baseline_latency_s = measured_latency(self.graph, self.cost, self.model, threads=latency_threads,
                                                                 runtime=runtime, batch=latency_batch,
-                                                                int8=self.int8_format)
+                                                                int8=self.int8_format, plans=plans)
             if self.int8_format is not None:  # what int8 layers share in a whole model, fitted on a few
                 self.int8_fit = latency.calibrate_int8(
                     lambda mask: int8_timing_model(compressor, self.graph, int8_key, mask, data.val.example(8)),
@@ -164,7 +193,7 @@ class CompressionProblem:
         return self.decisions.actions_of(plan)
 
     def uniform_plan(self, level: float) -> Plan:
-        return self.decisions.plan_of(self.decisions.uniform_state(level))
+        return self.decisions.plan_of(self.constraints.uniform_state(level))
 
     # ---- budgets ----------------------------------------------------------------------
     def feasible(self, cost: Cost) -> bool:

@@ -42,7 +42,7 @@ class Budgets:
             parse_budget(value, baseline=getattr(base, METRICS[name]), flag=f"--budget-{name}")
             for name, value in self.given.items()
         }
-        self._min = decisions.min_state()
+        self._floor: np.ndarray | None = None
 
     # ---- costs ------------------------------------------------------------------------
     def estimate_arrays(self, arrays: Mapping[str, np.ndarray]) -> Cost:
@@ -62,6 +62,54 @@ class Budgets:
     def feasible(self, cost: Cost) -> bool:
         return all(getattr(cost, metric) <= limit for metric, limit in self.limits.items())
 
+    # ---- the cheapest plan -------------------------------------------------------------
+    @property
+    def floor(self) -> np.ndarray:
+        """The cheapest plan the space allows under these budgets, as allowed-value numbers:
+        every decision at its smallest value, except where a larger one costs no more on any
+        budget and less on one (an int8 layer that the runtime runs slower than float32 at that
+        width, a channel count that the latency staircase makes no slower). Plans are scaled down
+        toward it, and a budget it misses is rejected up front."""
+        if self._floor is None:
+            self._floor = self._cheapest()
+        return self._floor
+
+    def _costs(self, indices: np.ndarray) -> np.ndarray:
+        cost = self.estimate(self.decisions.state_at(indices))
+        return np.array([getattr(cost, metric) for metric in self.limits], dtype=float)
+
+    def _cheapest(self, passes: int = 3) -> np.ndarray:
+        """Coordinate descent from every decision at its minimum: a decision moves to a larger
+        value when that is no costlier on every budget and cheaper on one (int8 layers interact
+        through the conversions they share, hence a few passes)."""
+        indices = np.zeros(len(self.decisions.searched), dtype=np.int64)
+        if not self.limits:
+            return indices
+        best = self._costs(indices)
+        for _ in range(passes):
+            moved = False
+            for d, top in enumerate(self.decisions.tops):
+                for value in range(top + 1):
+                    if value == indices[d]:
+                        continue
+                    trial = indices.copy()
+                    trial[d] = value
+                    costs = self._costs(trial)
+                    if np.all(costs <= best) and np.any(costs < best):
+                        indices, best, moved = trial, costs, True
+            if not moved:
+                break
+        return indices
+
+    def uniform_state(self, level: float) -> State:
+        """``DecisionSpace.uniform_state`` at ``level``, with no decision below its value in
+        :attr:`floor` (a uniform int8 plan keeps float32 where int8 would only be slower)."""
+        state = self.decisions.uniform_state(level)
+        if not self.floor.any():
+            return state
+        indices = self.decisions.indices_of(self.decisions.plan_of(state))
+        return self.decisions.state_at(np.maximum(indices, self.floor))
+
     # ---- projection onto the budgets ---------------------------------------------------
     def fits(self, indices: np.ndarray) -> bool:
         return self.feasible(self.estimate(self.decisions.state_at(indices)))
@@ -71,8 +119,8 @@ class Budgets:
         ``positions`` (in [0, 1] along each decision's values) ask for, moved onto the budget
         surface: feasible for every budget at once, and no decision can take one more step.
 
-        1. Scale: every decision moves toward its minimum (when the wanted plan is over a budget)
-           or toward its maximum (when it is under every budget) by one common factor, the
+        1. Scale: every decision moves toward its value in :attr:`floor` (when the wanted plan is
+           over a budget) or toward its maximum (when it is under every budget) by one common factor, the
            largest that still fits (bisection), so the plan keeps the shape it was asked for.
         2. Fill up: what is left of the budgets goes one step at a time to the decisions whose
            value lies furthest below what was asked of them.
@@ -83,8 +131,10 @@ class Budgets:
             def at(level: float) -> np.ndarray:  # level 0 is the wanted plan, 1 every decision at its maximum
                 return np.rint(wanted + level * (tops - wanted)).astype(np.int64)
         else:
-            def at(level: float) -> np.ndarray:  # level 0 is the space's minimum (checked up front), 1 the wanted plan
-                return np.rint(level * wanted).astype(np.int64)
+            floor = self.floor
+
+            def at(level: float) -> np.ndarray:  # level 0 is the cheapest plan (checked up front), 1 the wanted plan
+                return np.rint(floor + level * (wanted - floor)).astype(np.int64)
         lo, hi = 0.0, 1.0
         best = at(lo)
         if self.fits(at(hi)):
@@ -102,8 +152,8 @@ class Budgets:
 
     def _fill_up(self, indices: np.ndarray, wanted: np.ndarray) -> np.ndarray:
         """Passes over the decisions, furthest below what was asked first, each raised one step
-        where that fits. Costs only grow as decisions rise, so a decision that does not fit once
-        never will (it is not tried again), and when every open raise of a pass fits together
+        where that fits. Costs mostly grow as decisions rise, so a decision that does not fit once
+        is taken to never fit (it is not tried again), and when every open raise of a pass fits together
         they are taken with one check: the same plan as trying each in turn, in far fewer checks."""
         tops = self.decisions.tops
         indices = indices.copy()
@@ -142,21 +192,22 @@ class Budgets:
 
     # ---- uniform baseline and feasibility ---------------------------------------------
     def largest_uniform_level(self) -> float:
-        """The largest uniform level (see ``DecisionSpace.uniform_state``) that meets the budgets (bisection)."""
-        lo, hi = 0.0, 1.0  # level 0 is the space's minimum, feasible by the up-front check
-        if self.feasible(self.estimate(self.decisions.uniform_state(hi))):
+        """The largest uniform level (see :meth:`uniform_state`) that meets the budgets (bisection)."""
+        lo, hi = 0.0, 1.0
+        if self.feasible(self.estimate(self.uniform_state(hi))):
             return hi
         for _ in range(40):
             mid = (lo + hi) / 2
-            if self.feasible(self.estimate(self.decisions.uniform_state(mid))):
+            if self.feasible(self.estimate(self.uniform_state(mid))):
                 lo = mid
             else:
                 hi = mid
         return lo
 
     def check_reachable(self) -> None:
-        """Raise ``InfeasibleBudgetError`` naming the first budget the space's smallest plan misses."""
-        smallest = self.estimate(self._min)
+        """Raise ``InfeasibleBudgetError`` naming the first budget the space's cheapest plan
+        (:attr:`floor`) misses."""
+        smallest = self.estimate(self.decisions.state_at(self.floor))
         base = dataclasses.replace(self.cost.baseline, latency_us=max(1, round(self.baseline_latency_s * 1e6)))
         for metric, limit in self.limits.items():
             if getattr(smallest, metric) > limit:

@@ -268,5 +268,7 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
             "best_fraction_measured": round(measured / original, 4),
             "best_fraction_predicted": round(predicted_s / problem.baseline_latency_s, 4),
             "budget_fraction": None if limit_us is None else round(limit_us / 1e6 / problem.baseline_latency_s, 4),
+            # the table's sum mapped onto whole models (autocomp.latency.LatencyTable.calibrate)
+            "table_fit": {k: round(v, 5) for k, v in table.fit.items()},
         }
     return run.write_summary(summary)

@@ -111,3 +111,53 @@ def test_the_fast_fill_up_gives_the_plans_of_one_raise_at_a_time(space, budgets,
     fast = [problem.decode(a) for a in actions]
     monkeypatch.setattr(Budgets, "_fill_up", _fill_one_at_a_time)
     assert [problem.decode(a) for a in actions] == fast
+
+
+class _Int8SlowOnOddLayers:
+    """A latency table where a layer's time is its MACs, and int8 halves it on even layers but
+    doubles it on odd ones (as onnxruntime's int8 kernels can on narrow layers)."""
+
+    def __init__(self, graph) -> None:
+        self.per_channel_pair = np.array([layer.kernel_size * float(np.prod(layer.output_shape[1:]))
+                                          for layer in graph.layers])
+        self.slower = np.arange(len(graph.layers)) % 2 == 1
+
+    def predict(self, geometry) -> float:
+        seconds = self.per_channel_pair * geometry.in_f * geometry.out_f * 1e-9
+        if geometry.int8 is not None:
+            seconds = np.where(geometry.int8, np.where(self.slower, 2.0, 0.5) * seconds, seconds)
+        return float(seconds.sum())
+
+
+def test_int8_that_only_slows_a_layer_down_is_left_out_of_the_cheapest_plan() -> None:
+    """Under a latency budget, the cheapest plan keeps float32 where int8 is slower; a budget only
+    that plan meets is accepted, every projected plan meets it, and so does the uniform plan."""
+    from torchvision.models import resnet18
+
+    from autocomp.cost import CostModel
+    from autocomp.graph import LayerGraph
+    from autocomp.problem import Budgets, DecisionSpace
+
+    graph = LayerGraph.build(resnet18(num_classes=10).eval(), (3, 32, 32))
+    cost = CostModel(graph)
+    decisions = DecisionSpace(cost, SearchSpace.load("prune_int8").with_runtime_step(8))
+    table = _Int8SlowOnOddLayers(graph)
+    baseline = table.predict(cost.geometry(cost.defaults))
+    all_min = table.predict(cost.geometry(decisions.plan_arrays(decisions.min_state()))) / baseline
+    b = Budgets(decisions, {"latency": "0.5"}, latency=table, baseline_latency_s=baseline)  # type: ignore[arg-type]
+    floor = b.estimate(decisions.state_at(b.floor)).latency_us / (baseline * 1e6)
+    limit = round((floor + all_min) / 2, 3)
+    assert floor < limit < all_min  # only the floor meets this budget
+    b = Budgets(decisions, {"latency": str(limit)}, latency=table, baseline_latency_s=baseline)  # type: ignore[arg-type]
+    precision = [d for d, decision in enumerate(decisions.searched) if decision.key == "precision"]
+    assert precision and all(decisions.searched[d].choices[b.floor[d]] == (32 if table.slower[decisions.searched[d].slot]
+                                                                           else 8) for d in precision)
+    assert not b.floor[[d for d in range(len(b.floor)) if d not in precision]].any()  # keep ratios at their minimum
+    b.check_reachable()  # accepted
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        cost_ = b.estimate_plan(b.decode(rng.uniform(-1, 1, (len(decisions.steps), len(decisions.kinds)))))
+        assert 0.97 * b.limits["latency_us"] <= cost_.latency_us <= b.limits["latency_us"]
+    uniform = b.uniform_state(b.largest_uniform_level())
+    assert b.feasible(b.estimate(uniform))
+    assert (uniform.values["precision"][table.slower] == 32).all()
