@@ -32,20 +32,27 @@ def torch_pruning_model(model: nn.Module, input_shape: tuple[int, ...], classifi
     return pruned
 
 
-def torch_pruning_plan(model: nn.Module, graph: LayerGraph, macs_ratio: float,
-                       round_to: int | None = None) -> tuple[Plan, float]:
-    """Torch-Pruning's global group-L1 plan at ``macs_ratio`` of the MACs, and the ratio it prunes with."""
-    base = measure_cost(model, graph.input_shape).macs
-    classifier = graph.layers[-1].name
+def torch_pruning_at_macs(model: nn.Module, input_shape: tuple[int, ...], classifier: str, macs_ratio: float,
+                          round_to: int | None = None) -> tuple[nn.Module, float]:
+    """Torch-Pruning's global group-L1 model keeping at most ``macs_ratio`` of the MACs (its
+    pruning ratio bisected on the measured MACs), and that ratio."""
+    base = measure_cost(model, input_shape).macs
     lo, hi = 0.0, 0.95
     for _ in range(20):
         mid = (lo + hi) / 2
-        pruned = torch_pruning_model(model, graph.input_shape, classifier, mid, round_to)
-        if measure_cost(pruned, graph.input_shape).macs <= macs_ratio * base:
+        pruned = torch_pruning_model(model, input_shape, classifier, mid, round_to)
+        if measure_cost(pruned, input_shape).macs <= macs_ratio * base:
             hi = mid
         else:
             lo = mid
-    pruned = dict(torch_pruning_model(model, graph.input_shape, classifier, hi, round_to).named_modules())
-    keep = {u.name: int(pruned[u.name].out_channels if hasattr(pruned[u.name], "out_channels")
-                        else pruned[u.name].out_features) for u in graph.units}
-    return Plan({"keep": keep}, {u.name: u.channels for u in graph.units}), hi
+    return torch_pruning_model(model, input_shape, classifier, hi, round_to), hi
+
+
+def torch_pruning_plan(model: nn.Module, graph: LayerGraph, macs_ratio: float,
+                       round_to: int | None = None) -> tuple[Plan, float]:
+    """Torch-Pruning's global group-L1 plan at ``macs_ratio`` of the MACs, and the ratio it prunes with."""
+    pruned, ratio = torch_pruning_at_macs(model, graph.input_shape, graph.layers[-1].name, macs_ratio, round_to)
+    modules = dict(pruned.named_modules())
+    keep = {u.name: int(modules[u.name].out_channels if hasattr(modules[u.name], "out_channels")
+                        else modules[u.name].out_features) for u in graph.units}
+    return Plan({"keep": keep}, {u.name: u.channels for u in graph.units}), ratio

@@ -5,8 +5,9 @@ Rows (results in bench/results/runtime_resnet20.json and the `runtime` section o
 - onnxruntime's own static int8 of the original (QDQ, per-channel weights, U8 activations with
   ``reduce_range``, calibrated on the search's 512 calibration images): what a user gets from
   onnxruntime alone (post-training quantisation of the trained original: nothing to fine-tune);
-- Torch-Pruning global group-L1 (``round_to=8``), its MACs ratio bisected so that its measured
-  latency at batch 1 matches our seed-0 ``prune`` plan's, then the same fine-tune as ours;
+- Torch-Pruning global group-L1 (``round_to=8``) at :data:`TP_MACS` of the MACs (its pruning
+  ratio bisected on measured MACs), batch norm recalibrated as our candidates are, then the same
+  fine-tune as ours;
 - our best plans (:data:`SETTINGS`, the target rows): ``--budget-latency 0.5`` at batch 1 in the
   default space (``prune``: channels in multiples of the runtime's measured step, narrower groups
   a finer step so that each has 4 counts) and ``prune_int8`` (plus int8 layers) at
@@ -42,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESNET20, cifar_dir, commit, machine, write_section
-from peers import torch_pruning_model
+from peers import torch_pruning_at_macs
 
 from autocomp.config import SearchConfig
 from autocomp.cost import measure_cost
@@ -100,6 +101,7 @@ def ort_int8(model: torch.nn.Module, data: Any, shape: tuple[int, ...]) -> dict[
 
 
 EPISODES = 24
+TP_MACS = 0.5
 SETTINGS = tuple((space, budget, int(batch)) for space, budget, batch in (
     item.split(":") for item in os.environ.get("SETTINGS", "prune:0.5:1,prune_int8:0.4:32").split(",")))
 """(space, ``--budget-latency``, ``--latency-batch``) of our rows; ``SETTINGS=prune:0.6:1,...`` for others
@@ -146,27 +148,12 @@ def main() -> None:
     rows: dict[str, Any] = {"original": original, "ort_int8": ort_int8(model, data, shape)}
     rows["ours"] = [ours(config, space, budget, batch, seed) for space, budget, batch in SETTINGS for seed in (0, 1, 2)]
 
-    # Torch-Pruning at our seed-0 prune plan's measured latency (batch 1): bisect its MACs ratio
+    # Torch-Pruning at 0.5 of the MACs, channels in multiples of 8 (its pruning ratio bisected on measured MACs)
     graph = LayerGraph.build(model, shape)
-    classifier = graph.layers[-1].name
-    target = rows["ours"][0]["export_b1_s"]
-    base_macs = measure_cost(model, shape).macs
-    lo, hi, best = 0.0, 0.9, None
-    for _ in range(8):
-        mid = (lo + hi) / 2
-        pruned = torch_pruning_model(model, shape, classifier, mid, round_to=8)
-        seconds = _latency(pruned, shape, 1)
-        if seconds <= target:
-            hi, best = mid, (pruned, seconds)
-        else:
-            lo = mid
-    reached = best is not None
-    if best is None:  # our plan is faster than Torch-Pruning gets at a ratio of 0.9: its fastest is the row
-        pruned = torch_pruning_model(model, shape, classifier, hi, round_to=8)
-        best = (pruned, _latency(pruned, shape, 1))
-    pruned, seconds = best
+    pruned, ratio = torch_pruning_at_macs(model, shape, graph.layers[-1].name, TP_MACS, round_to=8)
     recalibrate_batchnorm(pruned, data.calibration, batch_size=128)  # the same recalibration as our candidates
-    tp = {"ratio": hi, "reached_our_latency": reached, "macs_ratio": measure_cost(pruned, shape).macs / base_macs, "latency_b1_s": seconds,
+    tp = {"ratio": ratio, "macs_ratio": measure_cost(pruned, shape).macs / measure_cost(model, shape).macs,
+          "latency_b1_s": _latency(pruned, shape, 1),
           "latency_b32_s": _latency(pruned, shape, 32), "test_accuracy": _ort_accuracy(pruned, data)}
     if FT_EPOCHS:
         train(pruned, data.train, epochs=FT_EPOCHS, lr=0.01, batch_size=128, teacher=model, temperature=4.0, alpha=0.9,
@@ -226,10 +213,7 @@ def report(rows: dict[str, Any]) -> None:
              f"| onnxruntime static int8 of the original (QDQ, U8S8, reduce_range) | "
              f"{o['latency_b1_s'] / q['latency_b1_s']:.2f}x | {o['latency_b32_s'] / q['latency_b32_s']:.2f}x | - | "
              f"- | {q['test_accuracy']:.4f} | - | - |",
-             f"| Torch-Pruning group-L1, round_to 8, "
-             + ("at our prune seed-0 latency" if tp.get("reached_our_latency", True) else
-                "at its fastest (pruning ratio 0.9; our prune seed-0 plan is faster still)")
-             + f" ({tp['macs_ratio']:.3f} of the MACs) | "
+             f"| Torch-Pruning global group-L1, round_to 8, at {TP_MACS} of the MACs ({tp['macs_ratio']:.3f}) | "
              f"{o['latency_b1_s'] / tp['latency_b1_s']:.2f}x | {o['latency_b32_s'] / tp['latency_b32_s']:.2f}x | - | "
              f"- | {tp['test_accuracy']:.4f} | {_spread([tp.get('finetuned_test_accuracy', float('nan'))])} | - |"]
     for space, budget, batch in SETTINGS:
