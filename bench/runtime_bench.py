@@ -21,6 +21,7 @@ CPU-minutes.
 
     python bench/runtime_bench.py               # 3-epoch fine-tunes: about 2 hours on 2 cores
     FT_EPOCHS=0 python bench/runtime_bench.py   # searches and exports only, into their own section
+    SEEDS=0 python bench/runtime_bench.py       # one seed (a section of its own)
 
 The latency columns also give the best plan as a fraction of the original, predicted and as
 measured at the end of the search with the two timed in turn (``summary.json``'s ``latency``):
@@ -57,7 +58,8 @@ from autocomp.runtimes import OnnxRuntime, write_onnx
 from autocomp.training import train
 
 FT_EPOCHS = int(os.environ.get("FT_EPOCHS", "3"))  # 0: no fine-tune columns (results and section of their own)
-SECTION = "runtime" if FT_EPOCHS else "runtime-search"
+SEEDS = tuple(int(seed) for seed in os.environ.get("SEEDS", "0,1,2").split(","))  # SEEDS=0: one seed, own section
+SECTION = ("runtime" if FT_EPOCHS else "runtime-search") + ("" if SEEDS == (0, 1, 2) else "-seeds-" + "-".join(map(str, SEEDS)))
 RESULTS = Path(__file__).resolve().parent / "results" / f"{SECTION.replace('-', '_')}_resnet20.json"
 RUNS = Path("/tmp/runtime-bench")
 ORT = OnnxRuntime()
@@ -146,7 +148,7 @@ def main() -> None:
     original = {f"latency_b{b}_s": _latency(model, shape, b) for b in (1, 32)}
     original["test_accuracy"] = _ort_accuracy(model, data)
     rows: dict[str, Any] = {"original": original, "ort_int8": ort_int8(model, data, shape)}
-    rows["ours"] = [ours(config, space, budget, batch, seed) for space, budget, batch in SETTINGS for seed in (0, 1, 2)]
+    rows["ours"] = [ours(config, space, budget, batch, seed) for space, budget, batch in SETTINGS for seed in SEEDS]
 
     # Torch-Pruning at 0.5 of the MACs, channels in multiples of 8 (its pruning ratio bisected on measured MACs)
     graph = LayerGraph.build(model, shape)
@@ -197,7 +199,8 @@ def report(rows: dict[str, Any]) -> None:
     lines = [title + ("" if FT_EPOCHS else ", at the target budgets: searches and exports only"), "",
              f"Machine: {rows['machine']}; commit {rows['commit']}. Command: `"
              + ("" if FT_EPOCHS else "FT_EPOCHS=0 ")
-             + (f"SETTINGS={os.environ['SETTINGS']} " if os.environ.get("SETTINGS") else "") + "python bench/runtime_bench.py` "
+             + (f"SETTINGS={os.environ['SETTINGS']} " if os.environ.get("SETTINGS") else "")
+             + (f"SEEDS={os.environ['SEEDS']} " if os.environ.get("SEEDS") else "") + "python bench/runtime_bench.py` "
              f"(TPE, {EPISODES} candidates per search, 2 threads; "
              + (f"fine-tune: {FT_EPOCHS} epoch of distillation, `autocomp finetune`'s defaults, for ours and for "
                 "Torch-Pruning" if FT_EPOCHS else "`FT_EPOCHS=0`: no fine-tune was run, so that column is empty")
@@ -224,7 +227,7 @@ def report(rows: dict[str, Any]) -> None:
         s32 = [o["latency_b32_s"] / r["export_b32_s"] for r in runs]
         ratio = [r["predicted_s"] / r["measured_s"] for r in runs]
         tuned = [r.get("finetuned_test_accuracy", float("nan")) for r in runs]
-        lines.append(f"| ours, `--budget-latency {budget} --latency-batch {batch} --space {space}` (3 seeds; mean, "
+        lines.append(f"| ours, `--budget-latency {budget} --latency-batch {batch} --space {space}` ({len(runs)} seed{'s' * (len(runs) > 1)}; mean, "
                      f"min-max) | {_spread(s1, '{:.2f}')}x | {_spread(s32, '{:.2f}')}x | {_spread(ratio, '{:.3f}')} | "
                      f"{_fractions(runs)} | {_spread([r['test_accuracy'] for r in runs])} | {_spread(tuned)} | "
                      f"{_spread([r['cpu_minutes'] for r in runs], '{:.1f}')} |")

@@ -78,13 +78,22 @@ class Budgets:
         cost = self.estimate(self.decisions.state_at(indices))
         return np.array([getattr(cost, metric) for metric in self.limits], dtype=float)
 
-    def _cheapest(self, passes: int = 3) -> np.ndarray:
-        """Coordinate descent from every decision at its minimum: a decision moves to a larger
-        value when that is no costlier on every budget and cheaper on one (int8 layers interact
-        through the conversions they share, hence a few passes)."""
-        indices = np.zeros(len(self.decisions.searched), dtype=np.int64)
+    def _cheapest(self) -> np.ndarray:
+        """The best of :meth:`_descend` from every decision at its minimum and from each action
+        kind's decisions at their maximum (the rest at their minimum): int8 layers share their
+        conversions, so from all-int8 no single layer may pay to leave while all-float32 is
+        cheaper still. Best: the lowest largest fraction of a budget."""
         if not self.limits:
-            return indices
+            return np.zeros(len(self.decisions.searched), dtype=np.int64)
+        keys = np.array([d.key for d in self.decisions.searched])
+        starts = [np.zeros(len(keys), dtype=np.int64)]
+        starts += [np.where(keys == key, self.decisions.tops, 0) for key in sorted(set(keys.tolist()))]
+        limits = np.array(list(self.limits.values()), dtype=float)
+        return min((self._descend(start) for start in starts), key=lambda ix: float(np.max(self._costs(ix) / limits)))
+
+    def _descend(self, indices: np.ndarray, passes: int = 3) -> np.ndarray:
+        """Coordinate descent: a decision moves to another value when that is no costlier on any
+        budget and cheaper on one; a few passes, as moves change what the others cost."""
         best = self._costs(indices)
         for _ in range(passes):
             moved = False

@@ -115,18 +115,24 @@ def test_the_fast_fill_up_gives_the_plans_of_one_raise_at_a_time(space, budgets,
 
 class _Int8SlowOnOddLayers:
     """A latency table where a layer's time is its MACs, and int8 halves it on even layers but
-    doubles it on odd ones (as onnxruntime's int8 kernels can on narrow layers)."""
+    doubles it on odd ones (as onnxruntime's int8 kernels can on narrow layers). With ``entry``,
+    int8 is 0.9 of float32 everywhere, and each int8 layer after a float32 one (or first) pays
+    ``entry`` seconds: a conversion that consecutive int8 layers share."""
 
-    def __init__(self, graph) -> None:
+    def __init__(self, graph, entry: float = 0.0) -> None:
         self.per_channel_pair = np.array([layer.kernel_size * float(np.prod(layer.output_shape[1:]))
                                           for layer in graph.layers])
         self.slower = np.arange(len(graph.layers)) % 2 == 1
+        self.entry = entry
 
     def predict(self, geometry) -> float:
         seconds = self.per_channel_pair * geometry.in_f * geometry.out_f * 1e-9
-        if geometry.int8 is not None:
-            seconds = np.where(geometry.int8, np.where(self.slower, 2.0, 0.5) * seconds, seconds)
-        return float(seconds.sum())
+        if geometry.int8 is None:
+            return float(seconds.sum())
+        if self.entry:
+            entries = geometry.int8 & ~np.concatenate([[False], geometry.int8[:-1]])
+            return float(np.where(geometry.int8, 0.9 * seconds, seconds).sum() + self.entry * entries.sum())
+        return float(np.where(geometry.int8, np.where(self.slower, 2.0, 0.5) * seconds, seconds).sum())
 
 
 def test_int8_that_only_slows_a_layer_down_is_left_out_of_the_cheapest_plan() -> None:
@@ -161,3 +167,26 @@ def test_int8_that_only_slows_a_layer_down_is_left_out_of_the_cheapest_plan() ->
     uniform = b.uniform_state(b.largest_uniform_level())
     assert b.feasible(b.estimate(uniform))
     assert (uniform.values["precision"][table.slower] == 32).all()
+
+
+def test_the_cheapest_plan_is_not_stuck_where_int8_layers_share_their_conversions() -> None:
+    """When every int8 layer after a float32 one pays a conversion, leaving all-int8 one layer at
+    a time never pays, yet all-float32 is cheaper: the cheapest plan is found from there."""
+    from torchvision.models import resnet18
+
+    from autocomp.cost import CostModel
+    from autocomp.graph import LayerGraph
+    from autocomp.problem import Budgets, DecisionSpace
+
+    graph = LayerGraph.build(resnet18(num_classes=10).eval(), (3, 32, 32))
+    cost = CostModel(graph)
+    decisions = DecisionSpace(cost, SearchSpace.load("prune_int8").with_runtime_step(8))
+    smallest = decisions.plan_arrays(decisions.min_state())
+    table = _Int8SlowOnOddLayers(graph, entry=1.0)
+    table.entry = table.predict(cost.geometry({**smallest, "precision": np.full(len(graph.layers), 32)}))
+    baseline = table.predict(cost.geometry(cost.defaults))
+    b = Budgets(decisions, {"latency": "0.9"}, latency=table, baseline_latency_s=baseline)  # type: ignore[arg-type]
+    all_float = table.predict(cost.geometry({**smallest, "precision": np.full(len(graph.layers), 32)}))
+    all_int8 = table.predict(cost.geometry(smallest))
+    floor = table.predict(cost.geometry(decisions.plan_arrays(decisions.state_at(b.floor))))
+    assert floor <= all_float < all_int8
