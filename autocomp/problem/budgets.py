@@ -43,6 +43,7 @@ class Budgets:
             for name, value in self.given.items()
         }
         self._floor: np.ndarray | None = None
+        self._uniform_lifted: bool | None = None  # whether uniform plans are lifted to the floor (decided once)
 
     # ---- costs ------------------------------------------------------------------------
     def estimate_arrays(self, arrays: Mapping[str, np.ndarray]) -> Cost:
@@ -111,10 +112,14 @@ class Budgets:
         return indices
 
     def uniform_state(self, level: float) -> State:
-        """``DecisionSpace.uniform_state`` at ``level``, with no decision below its value in
-        :attr:`floor` (a uniform int8 plan keeps float32 where int8 would only be slower)."""
+        """``DecisionSpace.uniform_state`` at ``level``; where even its smallest setting misses a
+        budget that :attr:`floor` meets, with no decision below its value in the floor (e.g.
+        float32 where int8 would only be slower)."""
         state = self.decisions.uniform_state(level)
-        if not self.floor.any():
+        if self._uniform_lifted is None:
+            self._uniform_lifted = bool(self.floor.any()) and not self.feasible(
+                self.estimate(self.decisions.uniform_state(0.0)))
+        if not self._uniform_lifted:
             return state
         indices = self.decisions.indices_of(self.decisions.plan_of(state))
         return self.decisions.state_at(np.maximum(indices, self.floor))
