@@ -10,7 +10,8 @@ trial like every other searcher's.
 With ``pruner: halving`` a plan is scored on growing slices of the validation images (the first
 ``min_fraction`` of them, then ``reduction_factor`` times more, ...) and stops when Optuna's
 ``SuccessiveHalvingPruner`` finds it cannot reach the running top; every slice scored is a
-trial that records how many images it saw. Settings and their defaults: ``agents/optuna.yaml``.
+trial that records how many images it saw. A new search's first trial is the largest uniform plan
+(``start_uniform``), so the sampler knows the baseline from the start. Settings and their defaults: ``agents/optuna.yaml``.
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ class OptunaSearcher(Searcher):
                                                          sampler=self.sampler(self.settings, self.seed))
         eligible = {c.number for c in recorder.candidates}
         proposals.add_trials([t for t in completed_trials(recorder.study) if t.number in eligible and t.params])
+        if self.settings["start_uniform"] and not proposals.trials:
+            # a new search starts from the baseline it has to beat: in a mixed space that is one
+            # setting everywhere (e.g. int8 on every layer with moderate pruning), a corner
+            # random proposals almost never reach
+            proposals.enqueue_trial(recorder.params(problem.uniform_plan(problem.largest_uniform_level())))
         names = [n for row in recorder.names for n in row if n]
         while n_candidates > 0 and not recorder.should_stop():
             # with several workers, ask for a batch of trials and evaluate them concurrently

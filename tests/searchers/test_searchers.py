@@ -314,6 +314,20 @@ def test_optuna_samplers_learn_from_the_taken_values(sampler: str, digits_proble
     assert len(asked) == 8  # proposals are not learned from: only what was taken
 
 
+def test_a_new_optuna_search_starts_from_the_largest_uniform_plan(digits_problem) -> None:
+    from autocomp.searchers.optuna_search import OptunaSearcher
+    from autocomp.searchers.record import TrialRecorder
+
+    for start, first_is_uniform in ((True, True), (False, False)):
+        recorder = TrialRecorder(optuna.create_study(directions=["maximize"]), digits_problem, searcher="optuna")
+        # the uniform plan projected onto the budget (what is left of it filled up)
+        plan = digits_problem.uniform_plan(digits_problem.largest_uniform_level())
+        uniform, _ = digits_problem.decode_positions(recorder.positions(recorder.params(plan)))
+        OptunaSearcher(digits_problem, recorder, settings={"start_uniform": start}, seed=0).run(2)
+        assert (recorder.history[0].plan == uniform) is first_is_uniform
+        assert recorder.history[1].plan != uniform
+
+
 def test_unknown_sampler_is_refused() -> None:
     from autocomp.errors import ConfigError
     from autocomp.searchers.optuna_search import OptunaSearcher
