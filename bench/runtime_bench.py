@@ -22,6 +22,13 @@ CPU-minutes.
     python bench/runtime_bench.py               # 3-epoch fine-tunes: about 2 hours on 2 cores
     FT_EPOCHS=0 python bench/runtime_bench.py   # searches and exports only, into their own section
     SEEDS=0 python bench/runtime_bench.py       # one seed (a section of its own)
+    python bench/runtime_bench.py peer          # Torch-Pruning at our seed-0 prune plan's measured latency
+
+``peer`` answers "more accurate than Torch-Pruning at the same measured latency": Torch-Pruning's
+MACs ratio is bisected until its exported model is as fast as our seed-0 ``--budget-latency 0.5``
+plan (the two timed in turn at batch 1, so the machine's drift cancels), then it gets the same
+recalibration and fine-tune as ours (results: bench/results/runtime_peer_resnet20.json, section
+``runtime-peer``).
 
 The latency columns also give the best plan as a fraction of the original, predicted and as
 measured at the end of the search with the two timed in turn (``summary.json``'s ``latency``):
@@ -54,7 +61,7 @@ from autocomp.finetuning import finetune_run
 from autocomp.graph import LayerGraph
 from autocomp.runners import run_search
 from autocomp.runners.setup import load_config_data, prepare_model
-from autocomp.runtimes import OnnxRuntime, write_onnx
+from autocomp.runtimes import OnnxRuntime, fastest_seconds, write_onnx
 from autocomp.training import train
 
 FT_EPOCHS = int(os.environ.get("FT_EPOCHS", "3"))  # 0: no fine-tune columns (results and section of their own)
@@ -95,8 +102,6 @@ def ort_int8(model: torch.nn.Module, data: Any, shape: tuple[int, ...]) -> dict[
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True)
         session = ORT.session(int8, threads=1)
         run = ORT.runner_of_session(session)
-        from autocomp.runtimes import fastest_seconds
-
         out = {f"latency_b{b}_s": fastest_seconds(run, torch.randn(b, *shape), threads=1, min_run_time=1.0) for b in (1, 32)}
         out["test_accuracy"] = runtime_accuracy(run, data.test)
     return out
@@ -139,12 +144,16 @@ def ours(config: SearchConfig, space: str, budget: str, batch: int, seed: int) -
             "fraction_measured": lat.get("best_fraction_measured")}
 
 
-def main() -> None:
+def _setup() -> tuple[SearchConfig, Any, torch.nn.Module, tuple[int, ...]]:
     torch.set_num_threads(2)
     config = SearchConfig(**RESNET20, data=f"imagefolder:{cifar_dir()}", runtime="onnxruntime", latency_threads=1)
     data = load_config_data(config)
     model = prepare_model(config, data, progress=False)
-    shape = data.input_shape
+    return config, data, model, data.input_shape
+
+
+def main() -> None:
+    config, data, model, shape = _setup()
     original = {f"latency_b{b}_s": _latency(model, shape, b) for b in (1, 32)}
     original["test_accuracy"] = _ort_accuracy(model, data)
     rows: dict[str, Any] = {"original": original, "ort_int8": ort_int8(model, data, shape)}
@@ -248,5 +257,59 @@ def report(rows: dict[str, Any]) -> None:
     write_section(SECTION, "\n".join(lines))
 
 
+def peer() -> None:
+    """Torch-Pruning (global group-L1, ``round_to=8``) at our seed-0 ``prune`` plan's measured
+    batch-1 latency, before and after the same fine-tune; our plan's row is reused (or made)."""
+    config, data, model, shape = _setup()
+    row = ours(config, "prune", "0.5", 1, 0)
+    mine = ORT.runner_of_session(ORT.session(RUNS / "r20-lat0.5-prune-s0" / "export" / "model.onnx", threads=1))
+    classifier = LayerGraph.build(model, shape).layers[-1].name
+    base = measure_cost(model, shape).macs
+
+    def relative(pruned: torch.nn.Module, batch: int) -> tuple[float, float, float]:
+        """(Torch-Pruning's seconds, ours, their ratio), timed in turn."""
+        example = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
+        theirs = _latency(pruned, shape, batch)
+        own = fastest_seconds(mine, example, threads=1, min_run_time=1.0)
+        return theirs, own, theirs / own
+
+    lo, hi, steps = row["macs_ratio"] * 0.5, row["macs_ratio"], []  # Torch-Pruning is slower per MAC: search below ours
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        pruned, _ = torch_pruning_at_macs(model, shape, classifier, mid, round_to=8)
+        ratio = relative(pruned, 1)[2]
+        steps.append({"macs": mid, "latency_over_ours": ratio})
+        lo, hi = (mid, hi) if ratio <= 1.0 else (lo, mid)
+    pruned, _ = torch_pruning_at_macs(model, shape, classifier, lo, round_to=8)
+    recalibrate_batchnorm(pruned, data.calibration, batch_size=128)  # the same recalibration as our candidates
+    b1, b32 = relative(pruned, 1), relative(pruned, 32)
+    print(f"Torch-Pruning at {lo:.3f} of the MACs: {b1[2]:.3f} of our batch-1 latency; fine-tuning", flush=True)
+    tp = {"macs_ratio": measure_cost(pruned, shape).macs / base, "bisection": steps,
+          "latency_b1_s": b1[0], "ours_b1_s": b1[1], "latency_b32_s": b32[0], "ours_b32_s": b32[1],
+          "test_accuracy": _ort_accuracy(pruned, data)}
+    train(pruned, data.train, epochs=3, lr=0.01, batch_size=128, teacher=model, temperature=4.0, alpha=0.9,
+          seed=config.seed, progress=False)  # the fine-tune ours gets (autocomp finetune's defaults)
+    tp["finetuned_test_accuracy"] = _ort_accuracy(pruned, data)
+    rows = {"ours": row, "torch_pruning": tp, "machine": machine(), "commit": commit()}
+    path = RESULTS.parent / "runtime_peer_resnet20.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+    lines = ["## Runtime: ours and Torch-Pruning at the same measured latency (onnxruntime, 1 thread)", "",
+             f"Machine: {rows['machine']}; commit {rows['commit']}. Command: `python bench/runtime_bench.py peer`. "
+             "Our plan is the seed-0 `--budget-latency 0.5 --space prune` search of the `runtime` benchmark "
+             "(TPE, 24 candidates); Torch-Pruning's global group-L1 (round_to 8) has its MACs ratio bisected "
+             "(7 steps) until its exported model is no slower than ours at batch 1, the two timed in turn. "
+             "Both are batch-norm recalibrated on the same 512 images and get the same 3-epoch distillation "
+             "fine-tune; test accuracy is measured in onnxruntime on the 10,000 test images.", "",
+             "| row | MACs | batch 1 | batch 32 | test accuracy | after fine-tune |", "| --- | ---: | ---: | ---: | ---: | ---: |",
+             f"| ours, prune at `--budget-latency 0.5`, seed 0 | {row['macs_ratio']:.3f} | {_ms(b1[1])} | {_ms(b32[1])} | "
+             f"{row['test_accuracy']:.4f} | {row['finetuned_test_accuracy']:.4f} |",
+             f"| Torch-Pruning at our latency | {tp['macs_ratio']:.3f} | {_ms(b1[0])} | {_ms(b32[0])} | "
+             f"{tp['test_accuracy']:.4f} | {tp['finetuned_test_accuracy']:.4f} |", "",
+             "Bisection (Torch-Pruning's MACs, its batch-1 latency over ours): "
+             + ", ".join(f"{s['macs']:.3f}: {s['latency_over_ours']:.3f}" for s in steps) + "."]
+    write_section("runtime-peer", "\n".join(lines))
+
+
 if __name__ == "__main__":
-    main()
+    peer() if sys.argv[1:] == ["peer"] else main()
