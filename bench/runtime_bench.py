@@ -273,7 +273,7 @@ def peer() -> None:
         own = fastest_seconds(mine, example, threads=1, min_run_time=1.0)
         return theirs, own, theirs / own
 
-    lo, hi, steps = row["macs_ratio"] * 0.5, row["macs_ratio"], []  # Torch-Pruning is slower per MAC: search below ours
+    lo, hi, steps = row["macs_ratio"] * 0.6, min(1.0, row["macs_ratio"] * 1.4), []
     for _ in range(7):
         mid = (lo + hi) / 2
         pruned, _ = torch_pruning_at_macs(model, shape, classifier, mid, round_to=8)
