@@ -205,7 +205,17 @@ def report() -> None:
         lines += ["", "Command (each folder): `python bench/scale_bench.py search FOLDER [LABEL [CANDIDATES]] [--low-memory]`, which runs "
                       f"`python {searches[-1]['command']}` (with `--episodes` the row's candidates). The row labelled "
                       "\"recalibration in batches of 128\" predates capping the recalibration batch (128 images at "
-                      "224x224, now 55); the others are after it."]
+                      "224x224, now 55); the others are after it. The sampler itself (smaps of the process tree every "
+                      "0.5 s) took 20-80% of a core in `top` while the 40,000-JPEG `--low-memory` search ran, so seconds "
+                      "per candidate are upper bounds."]
+        for mode, flag in (("plain", False), ("`--low-memory`", True)):
+            sizes = {r["train_images"]: r["peak_rss_main_gb"] for r in searches
+                     if r["candidates"] == 10 and ("--low-memory" in r["command"]) == flag and "128" not in r.get("label", "")}
+            if len(sizes) > 1:
+                pairs = ", ".join(f"{gb:.2f} GB at {n:,} JPEGs" for n, gb in sorted(sizes.items()))
+                lo, hi = min(sizes.values()), max(sizes.values())
+                lines += ["", f"10-candidate searches, {mode}: peak RSS {pairs} (largest / smallest - 1: "
+                              f"{100 * (hi / lo - 1):.1f}%; target under 4 GB: {'met' if hi < 4 else 'missed'})."]
     lines += ["", "Work per candidate outside its forward passes (ResNet-50 at 224, 6 random plans at 0.5 of the "
                   "MACs, 8 + 8 images so that the overhead shows; `python bench/scale_bench.py overhead NAME` from "
                   "each checkout):", "",
