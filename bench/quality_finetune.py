@@ -81,7 +81,9 @@ def main() -> None:
         f"{rows[0]['epochs']} epochs of distillation from the original (SGD lr 0.01 "
         "cosine, batch 128, T=4, alpha 0.9) over the 49,000 training images, from the plan's model with "
         "recalibrated batch norm. Searched plans: the best of each search in the search-quality table. The "
-        "library code is that of the searches (commit 2e272a9 for these rows); the commit column is the bench script's.",
+        "commit column is the bench script's. The morphnet and random plans come from their seed-0 searches run "
+        "again at f71c145, which reproduced the search-quality table's rows exactly; those two rows ran in parallel "
+        "and were paused for a while, so their seconds are wall time with pauses.",
         "",
         "| plan | MACs kept | test acc before | test acc after | fine-tune seconds | commit |",
         "|---|---:|---:|---:|---:|---|",
