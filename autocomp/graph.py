@@ -452,3 +452,49 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     with torch.inference_mode(False), torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         model(torch.zeros(1, *input_shape))
     return counter.get_total_flops() // 2
+
+
+def idle_modules(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Modules none of whose parameters the eval-mode forward uses (auxiliary heads that run only
+    in training, as in torchvision's GoogLeNet and Inception v3): outermost name -> parameters.
+
+    They count in parameters and bytes (the packed model stores them) but no traced export (ONNX,
+    ``.pt2``) keeps them. Found from the gradients of one sample's outputs: a parameter that gets
+    none does not reach them. Empty when the forward cannot be differentiated."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    was_training = model.training
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.inference_mode(False), torch.enable_grad():
+            out = model.eval()(torch.randn(1, *input_shape))
+            outs = [t for t in _tensors(out) if t.requires_grad]
+            if not outs:
+                return {}
+            grads = torch.autograd.grad(sum(t.float().sum() for t in outs), params, allow_unused=True)
+    except RuntimeError:
+        return {}
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    idle = {id(p) for p, g in zip(params, grads) if g is None}
+    found: dict[str, int] = {}
+    for name, module in model.named_modules():
+        own = list(module.parameters())
+        if not name or not own or any(name.startswith(f"{n}.") for n in found):
+            continue
+        if all(id(p) in idle for p in own):
+            found[name] = _count(own)
+    return found
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []

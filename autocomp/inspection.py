@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from autocomp.cost import CostModel
-from autocomp.graph import COMPUTE_TYPES, LayerGraph
+from autocomp.graph import COMPUTE_TYPES, LayerGraph, idle_modules
 from autocomp.kinds import KINDS
 from autocomp.latency import channel_step
 from autocomp.models.attention import convertible, unfuse_attention
@@ -138,8 +138,13 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchS
                               unit.name if unit is not None else "-", layer.macs, params, actions, "; ".join(notes)))
     covered = {layer.name for layer in graph.layers} | {c.name for c in graph.channel_params}
     covered |= {a.name for a in graph.attentions}  # per-head parameters (position bias): removed with their head
-    left = []
+    idle = idle_modules(model, input_shape)
+    left = [LeftOut(name, type(modules[name]).__name__, params, "never runs in eval mode (a training-only head?): "
+                    "counted in params and bytes, left out of ONNX and .pt2 exports; remove it to budget what you deploy")
+            for name, params in idle.items()]
     for name, module in model.named_modules():
+        if any(name == n or name.startswith(f"{n}.") for n in idle):
+            continue
         own = sum(p.numel() for n, p in module.named_parameters(recurse=False)
                   if (f"{name}.{n}" if name else n) not in covered)  # class tokens, positions: pruned with a group
         if own and name not in covered:

@@ -75,3 +75,34 @@ def cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with tarfile.open(archive) as tar:
             tar.extractall(target, filter="data")
     return target
+
+
+AUX_MODEL = """from torch import nn
+
+
+class AuxNet(nn.Module):
+    # a classifier with an auxiliary head that runs only in training (as GoogLeNet's)
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.aux = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, num_classes))
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.features(x)
+        return (self.fc(x), self.aux(x)) if self.training else self.fc(x)
+
+
+def net(num_classes=10):
+    return AuxNet(num_classes)
+"""
+
+
+@pytest.fixture
+def aux_model_file(tmp_path: Path) -> Path:
+    """A user's model file: a digits classifier with an auxiliary head that runs only in training."""
+    file = tmp_path / "auxnet.py"
+    file.write_text(AUX_MODEL)
+    return file
+

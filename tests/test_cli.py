@@ -132,3 +132,13 @@ def test_weights_keep_their_module_versions(tmp_path) -> None:
         model = build_model("torchvision:mnasnet0_5", num_classes=10)
         load_weights(model, tmp_path / name)
         torch.testing.assert_close(model.eval()(x), saved(x))
+
+
+def test_a_training_only_head_gets_a_note(capsys, tmp_path: Path, aux_model_file: Path) -> None:
+    """Parameters the exported model leaves out are named before a size budget counts them."""
+    model = build_model(f"{aux_model_file}:net", num_classes=10)
+    torch.save(model.state_dict(), tmp_path / "auxnet.pt")
+    code, err = run_cli(capsys, *search(tmp_path, "--budget-params", "0.9", "--model", f"{aux_model_file}:net",
+                                        "--weights", str(tmp_path / "auxnet.pt"), "--episodes", "2", "--name", "aux"))
+    assert code == 0
+    assert "autocomp: note: `aux` (314 parameters) never run in eval mode" in err and "`model.aux = None`" in err

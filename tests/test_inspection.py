@@ -62,3 +62,29 @@ def test_inspect_on_the_command_line(tmp_path) -> None:
     bad = subprocess.run([sys.executable, "-m", "autocomp.cli", "inspect", "--input-shape", "3x32"],
                          capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode == 2 and "--input-shape" in bad.stderr and "Traceback" not in bad.stderr
+
+
+
+def test_a_training_only_head_is_named_with_its_parameters(aux_model_file) -> None:
+    import torchvision
+
+    from autocomp.cost import measure_cost
+    from autocomp.graph import idle_modules
+    from autocomp.inspection import inspect_model
+    from autocomp.models import build_model
+
+    model = build_model(f"{aux_model_file}:net", num_classes=10).train()
+    idle_params = 8 * 16 + 16 + 16 * 10 + 10
+    assert idle_modules(model, (1, 8, 8)) == {"aux": idle_params}
+    assert model.training and all(p.requires_grad for p in model.parameters())  # left as it was
+    assert idle_modules(build_model("resnet20"), (3, 32, 32)) == {}
+    googlenet = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    idle = idle_modules(googlenet, (3, 64, 64))
+    assert set(idle) == {"aux1", "aux2"}
+    assert idle["aux1"] == sum(p.numel() for p in googlenet.aux1.parameters())
+
+    seen = inspect_model(model, (1, 8, 8), SearchSpace.load("prune"))
+    left = {r.module: r for r in seen.left_out}
+    assert set(left) == {"aux"} and left["aux"].params == idle_params and "never runs in eval" in left["aux"].reason
+    # still counted, as the packed model stores them: the cost model agrees with an independent count
+    assert seen.totals["params"] == measure_cost(model, (1, 8, 8)).params == sum(p.numel() for p in model.parameters())

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,12 +19,14 @@ from typing import Any
 
 import numpy as np
 import optuna
+from torch import nn
 from tqdm.auto import tqdm
 
 from autocomp.budget import METRICS
 from autocomp.config import SearchConfig
 from autocomp.device import bound_heap, resolve_device
 from autocomp.errors import ConfigError
+from autocomp.graph import idle_modules
 from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem, EvalSettings, Metrics
 from autocomp.rundir import RunDir
@@ -119,6 +122,7 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
         latency_threads=config.latency_threads, device=device, runtime=config.runtime, latency_batch=config.latency_batch,
     )
     problem.preflight()  # a model autocomp cannot compress fails now, before the run directory exists
+    _note_idle(problem.model, data.input_shape)
     searcher_cls.check_problem(problem, settings, episodes)
     if config.warm_start:
         SEARCHERS.get(config.warm_start).check_problem(problem, {}, episodes)
@@ -272,3 +276,15 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
             "table_fit": {k: round(v, 5) for k, v in table.fit.items()},
         }
     return run.write_summary(summary)
+
+
+def _note_idle(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """One line on stderr when parameters never run in eval mode inflate params and bytes."""
+    idle = idle_modules(model, input_shape)
+    if idle:
+        names = ", ".join(f"`{n}`" for n in idle)
+        print(f"autocomp: note: {names} ({sum(idle.values()):,} parameters) never run in eval mode: they count in "
+              "params and bytes (the packed model stores them) but exported ONNX and .pt2 models leave them out; to "
+              f"budget only what you deploy, remove them from the model (e.g. `model.{next(iter(idle))} = None`).",
+              file=sys.stderr)
+
