@@ -11,7 +11,8 @@ Rows (results in bench/results/runtime_resnet20.json and the `runtime` section o
 - our best plans (:data:`SETTINGS`, the target rows): ``--budget-latency 0.5`` at batch 1 in the
   default space (``prune``: channels in multiples of the runtime's measured step, narrower groups
   a finer step so that each has 4 counts) and ``prune_int8`` (plus int8 layers) at
-  ``--budget-latency 0.4 --latency-batch 32``; seeds 0, 1, 2: TPE, ``EPISODES`` candidates each,
+  ``--budget-latency 0.4 --latency-batch 32``; seeds 0, 1, 2: TPE, 24 candidates each (``SEARCH``
+  sets the searcher and its candidates, e.g. the default searcher at its default 300),
   then ``autocomp finetune --epochs FT_EPOCHS`` (distillation; int8 layers quantisation-aware) and
   an ONNX export of the fine-tuned model.
 
@@ -23,6 +24,7 @@ CPU-minutes.
     FT_EPOCHS=0 python bench/runtime_bench.py   # searches and exports only, into their own section
     SEEDS=0 python bench/runtime_bench.py       # one seed (a section of its own)
     python bench/runtime_bench.py peer          # Torch-Pruning at our seed-0 prune plan's measured latency
+    SEARCH=sensitivity:300 python bench/runtime_bench.py peer   # ours from the default searcher
 
 ``peer`` answers "more accurate than Torch-Pruning at the same measured latency": Torch-Pruning's
 MACs ratio is bisected until its exported model is as fast as our seed-0 ``--budget-latency 0.5``
@@ -66,7 +68,13 @@ from autocomp.training import train
 
 FT_EPOCHS = int(os.environ.get("FT_EPOCHS", "3"))  # 0: no fine-tune columns (results and section of their own)
 SEEDS = tuple(int(seed) for seed in os.environ.get("SEEDS", "0,1,2").split(","))  # SEEDS=0: one seed, own section
-SECTION = ("runtime" if FT_EPOCHS else "runtime-search") + ("" if SEEDS == (0, 1, 2) else "-seeds-" + "-".join(map(str, SEEDS)))
+AGENT, _CANDIDATES = os.environ.get("SEARCH", "optuna:24").split(":")
+EPISODES = int(_CANDIDATES)
+"""Our searcher and its candidates: ``SEARCH=sensitivity:300`` for the default searcher at its default
+candidates (run directories, results and sections of their own)."""
+SEARCHER = "TPE" if AGENT == "optuna" else AGENT
+TAG = "" if (AGENT, EPISODES) == ("optuna", 24) else f"-{AGENT}{EPISODES}"
+SECTION = ("runtime" if FT_EPOCHS else "runtime-search") + ("" if SEEDS == (0, 1, 2) else "-seeds-" + "-".join(map(str, SEEDS))) + TAG
 RESULTS = Path(__file__).resolve().parent / "results" / f"{SECTION.replace('-', '_')}_resnet20.json"
 RUNS = Path("/tmp/runtime-bench")
 ORT = OnnxRuntime()
@@ -107,7 +115,6 @@ def ort_int8(model: torch.nn.Module, data: Any, shape: tuple[int, ...]) -> dict[
     return out
 
 
-EPISODES = 24
 TP_MACS = 0.5
 SETTINGS = tuple((space, budget, int(batch)) for space, budget, batch in (
     item.split(":") for item in os.environ.get("SETTINGS", "prune:0.5:1,prune_int8:0.4:32").split(",")))
@@ -116,11 +123,11 @@ SETTINGS = tuple((space, budget, int(batch)) for space, budget, batch in (
 
 
 def ours(config: SearchConfig, space: str, budget: str, batch: int, seed: int) -> dict[str, Any]:
-    name = f"r20-lat{budget}-{space}-s{seed}" + (f"-b{batch}" if batch != 1 else "")
+    name = f"r20-lat{budget}-{space}-s{seed}" + (f"-b{batch}" if batch != 1 else "") + TAG
     run = RUNS / name
     if not (run / "summary.json").is_file():
         run_search(config.replace(space=space, budget_latency=budget, latency_batch=batch, seed=seed, name=name,
-                                  runs_dir=str(RUNS), agent="optuna", episodes=EPISODES), progress=False)
+                                  runs_dir=str(RUNS), agent=AGENT, episodes=EPISODES), progress=False)
     summary = json.loads((run / "summary.json").read_text())
     info = export_run(run, fmt="onnx", threads=1, latency_batch=32)
     tuned: dict[str, Any] = {"test_accuracy": float("nan"), "latency_s": float("nan")}
@@ -210,7 +217,7 @@ def report(rows: dict[str, Any]) -> None:
              + ("" if FT_EPOCHS else "FT_EPOCHS=0 ")
              + (f"SETTINGS={os.environ['SETTINGS']} " if os.environ.get("SETTINGS") else "")
              + (f"SEEDS={os.environ['SEEDS']} " if os.environ.get("SEEDS") else "") + "python bench/runtime_bench.py` "
-             f"(TPE, {EPISODES} candidates per search, 2 threads; "
+             f"({SEARCHER}, {EPISODES} candidates per search, 2 threads; "
              + (f"fine-tune: {FT_EPOCHS} epoch of distillation, `autocomp finetune`'s defaults, for ours and for "
                 "Torch-Pruning" if FT_EPOCHS else "`FT_EPOCHS=0`: no fine-tune was run, so that column is empty")
              + "). Test accuracy is measured in "
@@ -262,7 +269,7 @@ def peer() -> None:
     batch-1 latency, before and after the same fine-tune; our plan's row is reused (or made)."""
     config, data, model, shape = _setup()
     row = ours(config, "prune", "0.5", 1, 0)
-    mine = ORT.runner_of_session(ORT.session(RUNS / "r20-lat0.5-prune-s0" / "export" / "model.onnx", threads=1))
+    mine = ORT.runner_of_session(ORT.session(RUNS / f"r20-lat0.5-prune-s0{TAG}" / "export" / "model.onnx", threads=1))
     classifier = LayerGraph.build(model, shape).layers[-1].name
     base = measure_cost(model, shape).macs
 
@@ -291,13 +298,13 @@ def peer() -> None:
           seed=config.seed, progress=False)  # the fine-tune ours gets (autocomp finetune's defaults)
     tp["finetuned_test_accuracy"] = _ort_accuracy(pruned, data)
     rows = {"ours": row, "torch_pruning": tp, "machine": machine(), "commit": commit()}
-    path = RESULTS.parent / "runtime_peer_resnet20.json"
+    path = RESULTS.parent / f"runtime_peer{TAG.replace('-', '_')}_resnet20.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["## Runtime: ours and Torch-Pruning at the same measured latency (onnxruntime, 1 thread)", "",
              f"Machine: {rows['machine']}; commit {rows['commit']}. Command: `python bench/runtime_bench.py peer`. "
              "Our plan is the seed-0 `--budget-latency 0.5 --space prune` search of the `runtime` benchmark "
-             "(TPE, 24 candidates); Torch-Pruning's global group-L1 (round_to 8) has its MACs ratio bisected "
+             f"({SEARCHER}, {EPISODES} candidates); Torch-Pruning's global group-L1 (round_to 8) has its MACs ratio bisected "
              "(7 steps) until its exported model is no slower than ours at batch 1, the two timed in turn. "
              "Both are batch-norm recalibrated on the same 512 images and get the same 3-epoch distillation "
              "fine-tune; test accuracy is measured in onnxruntime on the 10,000 test images.", "",
@@ -308,7 +315,7 @@ def peer() -> None:
              f"{tp['test_accuracy']:.4f} | {tp['finetuned_test_accuracy']:.4f} |", "",
              "Bisection (Torch-Pruning's MACs, its batch-1 latency over ours): "
              + ", ".join(f"{s['macs']:.3f}: {s['latency_over_ours']:.3f}" for s in steps) + "."]
-    write_section("runtime-peer", "\n".join(lines))
+    write_section(f"runtime-peer{TAG}", "\n".join(lines))
 
 
 if __name__ == "__main__":
