@@ -215,8 +215,15 @@ class ExportCommand:
         print(f"{info['file']}: {info['size_bytes']:,} bytes{payload}; {info['latency_s'] * 1e3:.3f} ms at batch 1 "
               f"({info['speedup']:.2f}x the original), {info['latency_batch_s'] * 1e3:.3f} ms at batch "
               f"{info['latency_batch']} ({info['speedup_batch']:.2f}x), {info['threads']} thread(s){accuracy}; "
-              f"max |output - PyTorch| = {info['max_abs_diff']:.2e}")
+              f"max |output - PyTorch| = {info['max_abs_diff']:.2e}{_of_largest(info)}")
         return 0
+
+
+def _of_largest(info: dict[str, float]) -> str:
+    """The export's largest output difference as a share of its largest output (float32 sums in
+    another order differ more where outputs are large)."""
+    largest = info.get("max_abs_output", 0.0)
+    return f" ({info['max_abs_diff'] / largest:.2%} of the largest output, {largest:.3g})" if largest else ""
 
 
 class FinetuneCommand:

@@ -68,6 +68,20 @@ def test_onnx_runs_any_batch_size_in_onnxruntime(run_dir: Path, tmp_path: Path) 
     assert json.loads((run_dir / "summary.json").read_text())["exports"]["onnx"]["dir"] == str(tmp_path.resolve())
 
 
+def test_export_states_its_difference_out_of_the_largest_output(capsys, run_dir: Path, tmp_path: Path) -> None:
+    from autocomp.cli import main
+
+    assert main(["export", str(run_dir), "--format", "torchscript", "--out", str(tmp_path), "--no-accuracy"]) == 0
+    info = json.loads((tmp_path / "export-torchscript.json").read_text())
+    example = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))  # the export's two inputs
+    batch = torch.cat([example, torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))])
+    model = autocomp.load_compressed(run_dir)
+    with torch.inference_mode():
+        assert info["max_abs_output"] == max(float(model(x).abs().max()) for x in (example, batch))
+    share = info["max_abs_diff"] / info["max_abs_output"]
+    assert f"max |output - PyTorch| = {info['max_abs_diff']:.2e} ({share:.2%} of the largest output" in capsys.readouterr().out
+
+
 def test_pt2_runs_without_autocomp_at_any_batch_size(run_dir: Path, tmp_path: Path) -> None:
     info = export_run(run_dir, fmt="pt2", out_dir=tmp_path, latency_batch=8)
     assert info["file"] == "model.pt2" and info["max_abs_diff"] <= 1e-4 and info["batch_sizes_checked"] == [1, 5]
