@@ -302,7 +302,8 @@ def peer() -> None:
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["## Runtime: ours and Torch-Pruning at the same measured latency (onnxruntime, 1 thread)", "",
-             f"Machine: {rows['machine']}; commit {rows['commit']}. Command: `python bench/runtime_bench.py peer`. "
+             f"Machine: {rows['machine']}; commit {rows['commit']}. Command: "
+             f"`{'SEARCH=' + AGENT + ':' + str(EPISODES) + ' ' if TAG else ''}python bench/runtime_bench.py peer`. "
              "Our plan is the seed-0 `--budget-latency 0.5 --space prune` search of the `runtime` benchmark "
              f"({SEARCHER}, {EPISODES} candidates); Torch-Pruning's global group-L1 (round_to 8) has its MACs ratio bisected "
              "(7 steps) until its exported model is no slower than ours at batch 1, the two timed in turn. "
