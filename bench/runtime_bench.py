@@ -216,7 +216,8 @@ def report(rows: dict[str, Any]) -> None:
              f"Machine: {rows['machine']}; commit {rows['commit']}. Command: `"
              + ("" if FT_EPOCHS else "FT_EPOCHS=0 ")
              + (f"SETTINGS={os.environ['SETTINGS']} " if os.environ.get("SETTINGS") else "")
-             + (f"SEEDS={os.environ['SEEDS']} " if os.environ.get("SEEDS") else "") + "python bench/runtime_bench.py` "
+             + (f"SEEDS={os.environ['SEEDS']} " if os.environ.get("SEEDS") else "")
+             + (f"SEARCH={AGENT}:{EPISODES} " if TAG else "") + "python bench/runtime_bench.py` "
              f"({SEARCHER}, {EPISODES} candidates per search, 2 threads; "
              + (f"fine-tune: {FT_EPOCHS} epoch of distillation, `autocomp finetune`'s defaults, for ours and for "
                 "Torch-Pruning" if FT_EPOCHS else "`FT_EPOCHS=0`: no fine-tune was run, so that column is empty")
