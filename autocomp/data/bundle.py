@@ -109,6 +109,11 @@ class Split(ABC):
         """This split decoded into memory when its images fit in ``max_bytes``; else itself."""
         return self
 
+    def to(self, device: torch.device | str) -> Split:
+        """This split held on ``device`` where it is held in memory at all (a streamed split reads
+        its batches to the device anyway)."""
+        return self
+
 
 @dataclass(frozen=True, eq=False)
 class TensorSplit(Split):
@@ -141,8 +146,13 @@ class TensorSplit(Split):
         return self.preprocess.apply(x) if self.x.dtype == torch.uint8 and self.preprocess is not None else x
 
     def take(self, positions: Sequence[int]) -> TensorSplit:
-        idx = torch.as_tensor(list(positions), dtype=torch.long)
+        idx = torch.as_tensor(list(positions), dtype=torch.long, device=self.x.device)
         return TensorSplit(self.x[idx], self.y[idx], self.preprocess)
+
+    def to(self, device: torch.device | str) -> TensorSplit:
+        if self.x.device == torch.device(device):
+            return self
+        return TensorSplit(self.x.to(device), self.y.to(device), self.preprocess)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,10 @@ class Evaluator:
         self.settings = settings
         self.compressor = compressor or Compressor(self.model, graph)
         self.device = torch.device(device)
+        # what scoring reads, copied to a GPU once rather than batch by batch for every candidate
+        # (a decoded uint8 cache; a streamed split stays as it is); val and calibration stay where
+        # they were, for Ray workers to receive
+        self._val, self._calibration = val.to(self.device), calibration.to(self.device)
 
     def _recalibrate(self, model: nn.Module, timer: ForwardTimer | None = None) -> None:
         """Batch norm re-estimated on the calibration images (then int8 layers' activation ranges
@@ -91,9 +95,9 @@ class Evaluator:
         that big inputs keep their activations in bounds."""
         batch = min(self.settings.calib_batch_size, self.settings.eval_batch(self.graph.input_shape))
         timer = timer or ForwardTimer()
-        recalibrate_batchnorm(model, self.calibration, batch_size=batch, timer=timer)
+        recalibrate_batchnorm(model, self._calibration, batch_size=batch, timer=timer)
         if int8_layers(model):  # then the int8 layers' activation ranges, on the same images
-            calibrate_int8(model, (x for x, _ in self.calibration.batches(batch, device=model_device(model))), timer.run)
+            calibrate_int8(model, (x for x, _ in self._calibration.batches(batch, device=model_device(model))), timer.run)
 
     def build(self, plan: Plan) -> nn.Module:
         """The physically compressed model of ``plan`` with recalibrated batch norm."""
@@ -106,7 +110,7 @@ class Evaluator:
         validation split is a random sample, so its first images are one too)."""
         start = time.perf_counter()
         timer = ForwardTimer()
-        val = self.val if images is None else self.val.head(images)
+        val = self._val if images is None else self._val.head(images)
         model = self.compressor.apply(plan, share_weights=True, device=self.device)
         with parametrize.cached():  # quantised weights computed once per candidate, not per batch
             self._recalibrate(model, timer)

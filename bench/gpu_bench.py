@@ -1,0 +1,285 @@
+"""GPU: candidates per minute on a GPU and on the CPU, a candidate's time against its forward
+passes, two Ray workers sharing one GPU, and whether reduced precision would change scores.
+
+One command runs every step (each in its own process, with its own time limit, so that one
+failing step leaves the others' numbers), writing ``OUT/gpu_bench.json`` as it goes:
+
+    AUTOCOMP_SHARED=../shared python bench/gpu_bench.py all OUT     # on a machine with a CUDA GPU
+    python bench/gpu_bench.py report OUT/gpu_bench.json             # bench/results/gpu.json, RESULTS.md
+
+Steps (the shared CIFAR-10 ResNet-20 at ``--budget-flops 0.5``, 5,000 validation images,
+the ``random`` searcher, so that the figures are evaluation throughput):
+
+- ``r20-cuda`` / ``r20-cpu``: the same search with ``--device cuda`` and ``--device cpu``
+  (all the machine's cores);
+- ``r20-ray``: Ray workers on one GPU, 1 worker and then 2 workers of 0.5 GPU each;
+- ``r50-cuda``: torchvision ResNet-50 at 224x224 (random weights) on a synthetic ImageNet-layout
+  folder (CIFAR-10 training JPEGs upscaled to 256x256), 5,000 validation images,
+  ``--budget-flops 0.25``, 10 candidates;
+- ``precision``: 8 random ResNet-20 plans built and recalibrated in float32, each scored on the
+  5,000 validation images in strict float32, with TF32 convolutions and matrix products
+  (PyTorch's default for convolutions) and under bfloat16 autocast: changed predictions and
+  accuracies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESNET20, cifar_dir, commit, machine, save_json, write_section
+
+WORK = Path("/tmp/gpu-bench")
+DEVICE = os.environ.get("GPU_BENCH_DEVICE", "cuda")  # cpu: a quick check of this script without a GPU
+QUICK = DEVICE != "cuda"
+VAL = "500" if QUICK else "5000"
+RESULTS = Path(__file__).resolve().parent / "results" / "gpu.json"
+R20 = [*sum(([f"--{k}", v] for k, v in RESNET20.items()), []), "--budget-flops", "0.5", "--val-size", VAL,
+       "--agent", "random", "--seed", "0", "--no-progress"]
+LIMITS = {"r50-cuda": 170, "r20-cuda": 80, "r20-ray": 140, "precision": 60, "r20-cpu": 70}  # seconds; the order they run in
+
+
+def _search(args: list[str], name: str) -> dict[str, Any]:
+    """``autocomp search`` in a process of its own; its summary's timing and best plan."""
+    command = [sys.executable, "-m", "autocomp", "search", *args, "--name", name, "--runs-dir", str(WORK / "runs")]
+    shutil.rmtree(WORK / "runs" / name, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    summary = json.loads((WORK / "runs" / name / "summary.json").read_text())
+    return _row(summary, time.perf_counter() - start, " ".join(command[3:]))
+
+
+def _row(summary: dict[str, Any], wall: float, command: str) -> dict[str, Any]:
+    t = summary["search_seconds"]
+    return {"command": command, "wall_s": round(wall, 1), "candidates": t["candidates"], "evaluations": t["evaluations"],
+            "search_s": t["total"], "evaluation_s": t["evaluation"], "forward_s": t["forward_passes"],
+            "candidates_per_min": round(60 * t["candidates"] / max(t["total"], 1e-9), 1),
+            "per_candidate_s": round(t["evaluation"] / max(1, t["evaluations"]), 4),
+            "candidate_over_forward": round(t["evaluation"] / max(t["forward_passes"], 1e-9), 3),
+            "best_val": summary["best"]["val_accuracy"], "best_macs": summary["best"].get("flops"),
+            "device": summary.get("evaluation", {}).get("device")}
+
+
+def step_r20(device: str) -> dict[str, Any]:
+    cifar = cifar_dir("/tmp/cifar10")
+    episodes = "3" if QUICK else "100" if device == "cuda" else "8"
+    threads = ["--threads", "4"] if device == "cuda" else []
+    return _search([*R20, "--data", f"imagefolder:{cifar}", "--episodes", episodes,
+                    "--device", DEVICE if QUICK else device, *threads], f"r20-{device}")
+
+
+def step_ray() -> dict[str, Any]:
+    import ray
+
+    from autocomp.config import SearchConfig
+    from autocomp.runners import run_search
+
+    cifar = cifar_dir("/tmp/cifar10")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    rows = {"cluster": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}}
+    for workers in (1, 2):
+        config = SearchConfig(**RESNET20, data=f"imagefolder:{cifar}", budget_flops="0.5", val_size=int(VAL),
+                              agent="random", seed=0, episodes=3 if QUICK else 100, threads=1 if QUICK else 4, workers=workers,
+                              address="auto", gpus_per_worker=None if QUICK else 0.5, device=DEVICE,
+                              name=f"r20-ray{workers}", runs_dir=str(WORK / "runs"))
+        shutil.rmtree(WORK / "runs" / config.name, ignore_errors=True)
+        start = time.perf_counter()
+        result = run_search(config, progress=False)
+        rows[f"workers_{workers}"] = _row(result.summary, time.perf_counter() - start,
+                                          f"SearchConfig workers={workers} gpus_per_worker=0.5 device=cuda")
+        print(rows[f"workers_{workers}"], flush=True)
+    one, two = rows["workers_1"]["candidates_per_min"], rows["workers_2"]["candidates_per_min"]
+    rows["speedup_2_over_1"] = round(two / one, 3)
+    return rows
+
+
+def _resize(job: tuple[str, str]) -> None:
+    from PIL import Image
+
+    source, target = job
+    with Image.open(source) as img:
+        img.convert("RGB").resize((256, 256), Image.BICUBIC).save(target, quality=90)
+
+
+def step_r50() -> dict[str, Any]:
+    from multiprocessing import Pool
+
+    import torch
+    import torchvision
+
+    cifar = cifar_dir("/tmp/cifar10")
+    folder = WORK / "synth-6k"
+    classes = sorted(p.name for p in (cifar / "train").iterdir() if p.is_dir())
+    jobs = []
+    for split, source, n in (("train", "train", 700 if QUICK else 6000), ("val", "test", 50 if QUICK else 500)):
+        files = {c: sorted((cifar / source / c).iterdir()) for c in classes}
+        for i in range(n):
+            c = classes[i % len(classes)]
+            (folder / split / c).mkdir(parents=True, exist_ok=True)
+            jobs.append((str(files[c][i // len(classes)]), str(folder / split / c / f"{i:06d}.jpg")))
+    start = time.perf_counter()
+    with Pool(os.cpu_count()) as pool:
+        pool.map(_resize, jobs, chunksize=64)
+    made = time.perf_counter() - start
+    weights = WORK / "resnet50.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet50(num_classes=10).state_dict(), weights)
+    space = WORK / "prune_fine.yaml"
+    space.write_text("name: prune_fine\nactions:\n  keep_ratio: {min: 0.2, max: 1.0, round_to: 1}\n")
+    row = _search(["--model", "torchvision:resnet50", "--weights", str(weights), "--data", f"imagefolder:{folder}",
+                   "--resize", "256", "--image-size", "224", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
+                   "--val-size", VAL, "--budget-flops", "0.25", "--space", str(space), "--agent", "random",
+                   "--episodes", "2" if QUICK else "10", "--seed", "0", "--threads", "8", "--device", DEVICE,
+                   "--no-progress"], "r50-cuda")
+    return {**row, "folder_seconds": round(made, 1), "folder_images": len(jobs)}
+
+
+def step_precision() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from autocomp.config import SearchConfig
+    from autocomp.device import synchronize
+    from autocomp.problem import CompressionProblem
+    from autocomp.runners.setup import load_config_data, prepare_model
+    from autocomp.space import SearchSpace
+
+    config = SearchConfig(**RESNET20, data=f"imagefolder:{cifar_dir('/tmp/cifar10')}", val_size=int(VAL), device=DEVICE)
+    data = load_config_data(config)
+    device = torch.device(DEVICE)
+    problem = CompressionProblem(model=prepare_model(config, data, progress=False), data=data,
+                                 space=SearchSpace.load("prune"), budgets={"flops": "0.5"}, device=device)
+    rng = np.random.default_rng(0)
+    plans = [problem.decode(rng.uniform(-1, 1, (len(problem.steps), problem.action_dims))) 
+             for _ in range(2 if QUICK else 8)]
+    batches = list(data.val.to(device).batches(500, device=device))
+
+    def predict(model: torch.nn.Module, mode: str) -> tuple[torch.Tensor, float]:
+        tf32 = mode == "tf32"
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        synchronize(device)
+        start = time.perf_counter()
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=mode == "bf16"):
+            out = torch.cat([model(x).float().argmax(1) for x, _ in batches])
+        synchronize(device)
+        return out, time.perf_counter() - start
+
+    labels = torch.cat([y for _, y in batches])
+    rows = []
+    for plan in plans:
+        model = problem.evaluator.build(plan)
+        predict(model, "fp32")  # warm-up: cuDNN's algorithm choice
+        ref, ref_s = predict(model, "fp32")
+        row = {"acc_fp32": float((ref == labels).float().mean()), "fp32_ms": round(ref_s * 1e3, 2)}
+        for mode in ("tf32", "bf16"):
+            predict(model, mode)
+            out, seconds = predict(model, mode)
+            row[f"acc_{mode}"] = float((out == labels).float().mean())
+            row[f"changed_{mode}"] = int((out != ref).sum())
+            row[f"{mode}_ms"] = round(seconds * 1e3, 2)
+        rows.append(row)
+        print(row, flush=True)
+    torch.backends.cudnn.allow_tf32 = True
+    return {"plans": rows, "images": len(labels),
+            "max_changed": {m: max(r[f"changed_{m}"] for r in rows) for m in ("tf32", "bf16")},
+            "max_abs_acc_diff": {m: max(abs(r[f"acc_{m}"] - r["acc_fp32"]) for r in rows) for m in ("tf32", "bf16")}}
+
+
+STEPS = {"r50-cuda": step_r50, "r20-cuda": lambda: step_r20("cuda"), "r20-ray": step_ray, "precision": step_precision,
+         "r20-cpu": lambda: step_r20("cpu")}
+
+
+def _environment() -> dict[str, Any]:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"machine": machine(), "gpu": gpu, "torch": torch.__version__, "commit": commit(), "cpus": os.cpu_count()}
+
+
+def run_all(out: Path, only: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "gpu_bench.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    results["environment"] = _environment()
+    for name in only or list(STEPS):
+        start = time.perf_counter()
+        with open(out / f"{name}.log", "w") as log:
+            code = _run_step(name, out, log)
+        done = out / f"{name}.json"
+        if code == 0 and done.is_file():
+            results[name] = json.loads(done.read_text())
+            done.unlink()
+        else:
+            results[name] = {"failed": code, "log_tail": (out / f"{name}.log").read_text()[-2000:]}
+        results[name]["step_s"] = round(time.perf_counter() - start, 1)
+        save_json(results_file, results)
+        print(name, json.dumps(results[name])[:800], flush=True)
+
+
+def _run_step(name: str, out: Path, log: Any) -> int:
+    """Exit status of step ``name`` run in a process of its own (-9: killed at its time limit)."""
+    proc = subprocess.Popen([sys.executable, __file__, "step", name, str(out / f"{name}.json")], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait(timeout=LIMITS[name])
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        return -9
+
+
+def report(path: Path) -> None:
+    r = json.loads(path.read_text())
+    save_json(RESULTS, r)
+    env = r["environment"]
+    lines = ["## GPU: candidates per minute, a candidate against its forward passes, Ray workers sharing a GPU", "",
+             f"Machine: {env['gpu']}, {env['machine']}; library commit {env['commit']}. Command: "
+             "`AUTOCOMP_SHARED=../shared python bench/gpu_bench.py all OUT` (results in bench/results/gpu.json). "
+             "Random searcher, `--budget-flops 0.5` (ResNet-50: 0.25), 5,000 validation images decoded once into "
+             "a uint8 cache (held on the GPU with `--device cuda`), 512 calibration images.", "",
+             "| run | candidates | candidates / min | s per candidate | forward passes | candidate / forward | best val |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [("ResNet-20, `--device cuda`, 4 threads", r.get("r20-cuda")),
+            (f"ResNet-20, `--device cpu`, {env['cpus']} threads", r.get("r20-cpu")),
+            ("ResNet-20, 1 Ray worker (0.5 GPU)", (r.get("r20-ray") or {}).get("workers_1")),
+            ("ResNet-20, 2 Ray workers (0.5 GPU each)", (r.get("r20-ray") or {}).get("workers_2")),
+            ("ResNet-50 at 224, `--device cuda`, 8 threads", r.get("r50-cuda"))]
+    for label, row in rows:
+        if not row or "candidates" not in row:
+            lines.append(f"| {label} | failed: see the results file | | | | | |")
+            continue
+        forward = row["forward_s"] / max(1, row["evaluations"])
+        lines.append(f"| {label} | {row['candidates']} | {row['candidates_per_min']:.1f} | {row['per_candidate_s']:.3f} | "
+                     f"{forward:.3f} | {row['candidate_over_forward']:.2f}x | {row['best_val']:.4f} |")
+    p = r.get("precision") or {}
+    if "plans" in p:
+        lines += ["", f"Reduced precision (8 random ResNet-20 plans, {p['images']:,} validation images, against strict "
+                      "float32): predictions changed at most "
+                      f"{p['max_changed']['tf32']} (TF32) and {p['max_changed']['bf16']} (bfloat16 autocast); "
+                      f"accuracy moved at most {p['max_abs_acc_diff']['tf32'] * 100:.2f} and "
+                      f"{p['max_abs_acc_diff']['bf16'] * 100:.2f} points."]
+    write_section("gpu", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "all" and len(sys.argv) >= 3:
+        run_all(Path(sys.argv[2]), sys.argv[3:])
+    elif command == "step" and len(sys.argv) == 4:
+        save_json(Path(sys.argv[3]), STEPS[sys.argv[2]]())
+    elif command == "report" and len(sys.argv) == 3:
+        report(Path(sys.argv[2]))
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
