@@ -10,7 +10,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -50,6 +51,29 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work (so that wall-clock timings include it)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def exact_float32(device: torch.device) -> Iterator[None]:
+    """Float32 convolutions and matrix products computed in float32 on a GPU (not TF32, PyTorch's
+    default for convolutions there), so that a candidate's score does not depend on the device.
+
+    Measured on an H200 (``bench/gpu_bench.py``, RESULTS.md's ``gpu`` section): TF32 changed up to
+    4 of 5,000 ResNet-20 predictions, bfloat16 autocast up to 53, so scoring uses neither."""
+    if device.type != "cuda":
+        yield
+        return
+    conv, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    names = ("fp32_precision", "ieee") if hasattr(conv, "conv") else ("allow_tf32", False)  # torch < 2.9
+    conv = conv.conv if hasattr(conv, "conv") else conv
+    saved = getattr(conv, names[0]), getattr(matmul, names[0])
+    setattr(conv, names[0], names[1])
+    setattr(matmul, names[0], names[1])
+    try:
+        yield
+    finally:
+        setattr(conv, names[0], saved[0])
+        setattr(matmul, names[0], saved[1])
 
 
 HEAP_MMAP_THRESHOLD = 1 << 20

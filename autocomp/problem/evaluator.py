@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 
 from autocomp.compress import Compressor
 from autocomp.data import DataBundle, Split
-from autocomp.device import model_device
+from autocomp.device import exact_float32, model_device
 from autocomp.evaluate import ForwardTimer, accuracy, recalibrate_batchnorm
 from autocomp.graph import LayerGraph
 from autocomp.ops.int8 import calibrate_int8, int8_layers
@@ -102,7 +102,8 @@ class Evaluator:
     def build(self, plan: Plan) -> nn.Module:
         """The physically compressed model of ``plan`` with recalibrated batch norm."""
         model = self.compressor.apply(plan, device=self.device)
-        self._recalibrate(model)
+        with exact_float32(self.device):
+            self._recalibrate(model)
         return model
 
     def score_plan(self, plan: Plan, images: int | None = None) -> Score:
@@ -112,11 +113,13 @@ class Evaluator:
         timer = ForwardTimer()
         val = self._val if images is None else self._val.head(images)
         model = self.compressor.apply(plan, share_weights=True, device=self.device)
-        with parametrize.cached():  # quantised weights computed once per candidate, not per batch
+        with parametrize.cached(), exact_float32(self.device):  # quantised weights computed once per candidate
             self._recalibrate(model, timer)
             acc = accuracy(model, val, batch_size=self.settings.eval_batch(self.graph.input_shape), timer=timer)
         return Score(acc, time.perf_counter() - start, timer.seconds, len(val))
 
     def score(self, model: nn.Module, split: Split) -> float:
         """Accuracy of ``model`` on ``split``, scored on this evaluator's device."""
-        return accuracy(on_device(model, self.device), split, batch_size=self.settings.eval_batch(self.graph.input_shape))
+        with exact_float32(self.device):
+            return accuracy(on_device(model, self.device), split,
+                            batch_size=self.settings.eval_batch(self.graph.input_shape))
