@@ -5,7 +5,7 @@ One command runs every step (each in its own process, with its own time limit, s
 failing step leaves the others' numbers), writing ``OUT/gpu_bench.json`` as it goes:
 
     AUTOCOMP_SHARED=../shared python bench/gpu_bench.py all OUT     # on a machine with a CUDA GPU
-    python bench/gpu_bench.py report OUT/gpu_bench.json             # bench/results/gpu.json, RESULTS.md
+    python bench/gpu_bench.py report bench/results/gpu/*.json       # OUT/gpu_bench.json copied there; RESULTS.md
 
 Steps (the shared CIFAR-10 ResNet-20 at ``--budget-flops 0.5``, 5,000 validation images,
 the ``random`` searcher, so that the figures are evaluation throughput):
@@ -40,8 +40,7 @@ WORK = Path("/tmp/gpu-bench")
 DEVICE = os.environ.get("GPU_BENCH_DEVICE", "cuda")  # cpu: a quick check of this script without a GPU
 QUICK = DEVICE != "cuda"
 VAL = "500" if QUICK else "5000"
-RESULTS = Path(__file__).resolve().parent / "results" / "gpu.json"
-R20 = [*sum(([f"--{k}", v] for k, v in RESNET20.items()), []), "--budget-flops", "0.5", "--val-size", VAL,
+R20 = [*(arg for k, v in RESNET20.items() for arg in (f"--{k}", v)), "--budget-flops", "0.5", "--val-size", VAL,
        "--agent", "random", "--seed", "0", "--no-progress"]
 LIMITS = {"r50-cuda": 120, "r20-cuda": 70, "r20-ray": 110, "r50-ray": 170, "precision": 60, "r20-cpu": 70}  # seconds; the order they run in
 
@@ -261,36 +260,57 @@ def _run_step(name: str, out: Path, log: Any) -> int:
         return -9
 
 
-def report(path: Path) -> None:
-    r = json.loads(path.read_text())
-    save_json(RESULTS, r)
-    env = r["environment"]
+def _line(label: str, row: dict[str, Any] | None) -> str:
+    if not row or "candidates" not in row:
+        return f"| {label} | not measured (see the results file) | | | | | |"
+    forward = row["forward_s"] / max(1, row["evaluations"])
+    return (f"| {label} | {row['candidates']} | {row['candidates_per_min']:.1f} | {row['per_candidate_s']:.3f} | "
+            f"{forward:.3f} | {row['candidate_over_forward']:.2f}x | {row['best_val']:.4f} |")
+
+
+def report(paths: list[Path]) -> None:
+    """The ``gpu`` section of RESULTS.md from one or more ``gpu_bench.json`` files (copied into
+    bench/results/gpu/ first), one block of rows per file."""
+    runs = [json.loads(p.read_text()) for p in paths]
     lines = ["## GPU: candidates per minute, a candidate against its forward passes, Ray workers sharing a GPU", "",
-             f"Machine: {env['gpu']}, {env['machine']}; library commit {env['commit']}. Command: "
-             "`AUTOCOMP_SHARED=../shared python bench/gpu_bench.py all OUT` (results in bench/results/gpu.json). "
-             "Random searcher, `--budget-flops 0.5` (ResNet-50: 0.25), 5,000 validation images decoded once into "
-             "a uint8 cache (held on the GPU with `--device cuda`), 512 calibration images.", "",
-             "| run | candidates | candidates / min | s per candidate | forward passes | candidate / forward | best val |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    rows = [("ResNet-20, `--device cuda`, 4 threads", r.get("r20-cuda")),
-            (f"ResNet-20, `--device cpu`, {env['cpus']} threads", r.get("r20-cpu")),
-            ("ResNet-20, 1 Ray worker (0.5 GPU)", (r.get("r20-ray") or {}).get("workers_1")),
-            ("ResNet-20, 2 Ray workers (0.5 GPU each)", (r.get("r20-ray") or {}).get("workers_2")),
-            ("ResNet-50 at 224, `--device cuda`, 8 threads", r.get("r50-cuda"))]
-    for label, row in rows:
-        if not row or "candidates" not in row:
-            lines.append(f"| {label} | failed: see the results file | | | | | |")
-            continue
-        forward = row["forward_s"] / max(1, row["evaluations"])
-        lines.append(f"| {label} | {row['candidates']} | {row['candidates_per_min']:.1f} | {row['per_candidate_s']:.3f} | "
-                     f"{forward:.3f} | {row['candidate_over_forward']:.2f}x | {row['best_val']:.4f} |")
-    p = r.get("precision") or {}
-    if "plans" in p:
-        lines += ["", f"Reduced precision (8 random ResNet-20 plans, {p['images']:,} validation images, against strict "
-                      "float32): predictions changed at most "
-                      f"{p['max_changed']['tf32']} (TF32) and {p['max_changed']['bf16']} (bfloat16 autocast); "
-                      f"accuracy moved at most {p['max_abs_acc_diff']['tf32'] * 100:.2f} and "
-                      f"{p['max_abs_acc_diff']['bf16'] * 100:.2f} points."]
+             "Command: `AUTOCOMP_SHARED=../shared python bench/gpu_bench.py all OUT [STEPS]` on a machine with a CUDA GPU, "
+             "then `python bench/gpu_bench.py report bench/results/gpu/*.json`. Random searcher (so the figures are "
+             "evaluation throughput), seed 0, `--budget-flops 0.5` (ResNet-50: 0.25), 5,000 validation images decoded "
+             "once into a uint8 cache (held on the GPU with `--device cuda`), 512 calibration images. ResNet-50: "
+             "torchvision's at 224x224 with random weights, on a synthetic ImageNet-layout folder of 6,000 training "
+             "JPEGs (CIFAR-10 images upscaled to 256x256) made by the script. Forward passes are timed with a "
+             "synchronize after each batch.", ""]
+    for r in runs:
+        env = r["environment"]
+        lines += [f"**{env['gpu']}, {env['machine']}; library commit {env['commit']}; scoring precision: "
+                  f"{env.get('scoring_precision', 'float32')}.**", "",
+                  "| run | candidates | candidates / min | s per candidate | forward passes | candidate / forward | best val |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        ray20, ray50 = r.get("r20-ray") or {}, r.get("r50-ray") or {}
+        rows = [("ResNet-50 at 224, `--device cuda`, 8 threads", r.get("r50-cuda")),
+                ("ResNet-50 at 224, 1 Ray worker (0.5 GPU, 4 threads)", ray50.get("workers_1")),
+                ("ResNet-50 at 224, 2 Ray workers (0.5 GPU, 4 threads each)", ray50.get("workers_2")),
+                ("ResNet-20, `--device cuda`, 4 threads", r.get("r20-cuda")),
+                (f"ResNet-20, `--device cpu`, {env['cpus']} threads", r.get("r20-cpu")),
+                ("ResNet-20, 1 Ray worker (0.5 GPU, 4 threads)", ray20.get("workers_1")),
+                ("ResNet-20, 2 Ray workers (0.5 GPU, 4 threads each)", ray20.get("workers_2"))]
+        lines += [_line(label, row) for label, row in rows if row is not None or label.startswith("ResNet-20, `")]
+        speedups = [f"{name} {ray['speedup_2_over_1']:.2f}x" for name, ray in (("ResNet-50", ray50), ("ResNet-20", ray20))
+                    if "speedup_2_over_1" in ray]
+        if speedups:
+            lines += ["", "2 Ray workers sharing the GPU over 1 worker, candidates per minute: " + ", ".join(speedups) + "."]
+        p = r.get("precision") or {}
+        if "plans" in p:
+            lines += ["", f"Reduced precision: {len(p['plans'])} random ResNet-20 plans, {p['images']:,} validation images, "
+                          "each scored in strict float32, with TF32 convolutions and matrix products, and under bfloat16 "
+                          f"autocast: predictions changed at most {p['max_changed']['tf32']} (TF32) and "
+                          f"{p['max_changed']['bf16']} (bfloat16) of {p['images']:,}; accuracy moved at most "
+                          f"{p['max_abs_acc_diff']['tf32'] * 100:.2f} and {p['max_abs_acc_diff']['bf16'] * 100:.2f} points; "
+                          "time for the 5,000 images (median plan): "
+                          f"{sorted(x['fp32_ms'] for x in p['plans'])[len(p['plans']) // 2]:.1f} ms float32, "
+                          f"{sorted(x['tf32_ms'] for x in p['plans'])[len(p['plans']) // 2]:.1f} ms TF32, "
+                          f"{sorted(x['bf16_ms'] for x in p['plans'])[len(p['plans']) // 2]:.1f} ms bfloat16."]
+        lines.append("")
     write_section("gpu", "\n".join(lines))
     print("\n".join(lines))
 
@@ -301,8 +321,8 @@ def main() -> None:
         run_all(Path(sys.argv[2]), sys.argv[3:])
     elif command == "step" and len(sys.argv) == 4:
         save_json(Path(sys.argv[3]), STEPS[sys.argv[2]]())
-    elif command == "report" and len(sys.argv) == 3:
-        report(Path(sys.argv[2]))
+    elif command == "report" and len(sys.argv) >= 3:
+        report([Path(a) for a in sys.argv[2:]])
     else:
         raise SystemExit(__doc__)
 

@@ -189,7 +189,7 @@ def report() -> None:
     overheads = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("scale_overhead_*.json"))]
     lines = ["## Scale: ResNet-50 at 224x224, a streamed ImageNet-layout folder", "",
              "Machines: 2 cores, the CPU in the table (each row's results file has the whole line), torch 2.14.1, "
-             "2 torch threads; no GPU was available, so the GPU rows are not measured.", "",
+             "2 torch threads. GPU measurements: the `gpu` section.", "",
              "A random search (10 candidates, or as the table says), 5,000 validation images (decoded once into a uint8 cache), 512 calibration "
              "images, `--budget-flops 0.25`, 2 threads, random weights. Peak RSS is sampled every 0.5 s from /proc "
              "(RSS of the search process; PSS of it with its DataLoader workers, which share pages with it).", "",
