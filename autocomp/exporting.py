@@ -128,8 +128,9 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt:
         path, run = _write(fmt, model, example, out_dir, threads=threads)
     batch = torch.cat([example, torch.randn(4, *example.shape[1:], generator=torch.Generator().manual_seed(1))])
     with torch.inference_mode():
-        info["max_abs_diff"] = max(float((run(x) - model(x)).abs().max()) for x in (example, batch))
-        info["max_abs_output"] = max(float(model(x).abs().max()) for x in (example, batch))  # what the diff is out of
+        pairs = [(run(x), model(x)) for x in (example, batch)]
+    info["max_abs_diff"] = max(float((got - want).abs().max()) for got, want in pairs)
+    info["max_abs_output"] = max(float(want.abs().max()) for _, want in pairs)  # what the diff is out of
     info["batch_sizes_checked"] = [len(example), len(batch)]
     big = torch.randn(latency_batch, *example.shape[1:], generator=torch.Generator().manual_seed(2))
     info["latency_s"] = time_runner(run, example, threads=threads)

@@ -118,6 +118,15 @@ def gpus_per_worker(ray: Any, config: SearchConfig, workers: int, device: torch.
     return share
 
 
+def check_cpus(ray: Any, workers: int, threads: int) -> None:
+    """Each worker holds ``threads`` CPUs for its life: workers that cannot all be placed would
+    wait for CPUs that never come free, so stop with the fix instead."""
+    cpus = float(ray.cluster_resources().get("CPU", 0))
+    if workers * threads > cpus:
+        raise ConfigError(f"--workers {workers} x --threads {threads} need {workers * threads} CPUs but the Ray cluster "
+                          f"has {cpus:g}: lower --workers or --threads (each worker holds --threads CPUs).")
+
+
 class RayBackend:
     """Plugs into :class:`CompressionProblem` as its evaluation backend: scores plans on Ray actors,
     each plan going to whichever actor is free first (``ray.util.ActorPool``). A worker that dies
@@ -136,6 +145,7 @@ class RayBackend:
             "graph": problem.graph, "ranges": dict(problem.space.ranges), "evaluation": evaluator.settings,
             "calibration": evaluator.calibration, "val": evaluator.val, "low_memory": config.low_memory,
         }
+        check_cpus(ray, workers, threads)
         self.gpus = gpus_per_worker(ray, config, workers, evaluator.device)
         self._payload = ray.put(payload)  # held for the backend's life: restarted actors read it again
         actor = ray.remote(num_cpus=threads, num_gpus=self.gpus, max_restarts=-1, max_task_retries=3)(EvalWorker)

@@ -1,4 +1,4 @@
-"""GPU shares of Ray workers and sweep trials (the placement rule; the GPUs themselves are not here)."""
+"""CPU and GPU shares of Ray workers and sweep trials (the placement rules; the GPUs themselves are not here)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from autocomp.config import SearchConfig
 from autocomp.errors import ConfigError
-from autocomp.runners.ray_backend import gpus_per_worker
+from autocomp.runners.ray_backend import check_cpus, gpus_per_worker
 from autocomp.runners.sweep import load_sweep
 
 
@@ -39,6 +39,12 @@ def test_gpu_shares_that_do_not_fit_name_the_fix() -> None:
         gpus_per_worker(_Cluster(1), SearchConfig(gpus_per_worker=1.0), 3, CUDA)
     with pytest.raises(ConfigError, match="--gpus-per-worker 1.5 must be in"):
         SearchConfig(gpus_per_worker=1.5)
+
+
+def test_workers_that_cannot_all_get_their_cpus_name_the_fix() -> None:
+    check_cpus(_Cluster(0), 4, 4)  # 16 CPUs: fits exactly
+    with pytest.raises(ConfigError, match=r"--workers 2 x --threads 9 need 18 CPUs but the Ray cluster has 16"):
+        check_cpus(_Cluster(0), 2, 9)
 
 
 def test_sweep_trials_ask_for_their_gpu_share(tmp_path: Path) -> None:
