@@ -126,15 +126,16 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
     searcher_cls.check_problem(problem, settings, episodes)
     if config.warm_start:
         SEARCHERS.get(config.warm_start).check_problem(problem, {}, episodes)
-    run.write_config(config)
-    if data.subsets is not None and not run.subsets_file.is_file():
-        run.write_subsets(data.subsets)
-
     if config.workers > 1 or config.address:
         from autocomp.runners.ray_backend import RayBackend, connect
 
         connect(config.address, num_cpus=None)
+        # before the run directory exists: workers that cannot be placed fail the search in one line
         problem.backend = RayBackend(problem, config, workers=config.workers, threads=config.threads or 1)
+    run.write_config(config)
+    if data.subsets is not None and not run.subsets_file.is_file():
+        run.write_subsets(data.subsets)
+
     study = optuna.create_study(storage=open_storage(run, config.storage), study_name=config.name,
                                 directions=searcher_cls.directions(settings), load_if_exists=True)
     seed = search_seed(config.seed, len(study.get_trials(deepcopy=False)))

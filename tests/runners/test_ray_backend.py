@@ -105,3 +105,12 @@ def test_unreachable_address_fails_fast(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "no Ray cluster answers at --address" in proc.stderr and "ray start --head" in proc.stderr
     assert time.time() - start < 30
+
+
+def test_workers_that_do_not_fit_fail_before_the_run_directory(cluster: str, tmp_path: Path) -> None:
+    proc = autocomp("search", "--budget-flops", "0.5", "--agent", "uniform", "--workers", "2", "--threads", "2",
+                    "--address", cluster, "--name", "big", "--runs-dir", str(tmp_path), "--no-progress")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("autocomp: error: --workers 2 x --threads 2 need 4 CPUs but the Ray cluster has 2")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "big").exists()
