@@ -28,9 +28,7 @@ Example:
 from __future__ import annotations
 
 import json
-import platform
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,14 +58,8 @@ def measure_latency(model: nn.Module, example: torch.Tensor, *, threads: int = 1
 
 
 def table_name(runtime: Runtime, threads: int, batch: int) -> str:
-    """What a latency table is valid for: this CPU, the runtime and its version, threads, batch."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    name = f"{cpu}-{runtime.name}{runtime.version()}-{threads}t-b{batch}-v{TABLE_FORMAT}"
+    """What a latency table is valid for: this CPU (or GPU), the runtime and its version, threads, batch."""
+    name = f"{runtime.hardware()}-{runtime.name}{runtime.version()}-{threads}t-b{batch}-v{TABLE_FORMAT}"
     return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
 
 
@@ -209,7 +201,8 @@ class LatencyTable:
         best = [float("inf")] * len(runs)
         for _ in range(rounds):
             for i, run in enumerate(runs):
-                best[i] = min(best[i], fastest_seconds(run, example, threads=self.threads, min_run_time=min_run_time))
+                best[i] = min(best[i], fastest_seconds(run, example, threads=self.threads,
+                                                             min_run_time=min_run_time, clock=self.runtime.clock))
         return best
 
     def _key(self, geometry: LayerShape, int8: bool) -> str:
@@ -327,10 +320,7 @@ def staircase(runtime: Runtime, *, threads: int, batch: int, rounds: int = 15, c
         for _ in range(rounds):
             for c_out, (run, x) in runs.items():
                 run(x)
-                start = time.perf_counter()
-                for _ in range(calls):
-                    run(x)
-                best[c_out] = min(best[c_out], (time.perf_counter() - start) / calls)
+                best[c_out] = min(best[c_out], runtime.clock(run, x, calls))
     finally:
         torch.set_num_threads(saved)
     return best
@@ -437,7 +427,7 @@ def _int8_probes(runtime: Runtime, *, threads: int, batch: int, min_run_time: fl
             with torch.no_grad():
                 step = layer.qparams()[1][0]
                 faithful[name] &= bool(((run(x) - layer(x)).abs() <= 1.01 * step).all())
-            seconds[name] += fastest_seconds(run, x, threads=threads, min_run_time=min_run_time)
+            seconds[name] += fastest_seconds(run, x, threads=threads, min_run_time=min_run_time, clock=runtime.clock)
     return {"faithful": faithful, "probe_us": {n: round(t * 1e6, 2) for n, t in seconds.items()}}
 
 

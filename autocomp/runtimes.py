@@ -3,8 +3,9 @@
 - ``onnxruntime`` (the default): the model, or one layer of it, as an ONNX graph in an
   onnxruntime CPU session with ``threads`` intra-op threads, sequential execution and every graph
   optimisation (the session a user deploys);
-- ``torch``: eager PyTorch in ``eval()`` under ``torch.inference_mode()``, timed by
-  ``torch.utils.benchmark`` at ``threads`` threads.
+- ``torch``: eager PyTorch in ``eval()`` under ``torch.inference_mode()`` at ``threads`` threads
+  on the CPU, or on the search's GPU (``--device cuda``): there the model and its input are on
+  the GPU, as a deployed model gets them, and every call is timed by CUDA events.
 
 Whole models are written to ONNX by ``torch.onnx.export(dynamo=True)`` with a dynamic batch axis.
 Single conv and linear layers (the latency table's thousands of timings) are written directly as
@@ -20,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import platform
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -46,9 +49,18 @@ class Runtime(ABC):
     """Where a model runs: a runner of it, and the seconds of its fastest call."""
 
     name: str
+    device = torch.device("cpu")
 
     @abstractmethod
     def version(self) -> str: ...
+
+    def hardware(self) -> str:
+        """What the runtime runs on (latency tables are valid for it only): the CPU's model name."""
+        return cpu_name()
+
+    def clock(self, run: Runner, x: torch.Tensor, calls: int = 1) -> float:
+        """Seconds per call of ``calls`` calls of ``run`` on ``x`` in a row (wall clock)."""
+        return wall_clock(run, x, calls)
 
     def check(self) -> None:
         """Raise a one-line :class:`ConfigError` naming the fix when the runtime is not installed."""
@@ -62,7 +74,7 @@ class Runtime(ABC):
              layer: bool = False) -> float:
         """Seconds of the fastest forward pass on ``example`` (see :func:`fastest_seconds`)."""
         return fastest_seconds(self.runner(model, example, threads=threads, layer=layer), example, threads=threads,
-                               min_run_time=min_run_time)
+                               min_run_time=min_run_time, clock=self.clock)
 
     def call_seconds(self, example: torch.Tensor, *, threads: int, min_run_time: float = 0.05) -> float:
         """Seconds of the fastest call that computes nothing on ``example`` (0 where a model's
@@ -73,16 +85,35 @@ class Runtime(ABC):
 RUNTIMES: Registry[type[Runtime]] = Registry("runtime")
 
 
-def get_runtime(name: str) -> Runtime:
-    """The runtime called ``name`` (``onnxruntime`` or ``torch``), checked to be installed."""
-    runtime = RUNTIMES.get(name)()
+def get_runtime(name: str, device: str | torch.device = "cpu") -> Runtime:
+    """The runtime called ``name`` (``onnxruntime`` or ``torch``), checked to be installed.
+    ``device``: where ``torch`` runs (a CUDA GPU: timed there); onnxruntime sessions run on the CPU."""
+    runtime = RUNTIMES.get(name)(device) if name == "torch" else RUNTIMES.get(name)()
     runtime.check()
     return runtime
 
 
-def fastest_seconds(run: Runner, x: torch.Tensor, *, threads: int, min_run_time: float = 0.5) -> float:
+def cpu_name() -> str:
+    """This CPU's model name (``/proc/cpuinfo``; elsewhere what :mod:`platform` says)."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def wall_clock(run: Runner, x: torch.Tensor, calls: int = 1) -> float:
+    """Seconds per call of ``calls`` calls in a row, by the wall clock (a CPU runtime's clock)."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        run(x)
+    return (time.perf_counter() - start) / calls
+
+
+def fastest_seconds(run: Runner, x: torch.Tensor, *, threads: int, min_run_time: float = 0.5,
+                    clock: Callable[[Runner, torch.Tensor], float] = wall_clock) -> float:
     """Seconds of the fastest call: 3 warm-up calls, then at least 10 and ``min_run_time`` seconds
-    of calls (torch at ``threads`` threads, restored afterwards).
+    of calls, each timed by ``clock`` (torch at ``threads`` threads, restored afterwards).
 
     The fastest call is what a model costs when nothing else competes for its cores. On a shared
     2-core machine, 30 windows of 0.2 s on ResNet-20 (onnxruntime, batch 1) gave medians 10% apart
@@ -95,9 +126,7 @@ def fastest_seconds(run: Runner, x: torch.Tensor, *, threads: int, min_run_time:
         times: list[float] = []
         deadline = time.perf_counter() + min_run_time
         while len(times) < 10 or time.perf_counter() < deadline:
-            start = time.perf_counter()
-            run(x)
-            times.append(time.perf_counter() - start)
+            times.append(clock(run, x))
         return min(times)
     finally:
         torch.set_num_threads(saved)
@@ -105,19 +134,50 @@ def fastest_seconds(run: Runner, x: torch.Tensor, *, threads: int, min_run_time:
 
 @RUNTIMES.register("torch")
 class TorchRuntime(Runtime):
-    """Eager PyTorch under ``torch.inference_mode`` at ``threads`` threads."""
+    """Eager PyTorch under ``torch.inference_mode``: at ``threads`` threads on the CPU, or on a
+    CUDA GPU (``device``), where calls are timed by CUDA events and the input is already there."""
 
     name = "torch"
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        from autocomp.device import resolve_device
+
+        self.device = resolve_device(device)
 
     def version(self) -> str:
         return torch.__version__.split("+")[0]
 
+    def hardware(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_name()
+
+    def clock(self, run: Runner, x: torch.Tensor, calls: int = 1) -> float:
+        """On a GPU: the GPU time from before the first call to after the last (CUDA events),
+        what the calls' kernels and the gaps between their launches take."""
+        if self.device.type != "cuda":
+            return wall_clock(run, x, calls)
+        with torch.cuda.device(self.device):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                run(x)
+            end.record()
+            end.synchronize()
+        return start.elapsed_time(end) / 1e3 / calls
+
     def runner(self, model: nn.Module, example: torch.Tensor, *, threads: int, layer: bool = False) -> Runner:
         model = model.eval()
+        if self.device.type == "cpu":
+            staged = (example, example)
+        else:  # a copy on the GPU (the caller's model stays where it is), and the example moved there once
+            from autocomp.device import model_device
+
+            if model_device(model) != self.device:
+                model = copy.deepcopy(model).to(self.device)
+            staged = (example, example.to(self.device))
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
-                return model(x)
+                return model(staged[1] if x is staged[0] else x.to(self.device))
 
         return run
 

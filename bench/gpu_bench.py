@@ -40,9 +40,12 @@ WORK = Path("/tmp/gpu-bench")
 DEVICE = os.environ.get("GPU_BENCH_DEVICE", "cuda")  # cpu: a quick check of this script without a GPU
 QUICK = DEVICE != "cuda"
 VAL = "500" if QUICK else "5000"
-R20 = [*(arg for k, v in RESNET20.items() for arg in (f"--{k}", v)), "--budget-flops", "0.5", "--val-size", VAL,
-       "--agent", "random", "--seed", "0", "--no-progress"]
-LIMITS = {"r50-cuda": 120, "r20-cuda": 70, "r20-ray": 110, "r50-ray": 170, "precision": 60, "r20-cpu": 70}  # seconds; the order they run in
+R20_BASE = [*(arg for k, v in RESNET20.items() for arg in (f"--{k}", v)), "--val-size", VAL, "--agent", "random",
+            "--seed", "0", "--no-progress"]
+R20 = [*R20_BASE, "--budget-flops", "0.5"]
+LIMITS = {"r50-cuda": 120, "r20-cuda": 70, "r20-ray": 110, "r50-ray": 170, "precision": 60, "r20-cpu": 70,
+          "gpu-tests": 90, "r20-latency": 100, "r50-latency": 170, "finetune": 110, "sweep": 150}  # seconds
+DEFAULT_STEPS = ("r50-cuda", "r20-cuda", "r20-ray", "r50-ray", "precision", "r20-cpu")
 
 
 def _search(args: list[str], name: str) -> dict[str, Any]:
@@ -52,7 +55,8 @@ def _search(args: list[str], name: str) -> dict[str, Any]:
     start = time.perf_counter()
     subprocess.run(command, check=True)
     summary = json.loads((WORK / "runs" / name / "summary.json").read_text())
-    return _row(summary, time.perf_counter() - start, " ".join(command[3:]))
+    row = _row(summary, time.perf_counter() - start, " ".join(command[3:]))
+    return {**row, "latency": summary["latency"]} if "latency" in summary else row
 
 
 def _row(summary: dict[str, Any], wall: float, command: str) -> dict[str, Any]:
@@ -166,6 +170,69 @@ def step_r50_ray() -> dict[str, Any]:
     return rows
 
 
+def step_r20_latency() -> dict[str, Any]:
+    """A GPU latency budget: the table timed on the GPU (CUDA events) at batch 512, then the best
+    plan measured against its prediction (``latency`` in the summary); 0.6 of the original at batch 512.
+    cifar = cifar_dir("/tmp/cifar10")
+    return _search([*R20_BASE, "--data", f"imagefolder:{cifar}", "--runtime", "torch", "--device", DEVICE,
+                    "--budget-latency", "0.6", "--latency-batch", "512", "--episodes", "3" if QUICK else "40",
+                    "--threads", "4"], "r20-latency")
+
+
+def step_r50_latency() -> dict[str, Any]:
+    """ResNet-50 at 224 under a GPU latency budget at batch 32 (0.5 of the original's latency)."""
+    args, _ = _resnet50_workload()
+    at = args.index("--budget-flops")
+    args = args[:at] + args[at + 2:]
+    return _search([*args, "--runtime", "torch", "--device", DEVICE, "--budget-latency", "0.5", "--latency-batch", "32",
+                    "--episodes", "2" if QUICK else "10", "--threads", "8", "--no-progress"], "r50-latency")
+
+
+def step_finetune() -> dict[str, Any]:
+    """One epoch of distillation of the ``r20-latency`` run's best plan on the GPU (50,000
+    training images streamed from JPEG with the usual augmentation)."""
+    run = WORK / "runs" / "r20-latency"
+    command = [sys.executable, "-m", "autocomp", "finetune", str(run), "--epochs", "1", "--device", DEVICE,
+               "--no-progress"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    wall = time.perf_counter() - start
+    summary = json.loads((run / "summary.json").read_text())
+    return {"command": " ".join(command[3:]), "wall_s": round(wall, 1), "finetuned": summary.get("finetuned")}
+
+
+def step_sweep() -> dict[str, Any]:
+    """A two-trial sweep (seeds 0 and 1) whose trials ask for half a GPU each, so both run at once
+    on the one GPU."""
+    cifar = cifar_dir("/tmp/cifar10")
+    base = {**RESNET20, "data": f"imagefolder:{cifar}", "val_size": int(VAL), "budget_flops": 0.5, "agent": "random",
+            "episodes": 3 if QUICK else 40, "threads": 1 if QUICK else 4, "device": DEVICE}
+    spec = {"name": "gpu-sweep", "base": base, "grid": {"seed": [0, 1]}, "cpus_per_trial": 1 if QUICK else 4,
+            "gpus_per_trial": 0 if QUICK else 0.5}
+    path = WORK / "gpu-sweep.yaml"
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    shutil.rmtree(WORK / "runs" / "gpu-sweep", ignore_errors=True)
+    command = [sys.executable, "-m", "autocomp", "sweep", str(path), "--runs-dir", str(WORK / "runs")]
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    wall = time.perf_counter() - start
+    trials = {}
+    for summary_file in sorted((WORK / "runs" / "gpu-sweep").glob("*/summary.json")):
+        summary = json.loads(summary_file.read_text())
+        trials[summary_file.parent.name] = _row(summary, 0.0, "")
+    return {"command": " ".join(command[3:]), "spec": spec, "wall_s": round(wall, 1), "trials": trials,
+            "summary_md": (WORK / "runs" / "gpu-sweep" / "summary.md").read_text()}
+
+
+def step_gpu_tests() -> dict[str, Any]:
+    """The tests that need a GPU (skipped in CI), run here."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_device.py",
+               "tests/test_latency.py", "-k", "gpu or torch_runtime or exact_float32 or split_to"]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
+    return {"command": " ".join(command[2:]), "returncode": done.returncode, "output_tail": done.stdout[-1500:]}
+
+
 def step_precision() -> dict[str, Any]:
     import numpy as np
     import torch
@@ -217,8 +284,8 @@ def step_precision() -> dict[str, Any]:
 
 
 STEPS = {"r50-cuda": step_r50, "r20-cuda": lambda: step_r20("cuda"), "r20-ray": step_ray, "r50-ray": step_r50_ray,
-         "precision": step_precision,
-         "r20-cpu": lambda: step_r20("cpu")}
+         "precision": step_precision, "r20-cpu": lambda: step_r20("cpu"), "gpu-tests": step_gpu_tests,
+         "r20-latency": step_r20_latency, "r50-latency": step_r50_latency, "finetune": step_finetune, "sweep": step_sweep}
 
 
 def _environment() -> dict[str, Any]:
@@ -233,7 +300,7 @@ def run_all(out: Path, only: list[str]) -> None:
     results_file = out / "gpu_bench.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     results["environment"] = _environment()
-    for name in only or list(STEPS):
+    for name in only or DEFAULT_STEPS:
         start = time.perf_counter()
         with open(out / f"{name}.log", "w") as log:
             code = _run_step(name, out, log)

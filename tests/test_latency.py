@@ -17,7 +17,7 @@ from autocomp.graph import LayerGraph
 from autocomp.latency import STAIRCASE, LatencyTable, channel_step, pick_step
 from autocomp.problem import CompressionProblem
 from autocomp.runners import run_search
-from autocomp.runtimes import TorchRuntime, get_runtime
+from autocomp.runtimes import TorchRuntime, cpu_name, get_runtime
 from autocomp.space import SearchSpace
 
 
@@ -235,3 +235,42 @@ def test_the_table_is_mapped_onto_whole_models_by_a_fitted_line(tmp_path, digits
     monkeypatch.setattr(table, "measure_together", lambda models: [sums[0] + 1e-4] * 3)
     table.calibrate(digits_model, same)
     assert table.scale == 1.0 and table.overhead == pytest.approx(1e-4)
+
+
+def test_the_torch_runtime_on_the_cpu_times_by_the_wall_clock_and_names_the_cpu() -> None:
+    runtime = get_runtime("torch", "cpu")
+    model = nn.Conv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 16, 16)
+    run = runtime.runner(model, x, threads=1)
+    assert torch.equal(run(x), model(x).detach()) and runtime.clock(run, x, 3) > 0
+    assert runtime.hardware() == cpu_name() and latency.table_name(runtime, 1, 1).startswith(
+        cpu_name().replace(" ", "-")[:8])
+
+
+def test_a_gpu_runtime_without_a_gpu_is_a_one_line_error(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="--device cuda: torch sees no CUDA GPU"):
+        get_runtime("torch", "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_latency_table_is_timed_on_the_gpu(tmp_path) -> None:
+    """With --device cuda the torch runtime times layers and whole models on the GPU (CUDA
+    events), the table is keyed by the GPU's name, and the caller's model stays on the CPU."""
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2),
+                          nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
+    runtime = get_runtime("torch", "cuda")
+    graph = LayerGraph.build(model, (3, 32, 32))
+    cost = CostModel(graph)
+    table = LatencyTable(graph, cost, cache_dir=tmp_path, runtime=runtime, batch=64)
+    table.warm(progress=False)
+    assert torch.cuda.get_device_name(0).replace(" ", "-") in table.path.name
+    original = table.calibrate(model)
+    assert next(model.parameters()).device.type == "cpu" and 0 < original < 0.05
+    x = torch.randn(64, 3, 32, 32)
+    run = runtime.runner(model, x, threads=1)
+    assert run(x).device.type == "cuda"
+    # fitted on the original alone: what its layers do not explain is a constant, never negative
+    assert table.predict(cost.geometry(cost.defaults)) >= original * (1 - 1e-9)
+    half = table.predict(cost.geometry({"keep": np.maximum(1, cost.channels // 2)}))
+    assert 0 < half <= 1.1 * table.predict(cost.geometry(cost.defaults))

@@ -51,12 +51,15 @@ from autocomp.space import SearchSpace
 
 def measured_latency(graph: LayerGraph, cost: CostModel, model: nn.Module, *, threads: int, runtime: str = "onnxruntime",
                      batch: int = 1, int8: Int8Format | None = None,
-                     plans: Sequence[tuple[nn.Module, Geometry]] = ()) -> tuple[LatencyTable, float]:
+                     plans: Sequence[tuple[nn.Module, Geometry]] = (),
+                     device: str | torch.device = "cpu") -> tuple[LatencyTable, float]:
     """A latency table for ``graph`` on this machine in ``runtime`` at ``threads`` threads and
-    batch ``batch`` (measured now, or read from its cache; with int8 timings in format ``int8``),
+    batch ``batch`` (measured now, or read from its cache; with int8 timings in format ``int8``;
+    ``device``: the GPU eager torch is timed on, if any),
     calibrated on whole models (the original and ``plans``, see ``LatencyTable.calibrate``),
     and the whole model's measured latency in seconds."""
-    table = LatencyTable(graph, cost, threads=threads, runtime=get_runtime(runtime), batch=batch, int8=int8)
+    table = LatencyTable(graph, cost, threads=threads, runtime=get_runtime(runtime, device), batch=batch,
+                         int8=int8)
     table.warm()
     return table, table.calibrate(model, plans)
 
@@ -106,7 +109,7 @@ class CompressionProblem:
         self.data = data
         self.channel_step: int | None = None  # measured for the runtime when the space rounds to it
         if space.uses_runtime_step:
-            self.channel_step = channel_step(get_runtime(runtime), threads=latency_threads, batch=latency_batch)
+            self.channel_step = channel_step(get_runtime(runtime, device), threads=latency_threads, batch=latency_batch)
             space = space.with_runtime_step(self.channel_step)
         self.space = space
         self.evaluation = evaluation or EvalSettings()
@@ -150,7 +153,7 @@ class CompressionProblem:
                                               int8_key if int8_action is not None else None)
             latency, self.baseline_latency_s = measured_latency(self.graph, self.cost, self.model, threads=latency_threads,
                                                                 runtime=runtime, batch=latency_batch,
-                                                                int8=self.int8_format, plans=plans)
+                                                                int8=self.int8_format, plans=plans, device=device)
             if self.int8_format is not None:  # what int8 layers share in a whole model, fitted on a few
                 self.int8_fit = latency.calibrate_int8(
                     lambda mask: int8_timing_model(compressor, self.graph, int8_key, mask, data.val.example(8)),

@@ -261,7 +261,7 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
         predicted_s = best.metrics.latency_us / 1e6
         limit_us = problem.limits.get(METRICS["latency"])
         summary["latency"] = {
-            "runtime": table.runtime.name, "runtime_version": table.runtime.version(),
+            "runtime": table.runtime.name, "runtime_version": table.runtime.version(), "hardware": table.runtime.hardware(),
             "threads": config.latency_threads, "batch": table.batch,
             "baseline_measured_ms": round(problem.baseline_latency_s * 1e3, 4),
             "best_predicted_ms": round(predicted_s * 1e3, 4),
