@@ -44,7 +44,7 @@ R20_BASE = [*(arg for k, v in RESNET20.items() for arg in (f"--{k}", v)), "--val
             "--seed", "0", "--no-progress"]
 R20 = [*R20_BASE, "--budget-flops", "0.5"]
 LIMITS = {"r50-cuda": 120, "r20-cuda": 70, "r20-ray": 110, "r50-ray": 170, "precision": 60, "r20-cpu": 70,
-          "gpu-tests": 90, "r20-latency": 100, "r50-latency": 170, "finetune": 110, "sweep": 150}  # seconds
+          "gpu-tests": 90, "r20-latency": 100, "r50-latency": 230, "finetune": 110, "sweep": 120}  # seconds
 DEFAULT_STEPS = ("r50-cuda", "r20-cuda", "r20-ray", "r50-ray", "precision", "r20-cpu")
 
 
@@ -172,20 +172,21 @@ def step_r50_ray() -> dict[str, Any]:
 
 def step_r20_latency() -> dict[str, Any]:
     """A GPU latency budget: the table timed on the GPU (CUDA events) at batch 512, then the best
-    plan measured against its prediction (``latency`` in the summary); 0.6 of the original at batch 512.
+    plan measured against its prediction (``latency`` in the summary); 0.85 of the original at batch 512
+    (the smallest plan of the default space keeps 0.77 of it on an H200)."""
     cifar = cifar_dir("/tmp/cifar10")
-    return _search([*R20_BASE, "--data", f"imagefolder:{cifar}", "--runtime", "torch", "--device", DEVICE,
-                    "--budget-latency", "0.6", "--latency-batch", "512", "--episodes", "3" if QUICK else "40",
+    return _search([*(a for a in R20_BASE if a != "--no-progress"), "--data", f"imagefolder:{cifar}", "--runtime", "torch", "--device", DEVICE,
+                    "--budget-latency", "0.85", "--latency-batch", "512", "--episodes", "3" if QUICK else "40",
                     "--threads", "4"], "r20-latency")
 
 
 def step_r50_latency() -> dict[str, Any]:
-    """ResNet-50 at 224 under a GPU latency budget at batch 32 (0.5 of the original's latency)."""
+    """ResNet-50 at 224 under a GPU latency budget at batch 32 (0.5 of the latency of the original)."""
     args, _ = _resnet50_workload()
     at = args.index("--budget-flops")
     args = args[:at] + args[at + 2:]
     return _search([*args, "--runtime", "torch", "--device", DEVICE, "--budget-latency", "0.5", "--latency-batch", "32",
-                    "--episodes", "2" if QUICK else "10", "--threads", "8", "--no-progress"], "r50-latency")
+                    "--episodes", "2" if QUICK else "10", "--threads", "8"], "r50-latency")
 
 
 def step_finetune() -> dict[str, Any]:
@@ -210,6 +211,7 @@ def step_sweep() -> dict[str, Any]:
     spec = {"name": "gpu-sweep", "base": base, "grid": {"seed": [0, 1]}, "cpus_per_trial": 1 if QUICK else 4,
             "gpus_per_trial": 0 if QUICK else 0.5}
     path = WORK / "gpu-sweep.yaml"
+    WORK.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(spec))  # JSON is YAML
     shutil.rmtree(WORK / "runs" / "gpu-sweep", ignore_errors=True)
     command = [sys.executable, "-m", "autocomp", "sweep", str(path), "--runs-dir", str(WORK / "runs")]

@@ -243,8 +243,7 @@ def test_the_torch_runtime_on_the_cpu_times_by_the_wall_clock_and_names_the_cpu(
     x = torch.randn(2, 8, 16, 16)
     run = runtime.runner(model, x, threads=1)
     assert torch.equal(run(x), model(x).detach()) and runtime.clock(run, x, 3) > 0
-    assert runtime.hardware() == cpu_name() and latency.table_name(runtime, 1, 1).startswith(
-        cpu_name().replace(" ", "-")[:8])
+    assert runtime.hardware() == cpu_name() and "-torch" in latency.table_name(runtime, 1, 1)
 
 
 def test_a_gpu_runtime_without_a_gpu_is_a_one_line_error(monkeypatch) -> None:
