@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from autocomp.config import SearchConfig
+from autocomp.device import resolve_device
 from autocomp.errors import ConfigError, InfeasibleBudgetError
 from autocomp.kinds import KINDS, Panel
 from autocomp.plan import Plan
@@ -51,6 +52,10 @@ def uniform_baseline(run: RunDir, config: SearchConfig, trials: list[dict[str, A
     from autocomp.space import SearchSpace
 
     data = load_config_data(config)
+    try:
+        device = resolve_device(config.device)
+    except ConfigError:  # a run searched on a GPU, reported where there is none
+        device = torch.device("cpu")
     budgets = config.budgets()
     if budgets.get("latency"):  # the limit the search used, not a fraction of a new measurement
         summary = run.read_summary()
@@ -59,7 +64,8 @@ def uniform_baseline(run: RunDir, config: SearchConfig, trials: list[dict[str, A
         problem = CompressionProblem(model=prepare_model(config, data, progress=False), data=data,
                                      space=SearchSpace.load(config.space), budgets=budgets,
                                      evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size),
-                                     latency_threads=config.latency_threads)
+                                     latency_threads=config.latency_threads, runtime=config.runtime,
+                                     latency_batch=config.latency_batch, device=device, progress=False)
     except InfeasibleBudgetError:
         return None  # latency measured now, on a busier machine, leaves no uniform plan within the limit
     level = problem.largest_uniform_level()

@@ -273,3 +273,27 @@ def test_a_gpu_latency_table_is_timed_on_the_gpu(tmp_path) -> None:
     assert table.predict(cost.geometry(cost.defaults)) >= original * (1 - 1e-9)
     half = table.predict(cost.geometry({"keep": np.maximum(1, cost.channels // 2)}))
     assert 0 < half <= 1.1 * table.predict(cost.geometry(cost.defaults))
+
+
+@pytest.mark.slow
+def test_the_reports_uniform_plan_is_timed_in_the_runs_runtime_and_batch(tmp_path, monkeypatch) -> None:
+    """`autocomp report` scores the uniform plan at the run's latency limit: in the run's runtime,
+    at its latency batch, not the defaults (whose microseconds are another machine's)."""
+    from autocomp import problem as problem_module
+    from autocomp.reporting import uniform_baseline
+    from autocomp.rundir import RunDir
+
+    config = SearchConfig(budget_latency="0.9", runtime="torch", latency_batch=8, agent="random", episodes=2,
+                          name="lat-torch", runs_dir=str(tmp_path))
+    result = run_search(config, progress=False)
+    seen = {}
+    original_init = problem_module.CompressionProblem.__init__
+
+    def spy(self, **kwargs):
+        seen.update(kwargs)
+        original_init(self, **kwargs)
+
+    monkeypatch.setattr(problem_module.CompressionProblem, "__init__", spy)
+    baseline = uniform_baseline(RunDir(result.run_dir), config, [])
+    assert seen["runtime"] == "torch" and seen["latency_batch"] == 8
+    assert baseline is not None and 0 < baseline["latency_us"] <= result.summary["budgets"]["latency"]["limit"]

@@ -52,15 +52,15 @@ from autocomp.space import SearchSpace
 def measured_latency(graph: LayerGraph, cost: CostModel, model: nn.Module, *, threads: int, runtime: str = "onnxruntime",
                      batch: int = 1, int8: Int8Format | None = None,
                      plans: Sequence[tuple[nn.Module, Geometry]] = (),
-                     device: str | torch.device = "cpu") -> tuple[LatencyTable, float]:
+                     device: str | torch.device = "cpu", progress: bool = True) -> tuple[LatencyTable, float]:
     """A latency table for ``graph`` on this machine in ``runtime`` at ``threads`` threads and
     batch ``batch`` (measured now, or read from its cache; with int8 timings in format ``int8``;
-    ``device``: the GPU eager torch is timed on, if any),
+    ``device``: the GPU eager torch is timed on, if any; ``progress``: a bar while layers are timed),
     calibrated on whole models (the original and ``plans``, see ``LatencyTable.calibrate``),
     and the whole model's measured latency in seconds."""
     table = LatencyTable(graph, cost, threads=threads, runtime=get_runtime(runtime, device), batch=batch,
                          int8=int8)
-    table.warm()
+    table.warm(progress=progress)
     return table, table.calibrate(model, plans)
 
 
@@ -104,7 +104,7 @@ class CompressionProblem:
     def __init__(self, *, model: nn.Module, data: DataBundle, space: SearchSpace,
                  budgets: Mapping[str, str | float | None], evaluation: EvalSettings | None = None,
                  graph: LayerGraph | None = None, latency_threads: int = 1, device: str | torch.device = "cpu",
-                 runtime: str = "onnxruntime", latency_batch: int = 1) -> None:
+                 runtime: str = "onnxruntime", latency_batch: int = 1, progress: bool = True) -> None:
         self.model = model.eval()
         self.data = data
         self.channel_step: int | None = None  # measured for the runtime when the space rounds to it
@@ -153,7 +153,8 @@ class CompressionProblem:
                                               int8_key if int8_action is not None else None)
             latency, self.baseline_latency_s = measured_latency(self.graph, self.cost, self.model, threads=latency_threads,
                                                                 runtime=runtime, batch=latency_batch,
-                                                                int8=self.int8_format, plans=plans, device=device)
+                                                                int8=self.int8_format, plans=plans, device=device,
+                                                                progress=progress)
             if self.int8_format is not None:  # what int8 layers share in a whole model, fitted on a few
                 self.int8_fit = latency.calibrate_int8(
                     lambda mask: int8_timing_model(compressor, self.graph, int8_key, mask, data.val.example(8)),

@@ -120,6 +120,7 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
         model=model, data=data, space=space, budgets=config.budgets(),
         evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size),
         latency_threads=config.latency_threads, device=device, runtime=config.runtime, latency_batch=config.latency_batch,
+        progress=progress,
     )
     problem.preflight()  # a model autocomp cannot compress fails now, before the run directory exists
     _note_idle(problem.model, data.input_shape)
