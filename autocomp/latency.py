@@ -135,20 +135,22 @@ class LatencyTable:
     def calibrate(self, model: nn.Module, plans: Sequence[tuple[nn.Module, PlanGeometry]] = ()) -> float:
         """Time the original ``model`` and the compressed models of ``plans`` (each with its
         geometry) in turn, and fit ``overhead`` and ``scale`` so that ``overhead + scale * (sum of
-        the layers' times)`` matches them (least squares). Where the plans' sums barely differ
-        from the original's, only the constant is fitted (the scale stays 1). Returns the
-        original's measured seconds."""
+        the layers' times)`` (plus what int8 layers share, :meth:`calibrate_int8`) matches them
+        (least squares). Where the plans' sums barely differ from the original's, only the
+        constant is fitted (the scale stays 1). Returns the original's measured seconds."""
         measured = np.array(self.measure_together([model, *(m for m, _ in plans)]))
+        geometries = [self.cost.geometry(self.cost.defaults), *(g for _, g in plans)]
+        sums = np.array([self.layer_sum(g) for g in geometries])
+        targets = measured - np.array([self.int8_seconds(g) for g in geometries])
         self.overhead, self.scale = 0.0, 1.0
-        sums = np.array([self.predict(self.cost.geometry(self.cost.defaults)), *(self.predict(g) for _, g in plans)])
-        scale, overhead = np.polyfit(sums, measured, 1) if np.ptp(sums) > 0.1 * sums.max() else (0.0, 0.0)
+        scale, overhead = np.polyfit(sums, targets, 1) if np.ptp(sums) > 0.1 * sums.max() else (0.0, 0.0)
         if scale > 0 and overhead + scale * sums.min() > 0:
             self.scale, self.overhead = float(scale), float(overhead)
         else:  # the plans do not tell a scale: the original's remainder as a constant
-            self.overhead = max(0.0, float(measured[0] - sums[0]))
+            self.overhead = max(0.0, float(targets[0] - sums[0]))
         fitted = self.overhead + self.scale * sums
         self.fit = {"overhead_ms": self.overhead * 1e3, "scale": self.scale, "plans": float(len(sums)),
-                    "max_fit_error": float(np.max(np.abs(fitted - measured) / measured))}
+                    "max_fit_error": float(np.max(np.abs(fitted - targets) / measured))}
         return float(measured[0])
 
     def int8_features(self, int8: np.ndarray, in_f: np.ndarray) -> np.ndarray:
@@ -244,8 +246,8 @@ class LatencyTable:
         along_in = np.array([np.interp(c_out, ys, table[i]) for i in range(len(GRID))])
         return float(np.interp(c_in, xs, along_in))
 
-    def predict(self, geometry: PlanGeometry) -> float:
-        """Seconds of one forward pass of the compressed model ``geometry`` describes."""
+    def layer_sum(self, geometry: PlanGeometry) -> float:
+        """Seconds of the layers of ``geometry`` as each was timed alone (the table's raw sum)."""
         out_f, in_f = geometry.out_f, geometry.in_f
         ranks = geometry.rank if geometry.rank is not None else np.zeros(len(out_f))
         int8 = geometry.int8 if geometry.int8 is not None else np.zeros(len(out_f), dtype=bool)
@@ -257,11 +259,19 @@ class LatencyTable:
                 total += self.layer_seconds(_geometry(layer, part="second", rank=full_rank), ranks[i], out_f[i])
             else:
                 total += self.layer_seconds(self._whole[i], in_f[i], out_f[i], bool(int8[i]))
-        total = self.overhead + self.scale * total
-        if int8.any():
-            ratio = in_f / np.maximum(1.0, np.array([layer.in_features for layer in self.graph.layers], dtype=float))
-            total += float(self.int8_features(int8.astype(bool), ratio) @ self.int8_boundary)
         return total
+
+    def int8_seconds(self, geometry: PlanGeometry) -> float:
+        """What the int8 layers of ``geometry`` add in a whole model beyond their own timings: the
+        conversions at their entries and interiors (:meth:`calibrate_int8`)."""
+        if geometry.int8 is None or not geometry.int8.any():
+            return 0.0
+        ratio = geometry.in_f / np.maximum(1.0, np.array([layer.in_features for layer in self.graph.layers], dtype=float))
+        return float(self.int8_features(geometry.int8.astype(bool), ratio) @ self.int8_boundary)
+
+    def predict(self, geometry: PlanGeometry) -> float:
+        """Seconds of one forward pass of the compressed model ``geometry`` describes."""
+        return self.overhead + self.scale * self.layer_sum(geometry) + self.int8_seconds(geometry)
 
     def warm(self, *, progress: bool = True) -> None:
         """Measure every whole layer's table now (with a progress bar), not during the search."""

@@ -297,3 +297,19 @@ def test_the_reports_uniform_plan_is_timed_in_the_runs_runtime_and_batch(tmp_pat
     baseline = uniform_baseline(RunDir(result.run_dir), config, [])
     assert seen["runtime"] == "torch" and seen["latency_batch"] == 8
     assert baseline is not None and 0 < baseline["latency_us"] <= result.summary["budgets"]["latency"]["limit"]
+
+
+@pytest.mark.slow
+def test_the_table_is_fitted_again_on_random_plans_on_the_budget(digits_model, digits_data) -> None:
+    """After a first fit on uniform plans, the table is fitted on the original and random plans
+    projected onto the budget (where searched plans lie), each predicted within the limit."""
+    from autocomp.problem import SURFACE_PLANS, budget_surface_plans
+
+    problem = CompressionProblem(model=digits_model, data=digits_data, space=SearchSpace.load("prune"),
+                                 budgets={"latency": "0.7"}, progress=False)
+    assert problem.latency is not None and problem.latency.fit["plans"] == 1 + SURFACE_PLANS
+    plans = budget_surface_plans(problem.constraints, problem.evaluator.compressor, digits_data.val.example(2), count=3)
+    limit = problem.limits["latency_us"]
+    for model, geometry in plans:
+        assert 0.9 * limit <= problem.latency.predict(geometry) * 1e6 <= limit + 0.5
+        assert model(digits_data.val.example(2)).shape == (2, 10)

@@ -88,6 +88,26 @@ def latency_calibration_plans(decisions: DecisionSpace, compressor: Compressor, 
     return plans
 
 
+SURFACE_PLANS = 8
+"""Random plans on the budget that a latency table is fitted on again (see :func:`budget_surface_plans`)."""
+
+
+def budget_surface_plans(constraints: Budgets, compressor: Compressor, example: torch.Tensor, count: int = SURFACE_PLANS,
+                         seed: int = 0) -> list[tuple[nn.Module, Geometry]]:
+    """Models of ``count`` random plans projected onto the budgets, with their geometry: the plans
+    a search scores. Uniform plans are cheaper in a whole model than their layers' sum says
+    (on ResNet-20 in onnxruntime, 0.74-0.89 of it against 0.90-0.98 for plans on the budget), so
+    a table fitted on them alone predicts searched plans 10-25% fast."""
+    rng = np.random.default_rng(seed)
+    decisions, plans = constraints.decisions, []
+    for _ in range(count):
+        plan = constraints.decode(rng.uniform(-1, 1, (len(decisions.steps), len(decisions.action_kinds))))
+        model = compressor.apply(plan)
+        calibrate_int8(model, [example])
+        plans.append((freeze(model), decisions.cost.geometry(decisions.cost.plan_arrays(plan))))
+    return plans
+
+
 def int8_timing_model(compressor: Compressor, graph: LayerGraph, key: str, mask: np.ndarray,
                       example: torch.Tensor) -> nn.Module:
     """The original with the layers of ``mask`` int8 (plan key ``key``), their ranges taken from
@@ -161,6 +181,10 @@ class CompressionProblem:
                     np.array([INT8 in c for c in self.decisions.choices[int8_key]]), key=int8_key)
         self.latency: LatencyTable | None = latency
         self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)
+        if latency is not None:  # fitted again where the search will be: random plans on the budget
+            self.constraints.check_reachable()
+            latency.calibrate(self.model, budget_surface_plans(self.constraints, compressor, data.val.example(8)))
+            self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)
         self.limits = self.constraints.limits
         self.budgets = self.constraints.given
         self.calibration = calibration_split(data, self.evaluation)
