@@ -11,10 +11,12 @@ itself is paid once per model.
 Layers timed alone are not layers inside a model: alone, each pays its own layout changes and
 output allocation and runs on cold caches, which a whole model shares or avoids; a whole model
 also runs what no layer explains (that call, batch norm, activations, adds). So the table's sum
-is mapped onto whole models: the original and a few plans spanning the space (uniform settings
-from the smallest up) are timed in turn, and ``measured = overhead + scale * sum`` is fitted by
-least squares (:meth:`LatencyTable.calibrate`). On ResNet-20 in onnxruntime at batch 32 the sum
-alone overestimated a whole model by 20-60%.
+is mapped onto whole models: the original and a few plans are timed in turn, and ``measured =
+overhead + scale * sum`` is fitted by least squares (:meth:`LatencyTable.calibrate`). On
+ResNet-20 in onnxruntime at batch 32 the sum alone overestimated a whole model by 20-60%. The
+problem fits it twice (:mod:`autocomp.problem`): on uniform plans of the space, then on random
+plans projected onto the budget, where searched plans lie; uniform plans run faster than their
+sum says (0.74-0.89 of it on ResNet-20 at batch 1, against 0.90-0.98 for plans on the budget).
 
 Tables are cached in ``$AUTOCOMP_CACHE/latency/<table>.json`` (table = CPU model, runtime and
 its version, thread count and batch size), keyed by layer shape: a second run on the same
