@@ -22,7 +22,7 @@ def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size:
           teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.9,
           schedule: str = "cosine", seed: int = 0, progress: bool = True, desc: str = "training",
           penalty: Callable[[], torch.Tensor] | None = None, max_steps: int | None = None,
-          augment: bool = True) -> list[float]:
+          augment: bool = True, clip_norm: float | None = None) -> list[float]:
     """SGD (Nesterov momentum 0.9, weight decay 5e-4); returns the mean loss of each epoch.
 
     With a ``teacher`` the loss is ``alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE``;
@@ -30,6 +30,7 @@ def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size:
     training after that many batches (the schedule spans them). Torch's global random state is
     the caller's again afterwards. Batches go to the model's device; ``augment`` draws them with the
     data set's training augmentation where it has one (streamed images: random crops and flips).
+    ``clip_norm``: the gradient's largest norm (rescaled to it when larger).
     """
     if epochs < 1:
         raise ConfigError(f"--epochs {epochs} must be at least 1.")
@@ -65,6 +66,8 @@ def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size:
                     loss = loss + penalty()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if clip_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
                 optimizer.step()
                 scheduler.step()
                 total += loss.item() * len(y)
