@@ -302,11 +302,13 @@ def test_the_reports_uniform_plan_is_timed_in_the_runs_runtime_and_batch(tmp_pat
 @pytest.mark.slow
 def test_the_table_is_fitted_again_on_random_plans_on_the_budget(digits_model, digits_data) -> None:
     """After a first fit on uniform plans, the table is fitted on the original and random plans
-    projected onto the budget (where searched plans lie), each predicted within the limit."""
+    projected onto the budget (where searched plans lie), each predicted within the limit. The
+    digits model is mostly call overhead (its smallest plan keeps about 0.97 of its latency), so
+    the budget is a loose one."""
     from autocomp.problem import SURFACE_PLANS, budget_surface_plans
 
     problem = CompressionProblem(model=digits_model, data=digits_data, space=SearchSpace.load("prune"),
-                                 budgets={"latency": "0.7"}, progress=False)
+                                 budgets={"latency": "0.99"}, progress=False)
     assert problem.latency is not None and problem.latency.fit["plans"] == 1 + SURFACE_PLANS
     plans = budget_surface_plans(problem.constraints, problem.evaluator.compressor, digits_data.val.example(2), count=3)
     limit = problem.limits["latency_us"]
