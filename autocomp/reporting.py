@@ -157,7 +157,21 @@ def _latency_fractions(latency: dict[str, Any]) -> str:
     budget = latency.get("budget_fraction")
     return (f"<p>As a fraction of the original's latency: {latency['best_fraction_predicted']:.3f} predicted, "
             f"{latency['best_fraction_measured']:.3f} measured (the best plan and the original timed in turn "
-            f"after the search){'' if budget is None else f'; budget {budget:.3f}'}.</p>")
+            f"after the search){'' if budget is None else f'; budget {budget:.3f}'}.</p>{_latency_check(latency)}")
+
+
+def _latency_check(latency: dict[str, Any]) -> str:
+    """The best plans timed before one became the result (``autocomp.runners.latency_check``)."""
+    check = latency.get("check")
+    if not check:
+        return ""
+    rows = []
+    for r in check["rounds"]:
+        again = f", projected again as trial {r['projected_trial']}" if "projected_trial" in r else ""
+        rows.append(f"<li>trial {r['trial']}: {r['predicted_fraction']:.3f} predicted, "
+                    f"{r['measured_fraction']:.3f} measured{again}</li>")
+    verdict = "holds" if check["holds"] else "was not met by any timed plan; the closest is the result"
+    return f"<p>Best plans timed before the result was chosen (the budget {verdict}):</p><ul>{''.join(rows)}</ul>"
 
 
 def _inspection(config: SearchConfig, summary: dict[str, Any]) -> str:

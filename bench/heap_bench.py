@@ -9,6 +9,7 @@ size after each candidate, the peak (``ru_maxrss``) and the seconds, for one mod
     python bench/heap_bench.py low-memory
     python bench/heap_bench.py trim    # glibc's malloc_trim(0) after each candidate
     python bench/heap_bench.py trim4   # the mmap threshold fixed at 4 MiB, and the trim
+    python bench/heap_bench.py arena1  # one malloc arena for every thread (M_ARENA_MAX 1)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from autocomp.problem import CompressionProblem
 from autocomp.space import SearchSpace
 
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+M_ARENA_MAX = -8
 
 
 def resident_gb() -> float:
@@ -37,8 +39,10 @@ def resident_gb() -> float:
 
 
 def main(mode: str) -> None:
-    if mode not in ("plain", "low-memory", "trim", "trim4"):
-        sys.exit(f"mode {mode!r}: pass plain, low-memory, trim or trim4")
+    if mode not in ("plain", "low-memory", "trim", "trim4", "arena1"):
+        sys.exit(f"mode {mode!r}: pass plain, low-memory, trim, trim4 or arena1")
+    if mode == "arena1":
+        print("arenas capped:", bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)))
     if mode == "low-memory":
         print("heap bounded:", bound_heap())
     if mode == "trim4":

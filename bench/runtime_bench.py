@@ -148,7 +148,8 @@ def ours(config: SearchConfig, space: str, budget: str, batch: int, seed: int) -
             "int8_format": summary.get("int8_format"), "channel_step": summary.get("channel_step", {}).get("step"),
             "cpu_minutes": summary["search_seconds"]["cpu"] / 60,
             "fraction_budget": lat.get("budget_fraction"), "fraction_predicted": lat.get("best_fraction_predicted"),
-            "fraction_measured": lat.get("best_fraction_measured")}
+            "fraction_measured": lat.get("best_fraction_measured"),
+            "check": [r["measured_fraction"] for r in lat.get("check", {}).get("rounds", [])]}
 
 
 def _setup() -> tuple[SearchConfig, Any, torch.nn.Module, tuple[int, ...]]:
@@ -253,7 +254,8 @@ def report(rows: dict[str, Any]) -> None:
         f"{_ms(r['predicted_s'])}, measured {_ms(r['measured_s'])} (budget {_ms(r['budget_s'])}), "
         f"{r['macs_ratio']:.3f} of the MACs, {r['int8_layers']} int8 layers ({r['int8_format'] or '-'}), "
         f"channel step {r['channel_step']}, test accuracy as the search scored it in torch "
-        f"{r['simulated_test_accuracy']:.4f} and in onnxruntime {r['test_accuracy']:.4f}" for r in rows["ours"]) + ".",
+        f"{r['simulated_test_accuracy']:.4f} and in onnxruntime {r['test_accuracy']:.4f}, best plans timed at the "
+        f"end (fractions): {', '.join(f'{x:.3f}' for x in r.get('check', [])) or '-'}" for r in rows["ours"]) + ".",
               "", "Exported vs scored test accuracy (onnxruntime - torch, the int8 layers simulated there), largest "
               f"difference over our runs: {max(abs(r['test_accuracy'] - r['simulated_test_accuracy']) for r in rows['ours']) * 100:.2f} points.",
               "", "The original's batch-1 latency as each batch-1 search measured it before starting (its budget / "

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -217,6 +218,18 @@ class Budgets:
             else:
                 hi = mid
         return lo
+
+    def with_limit(self, metric: str, limit: int) -> Budgets:
+        """These budgets with ``metric``'s limit set to ``limit`` (e.g. a latency limit tightened
+        after the best plan measured over it)."""
+        out = copy.copy(self)
+        out.limits = {**self.limits, metric: limit}
+        out._floor, out._uniform_lifted = None, None
+        return out
+
+    def reachable(self) -> bool:
+        """Whether the space's cheapest plan (:attr:`floor`) meets every budget."""
+        return self.fits(self.floor)
 
     def check_reachable(self) -> None:
         """Raise ``InfeasibleBudgetError`` naming the first budget the space's cheapest plan

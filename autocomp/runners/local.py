@@ -31,6 +31,7 @@ from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem, EvalSettings, Metrics
 from autocomp.rundir import RunDir
 from autocomp.runners.interrupt import GracefulStop
+from autocomp.runners.latency_check import LatencyCheck, check_latency
 from autocomp.runners.setup import load_config_data, prepare_model, process_settings
 from autocomp.runners.storage import open_storage
 from autocomp.runtimes import get_runtime
@@ -174,6 +175,7 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
         if problem.backend is not None:
             problem.backend.close()  # type: ignore[attr-defined]
             problem.backend = None
+    check = check_latency(problem, recorder, progress=progress)  # the best plan timed in the runtime
     timing = {  # this invocation only; a repeated plan is a candidate but not a new evaluation
         "total": round(time.perf_counter() - search_start, 2),
         "cpu": round(time.process_time() - cpu_start, 2),  # every thread of this process
@@ -182,7 +184,7 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
         "evaluation": round(problem.stats.seconds, 2),
         "forward_passes": round(problem.stats.forward_seconds, 2),
     }
-    summary = finish(run, config, problem, recorder, settings, baseline, start, timing)
+    summary = finish(run, config, problem, recorder, settings, baseline, start, timing, check)
     return SearchResult(run.path, summary)
 
 
@@ -215,9 +217,11 @@ def _describe(study: optuna.Study, config: SearchConfig, settings: dict[str, Any
 
 
 def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recorder: TrialRecorder,
-           settings: dict[str, Any], baseline: Metrics, start: float, timing: dict[str, Any]) -> dict[str, Any]:
-    """Save the best candidate and write ``summary.json`` (keeping its fine-tuning and export records)."""
-    best = recorder.best
+           settings: dict[str, Any], baseline: Metrics, start: float, timing: dict[str, Any],
+           check: LatencyCheck | None = None) -> dict[str, Any]:
+    """Save the best candidate (``check``'s choice under a latency budget) and write ``summary.json``
+    (keeping its fine-tuning and export records)."""
+    best = check.chosen if check is not None else recorder.best
     if best is None:
         raise ConfigError("the search evaluated no candidate: raise --episodes.")
     model = problem.build(best.plan)
@@ -277,6 +281,8 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
             # the table's sum mapped onto whole models (autocomp.latency.LatencyTable.calibrate)
             "table_fit": {k: round(v, 5) for k, v in table.fit.items()},
         }
+        if check is not None:  # the best plans timed before one became the result (autocomp.runners.latency_check)
+            summary["latency"]["check"] = check.to_dict()
     return run.write_summary(summary)
 
 

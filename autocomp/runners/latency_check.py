@@ -1,0 +1,121 @@
+"""A latency budget checked where the model runs: the search's best plan is timed in the runtime
+before it becomes the result, and re-projected onto a tighter budget while it measures over.
+
+The latency table predicts whole models within a few percent, but a search picks, among plans
+that all sit on the budget, the most accurate one, which can be one the table predicts fast. So
+the best plan is timed (beside the original, in turn: :meth:`LatencyTable.measure_together`);
+when it runs over the budget, its own actions are projected again onto a limit tightened by the
+plan's measured over predicted latency (:meth:`Budgets.with_limit`), the new plan is scored and recorded as a trial, and the
+best candidate is timed again, up to :data:`ROUNDS` times. Each timing is stored in the study
+(user attribute ``latency_checks``: trial number -> measured fraction of the original's latency),
+so a resumed search does not pick a plan already measured over its budget.
+
+Example:
+    >>> check = check_latency(problem, recorder, progress=False)  # doctest: +SKIP
+    >>> check.chosen.number, check.rounds[-1]["measured_fraction"] <= check.budget_fraction  # doctest: +SKIP
+    (301, True)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from autocomp.budget import METRICS
+from autocomp.ops import bake, freeze
+from autocomp.plan import Plan
+from autocomp.problem import CompressionProblem
+from autocomp.searchers.record import Candidate, TrialRecorder
+
+ROUNDS = 4
+"""Timings of best plans (and re-projections of those measured over) after a search."""
+
+AIM = 0.99
+"""A re-projected plan aims this far under the budget (as measured), so that it lands under it
+despite the spread of repeated timings."""
+
+STUDY_ATTR = "latency_checks"
+
+
+@dataclass
+class LatencyCheck:
+    """What the check measured: ``rounds`` (one dict per timing, with the trial of the plan
+    projected from it when it ran over), the candidate ``chosen`` as the search's result, and
+    whether it ``holds`` the budget as measured."""
+
+    budget_fraction: float
+    chosen: Candidate
+    holds: bool
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget_fraction": round(self.budget_fraction, 4), "holds": self.holds, "chosen_trial": self.chosen.number,
+                "rounds": self.rounds}
+
+
+def _measure(problem: CompressionProblem, plan: Plan) -> float:
+    """``plan``'s latency as a fraction of the original's, the two timed in turn."""
+    assert problem.latency is not None
+    model = freeze(bake(problem.build(plan).cpu()))
+    original, measured = problem.latency.measure_together([problem.model, model])
+    return measured / original
+
+
+def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progress: bool = True,
+                  rounds: int = ROUNDS) -> LatencyCheck | None:
+    """Time the best candidate in the runtime; while it runs over the latency budget, re-project
+    it onto a tighter limit and time the best again (see the module). ``None`` without a latency
+    budget or candidate."""
+    metric = METRICS["latency"]
+    limit = problem.limits.get(metric)
+    if limit is None or problem.latency is None or recorder.best is None:
+        return None
+    budget = limit / 1e6 / problem.baseline_latency_s
+    measured: dict[str, float] = dict(recorder.study.user_attrs.get(STUDY_ATTR, {}))
+    by_number = {c.number: c for c in recorder.candidates}
+
+    def best() -> Candidate:  # the most accurate candidate not measured over the budget
+        fits = [c for c in by_number.values() if measured.get(str(c.number), 0.0) <= budget]
+        return max(fits, key=lambda c: c.metrics.val_accuracy) if fits else first
+
+    first = recorder.best
+    check = LatencyCheck(budget, first, holds=False)
+    for round_ in range(rounds):
+        candidate = best()
+        if str(candidate.number) not in measured:
+            measured[str(candidate.number)] = _measure(problem, candidate.plan)
+            recorder.study.set_user_attr(STUDY_ATTR, measured)
+        fraction = measured[str(candidate.number)]
+        predicted = candidate.metrics.latency_us / 1e6 / problem.baseline_latency_s
+        check.rounds.append({"trial": candidate.number, "predicted_fraction": round(predicted, 4),
+                             "measured_fraction": round(fraction, 4), "val_accuracy": candidate.metrics.val_accuracy})
+        check.chosen = candidate
+        if fraction <= budget:
+            check.holds = True
+            break
+        if round_ == rounds - 1:  # no timing left for a re-projected plan
+            break
+        # this plan's runtime runs fraction / predicted of its prediction: aim under the budget by that
+        aim = round(candidate.metrics.latency_us * AIM * budget / fraction)
+        tighter = problem.constraints.with_limit(metric, aim)
+        if not tighter.reachable():
+            break
+        plan, actions = tighter.decode_taken(candidate.actions)
+        if progress:
+            print(f"autocomp: the best plan (trial {candidate.number}) runs at {fraction:.3f} of the original's latency "
+                  f"as measured, over the budget's {budget:.3f}: projected again onto {aim / limit:.3f} of the limit.",
+                  file=sys.stderr)
+        made = recorder.record(plan, problem.evaluate(plan), actions=actions)
+        by_number[made.number] = made
+        check.rounds[-1]["projected_trial"] = made.number
+    if not check.holds:  # the plan closest to the budget as measured
+        timed = [c for c in by_number.values() if str(c.number) in measured]
+        check.chosen = min(timed, key=lambda c: measured[str(c.number)])
+        print(f"autocomp: warning: no plan ran within the latency budget ({budget:.3f} of the original's) as measured "
+              f"after {len(check.rounds)} timings; the result runs at {measured[str(check.chosen.number)]:.3f}. Timings "
+              "on this machine may be noisy: rerun on an idle machine, or lower --budget-latency.", file=sys.stderr)
+    return check
+
+
+__all__ = ["AIM", "ROUNDS", "LatencyCheck", "check_latency"]
