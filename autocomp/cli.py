@@ -47,9 +47,10 @@ class SearchCommand:
         g.add_argument("--cache-mb", type=int, default=d.cache_mb,
                        help="decode the validation and calibration images into memory when they fit in this many MB "
                             "(default: %(default)s; 0 streams them too)")
-        g.add_argument("--low-memory", action="store_true",
+        g.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
                        help="keep memory at one candidate's peak over a long search of a big model "
-                            "(big blocks by their own mmap; slower, see README)")
+                            "(big blocks by their own mmap; slower, see README; default: on for images of "
+                            "128x128 pixels or more)")
         g = p.add_argument_group("budgets (a fraction of the original such as 0.5, or an amount such as 20M; all must hold)")
         g.add_argument("--budget-flops", help="MACs budget")
         g.add_argument("--budget-params", help="parameter budget")

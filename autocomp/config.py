@@ -62,7 +62,8 @@ class SearchConfig:
     gpus_per_worker: float | None = None
     loader_workers: int | None = None
     cache_mb: int = 2048
-    low_memory: bool = False  # bound the heap (autocomp.device.bound_heap): lower peak memory, slower
+    # bound the heap (autocomp.device.bound_heap): lower peak memory, slower; None: for big inputs only
+    low_memory: bool | None = None
 
     def __post_init__(self) -> None:
         if self.reward not in ("error", "error_log_flops"):

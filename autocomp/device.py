@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,6 +75,24 @@ def exact_float32(device: torch.device) -> Iterator[None]:
     finally:
         setattr(conv, names[0], saved[0])
         setattr(matmul, names[0], saved[1])
+
+
+BIG_INPUT_PIXELS = 128 * 128
+"""Images of at least this many pixels bound the heap unless told otherwise (see :func:`bounds_heap`)."""
+
+
+def bounds_heap(low_memory: bool | None, input_shape: tuple[int, ...]) -> bool:
+    """Whether a search bounds its heap (:func:`bound_heap`): as ``low_memory`` says, and when it
+    says nothing (``None``), for inputs of :data:`BIG_INPUT_PIXELS` or more per channel, where a
+    search without it grows to about twice one candidate's peak (ResNet-50 at 224x224: 4.57 GB
+    against 2.35 GB) and the bound costs little beside the forward passes (+9% there).
+
+    >>> bounds_heap(None, (3, 224, 224)), bounds_heap(None, (3, 32, 32)), bounds_heap(False, (3, 224, 224))
+    (True, False, False)
+    """
+    if low_memory is not None:
+        return low_memory
+    return math.prod(input_shape[1:]) >= BIG_INPUT_PIXELS
 
 
 HEAP_MMAP_THRESHOLD = 1 << 20

@@ -7,6 +7,7 @@ Three steps (results in bench/results/scale_*.json, then the `scale` section of 
     python bench/scale_bench.py search /tmp/synth-20k         # a 10-candidate search, 5,000 validation images:
     python bench/scale_bench.py search /tmp/synth-40k [LABEL [CANDIDATES]]   # peak RSS (sampled), time outside forward passes
     python bench/scale_bench.py search /tmp/synth-20k LABEL 10 --low-memory   # the same with a bounded heap
+                                                              # (what a search at 224x224 does by default)
     python bench/scale_bench.py overhead NAME                 # ms per candidate outside its forward passes
     python bench/scale_bench.py report
 
@@ -101,7 +102,8 @@ def search(folder: Path, label: str = "", episodes: int = 10, low_memory: bool =
                "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--val-size", "5000",
                "--budget-flops", "0.25", "--space", str(space), "--agent", "random", "--episodes", str(episodes),
                "--threads", "2", "--device", "cpu",
-               "--name", name, "--runs-dir", str(work / "runs"), "--no-progress"] + (["--low-memory"] if low_memory else [])
+               "--name", name, "--runs-dir", str(work / "runs"), "--no-progress",
+               "--low-memory" if low_memory else "--no-low-memory"]  # at 224x224 the default bounds the heap
     peak = {"main": 0, "tree": 0}
     start = time.perf_counter()
     proc = subprocess.Popen(command)

@@ -4,9 +4,11 @@ before it becomes the result, and re-projected onto a tighter budget while it me
 The latency table predicts whole models within a few percent, but a search picks, among plans
 that all sit on the budget, the most accurate one, which can be one the table predicts fast. So
 the best plan is timed (beside the original, in turn: :meth:`LatencyTable.measure_together`);
-when it runs over the budget, its own actions are projected again onto a limit tightened by the
-plan's measured over predicted latency (:meth:`Budgets.with_limit`), the new plan is scored and recorded as a trial, and the
-best candidate is timed again, up to :data:`ROUNDS` times. Each timing is stored in the study
+when it runs over the budget, its own actions are projected again onto a limit tightened by how
+much slower than predicted the timed plans ran (:meth:`Budgets.with_limit`), the new plan is
+scored and recorded as a trial, and the most accurate candidate that is predicted within the
+budget once that slowdown is allowed for (or was measured within it) is timed next, up to
+:data:`ROUNDS` timings. Each timing is stored in the study
 (user attribute ``latency_checks``: trial number -> measured fraction of the original's latency),
 so a resumed search does not pick a plan already measured over its budget.
 
@@ -21,6 +23,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from autocomp.budget import METRICS
 from autocomp.ops import bake, freeze
@@ -75,40 +79,53 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
     measured: dict[str, float] = dict(recorder.study.user_attrs.get(STUDY_ATTR, {}))
     by_number = {c.number: c for c in recorder.candidates}
 
-    def best() -> Candidate:  # the most accurate candidate not measured over the budget
-        fits = [c for c in by_number.values() if measured.get(str(c.number), 0.0) <= budget]
-        return max(fits, key=lambda c: c.metrics.val_accuracy) if fits else first
+    def predicted(c: Candidate) -> float:
+        return c.metrics.latency_us / 1e6 / problem.baseline_latency_s
+
+    def slower() -> float:  # how much slower than predicted the timed plans run, on average
+        timed = [measured[str(n)] / predicted(c) for n, c in by_number.items() if str(n) in measured]
+        return float(np.mean(timed)) if timed else 1.0
+
+    def best() -> Candidate | None:
+        """The most accurate candidate measured within the budget, or not measured and predicted
+        within it once the timed plans' slowdown is allowed for."""
+        allowed = budget * min(1.0, AIM / slower())
+        fits = [c for n, c in by_number.items()
+                if (measured[str(n)] <= budget if str(n) in measured else predicted(c) <= allowed)]
+        return max(fits, key=lambda c: c.metrics.val_accuracy, default=None)
 
     first = recorder.best
     check = LatencyCheck(budget, first, holds=False)
+    candidate = (best() or first) if measured else first  # a resumed search: what earlier timings allow
     for round_ in range(rounds):
-        candidate = best()
         if str(candidate.number) not in measured:
             measured[str(candidate.number)] = _measure(problem, candidate.plan)
             recorder.study.set_user_attr(STUDY_ATTR, measured)
         fraction = measured[str(candidate.number)]
-        predicted = candidate.metrics.latency_us / 1e6 / problem.baseline_latency_s
-        check.rounds.append({"trial": candidate.number, "predicted_fraction": round(predicted, 4),
+        check.rounds.append({"trial": candidate.number, "predicted_fraction": round(predicted(candidate), 4),
                              "measured_fraction": round(fraction, 4), "val_accuracy": candidate.metrics.val_accuracy})
         check.chosen = candidate
         if fraction <= budget:
             check.holds = True
             break
-        if round_ == rounds - 1:  # no timing left for a re-projected plan
+        if round_ == rounds - 1:  # no timing left for another plan
             break
-        # this plan's runtime runs fraction / predicted of its prediction: aim under the budget by that
-        aim = round(candidate.metrics.latency_us * AIM * budget / fraction)
+        # the plans run slower than predicted: aim under the budget by that
+        aim = round(limit * AIM / slower())
         tighter = problem.constraints.with_limit(metric, aim)
-        if not tighter.reachable():
+        if tighter.reachable():
+            plan, actions = tighter.decode_taken(candidate.actions)
+            if progress:
+                print(f"autocomp: the best plan (trial {candidate.number}) runs at {fraction:.3f} of the original's "
+                      f"latency as measured, over the budget's {budget:.3f}: projected again onto {aim / limit:.3f} "
+                      "of the limit.", file=sys.stderr)
+            made = recorder.record(plan, problem.evaluate(plan), actions=actions)
+            by_number[made.number] = made
+            check.rounds[-1]["projected_trial"] = made.number
+        following = best()
+        if following is None:
             break
-        plan, actions = tighter.decode_taken(candidate.actions)
-        if progress:
-            print(f"autocomp: the best plan (trial {candidate.number}) runs at {fraction:.3f} of the original's latency "
-                  f"as measured, over the budget's {budget:.3f}: projected again onto {aim / limit:.3f} of the limit.",
-                  file=sys.stderr)
-        made = recorder.record(plan, problem.evaluate(plan), actions=actions)
-        by_number[made.number] = made
-        check.rounds[-1]["projected_trial"] = made.number
+        candidate = following
     if not check.holds:  # the plan closest to the budget as measured
         timed = [c for c in by_number.values() if str(c.number) in measured]
         check.chosen = min(timed, key=lambda c: measured[str(c.number)])

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from autocomp.budget import METRICS
 from autocomp.config import SearchConfig
-from autocomp.device import bound_heap, resolve_device
+from autocomp.device import bound_heap, bounds_heap, resolve_device
 from autocomp.errors import ConfigError
 from autocomp.graph import idle_modules
 from autocomp.presets import load_preset
@@ -108,11 +108,11 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
 def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episodes: int, searcher_cls: type[Searcher],
             space: SearchSpace, *, start: float, progress: bool) -> SearchResult:
     device = resolve_device(config.device)
-    if config.low_memory:
-        bound_heap()
     if config.budget_latency is not None:
         get_runtime(config.runtime)  # installed?
     data = load_config_data(config, run.read_subsets() if run.exists() else None)
+    if bounds_heap(config.low_memory, data.input_shape):
+        bound_heap()
     if config.budget_latency is not None and config.latency_batch > len(data.val):
         raise ConfigError(f"--latency-batch {config.latency_batch} is more than the {len(data.val)} validation images: "
                           f"use a batch up to {len(data.val)} (or raise --val-size).")

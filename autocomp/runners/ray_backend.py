@@ -19,7 +19,7 @@ import torch
 
 from autocomp.compress import Compressor
 from autocomp.config import SearchConfig
-from autocomp.device import bound_heap
+from autocomp.device import bound_heap, bounds_heap
 from autocomp.errors import ConfigError
 from autocomp.plan import Plan
 from autocomp.problem import CompressionProblem, Evaluator, Score
@@ -143,7 +143,7 @@ class RayBackend:
             "model": config.model, "num_classes": problem.data.num_classes,
             "state_dict": {k: v.detach().cpu() for k, v in problem.model.state_dict().items()},
             "graph": problem.graph, "ranges": dict(problem.space.ranges), "evaluation": evaluator.settings,
-            "calibration": evaluator.calibration, "val": evaluator.val, "low_memory": config.low_memory,
+            "calibration": evaluator.calibration, "val": evaluator.val, "low_memory": bounds_heap(config.low_memory, problem.data.input_shape),
         }
         check_cpus(ray, workers, threads)
         self.gpus = gpus_per_worker(ray, config, workers, evaluator.device)

@@ -55,7 +55,8 @@ def test_evaluator_scores_without_a_problem(digits_problem) -> None:
 
 
 def test_low_memory_bounds_the_heap(tmp_path, monkeypatch) -> None:
-    """`low_memory` bounds the heap for the search; without it the allocator is left alone."""
+    """`low_memory` bounds the heap for the search; unset, only for images of 128x128 pixels or
+    more (digits are 8x8: the allocator is left alone)."""
     import autocomp
     from autocomp.runners import local
 
