@@ -167,7 +167,8 @@ def _latency_check(latency: dict[str, Any]) -> str:
         return ""
     rows = []
     for r in check["rounds"]:
-        again = f", projected again as trial {r['projected_trial']}" if "projected_trial" in r else ""
+        made = ", ".join(map(str, r.get("projected_trials", [])))
+        again = f"; plans projected again onto a tighter limit: trials {made}" if made else ""
         rows.append(f"<li>trial {r['trial']}: {r['predicted_fraction']:.3f} predicted, "
                     f"{r['measured_fraction']:.3f} measured{again}</li>")
     verdict = "holds" if check["holds"] else "was not met by any timed plan; the closest is the result"

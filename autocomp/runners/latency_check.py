@@ -4,11 +4,11 @@ before it becomes the result, and re-projected onto a tighter budget while it me
 The latency table predicts whole models within a few percent, but a search picks, among plans
 that all sit on the budget, the most accurate one, which can be one the table predicts fast. So
 the best plan is timed (beside the original, in turn: :meth:`LatencyTable.measure_together`);
-when it runs over the budget, its own actions are projected again onto a limit tightened by how
-much slower than predicted the timed plans ran (:meth:`Budgets.with_limit`), the new plan is
-scored and recorded as a trial, and the most accurate candidate that is predicted within the
-budget once that slowdown is allowed for (or was measured within it) is timed next, up to
-:data:`ROUNDS` timings. Each timing is stored in the study
+when it runs over the budget, the actions of the most accurate plans (it among them) are
+projected again onto a limit tightened by how much slower than predicted the timed plans ran
+(:meth:`Budgets.with_limit`), the new plans are scored and recorded as trials, and the most
+accurate candidate that is predicted within the budget once that slowdown is allowed for (or
+was measured within it) is timed next, up to :data:`ROUNDS` timings. Each timing is stored in the study
 (user attribute ``latency_checks``: trial number -> measured fraction of the original's latency),
 so a resumed search does not pick a plan already measured over its budget.
 
@@ -41,11 +41,21 @@ despite the spread of repeated timings."""
 
 STUDY_ATTR = "latency_checks"
 
+REPROJECTED = 8
+"""At most this many of the most accurate plans are projected again after a timing over the budget
+(and no more than one for every 20 candidates the search scored)."""
+
+
+def reprojections(recorder: TrialRecorder) -> int:
+    """How many plans are projected again after a timing over the budget: :data:`REPROJECTED`, or
+    one for every 20 of the search's candidates where that is fewer (a big model's evaluations are slow)."""
+    return max(1, min(REPROJECTED, len(recorder.history) // 20))
+
 
 @dataclass
 class LatencyCheck:
-    """What the check measured: ``rounds`` (one dict per timing, with the trial of the plan
-    projected from it when it ran over), the candidate ``chosen`` as the search's result, and
+    """What the check measured: ``rounds`` (one dict per timing, with the trials of the plans
+    projected again after it when it ran over), the candidate ``chosen`` as the search's result, and
     whether it ``holds`` the budget as measured."""
 
     budget_fraction: float
@@ -114,14 +124,22 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
         aim = round(limit * AIM / slower())
         tighter = problem.constraints.with_limit(metric, aim)
         if tighter.reachable():
-            plan, actions = tighter.decode_taken(candidate.actions)
+            sources = sorted(by_number.values(), key=lambda c: -c.metrics.val_accuracy)[:reprojections(recorder)]
+            if candidate.number not in {c.number for c in sources}:
+                sources[-1] = candidate
+            decoded = {}
+            for source in sources:
+                plan, actions = tighter.decode_taken(source.actions)
+                decoded.setdefault(plan.key(), (plan, actions))
             if progress:
                 print(f"autocomp: the best plan (trial {candidate.number}) runs at {fraction:.3f} of the original's "
-                      f"latency as measured, over the budget's {budget:.3f}: projected again onto {aim / limit:.3f} "
-                      "of the limit.", file=sys.stderr)
-            made = recorder.record(plan, problem.evaluate(plan), actions=actions)
-            by_number[made.number] = made
-            check.rounds[-1]["projected_trial"] = made.number
+                      f"latency as measured, over the budget's {budget:.3f}: the {len(sources)} most accurate plans "
+                      f"projected again onto {aim / limit:.3f} of the limit.", file=sys.stderr)
+            plans = [plan for plan, _ in decoded.values()]
+            made = [recorder.record(plan, metrics, actions=actions)
+                    for (plan, actions), metrics in zip(decoded.values(), problem.evaluate_many(plans))]
+            by_number.update((c.number, c) for c in made)
+            check.rounds[-1]["projected_trials"] = [c.number for c in made]
         following = best()
         if following is None:
             break
