@@ -58,7 +58,7 @@ def test_latency_budget_is_enforced_and_measured(tmp_path) -> None:
     assert check["rounds"][0]["trial"] == max(trials[:8], key=lambda t: t.values[0]).number
     assert check["chosen_trial"] == summary["best"]["trial"]
     if check["holds"]:
-        assert check["rounds"][-1]["measured_fraction"] <= check["budget_fraction"]
+        assert check["rounds"][-1]["measured_fraction"] <= check["budget_fraction"] * (1 + check["tolerance"]) + 1e-4
     from autocomp.reporting import write_report
 
     page = write_report(result.run_dir, uniform=False).read_text()

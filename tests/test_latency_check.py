@@ -3,6 +3,8 @@ tighter limit while it measures over the budget (autocomp.runners.latency_check)
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import optuna
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from autocomp.plan import Plan
 from autocomp.problem import CompressionProblem
 from autocomp.runners import latency_check
-from autocomp.runners.latency_check import STUDY_ATTR, check_latency
+from autocomp.runners.latency_check import AIM, STUDY_ATTR, check_latency
 from autocomp.searchers.record import TrialRecorder
 from autocomp.space import SearchSpace
 
@@ -61,7 +63,8 @@ def test_a_best_plan_measured_over_the_budget_is_projected_under_it(problem, mon
     assert made == list(range(before, len(recorder.history))) and all(
         1 <= len(r["projected_trials"]) <= 2 for r in check.rounds[:-1])
     # the timed one is the most accurate of the plans predicted under the budget by the slowdown
-    allowed = [recorder.history[n] for n in made if _predicted(problem, recorder.history[n].plan) * SLOWER <= budget]
+    aim = math.floor(problem.limits["latency_us"] * AIM / SLOWER)
+    allowed = [recorder.history[n] for n in made if recorder.history[n].metrics.latency_us <= aim]
     assert check.chosen.metrics.val_accuracy == max(c.metrics.val_accuracy for c in allowed)
     last = check.rounds[-1]
     assert last["trial"] == check.chosen.number and last["measured_fraction"] <= budget

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,12 @@ AIM = 0.99
 """A re-projected plan aims this far under the budget (as measured), so that it lands under it
 despite the spread of repeated timings."""
 
+TOLERANCE = 0.02
+"""A plan timed at most this fraction over the budget holds it: repeated timings of one pair of
+models (the plan and the original, in turn) spread about this much on a quiet 2-core machine
+(ResNet-20 in onnxruntime: one plan timed at 0.493 and 0.503 of the original a minute apart), and
+on a budget's steep side a tighter plan can cost many points of accuracy."""
+
 STUDY_ATTR = "latency_checks"
 
 REPROJECTED = 8
@@ -54,7 +61,7 @@ def reprojections(recorder: TrialRecorder) -> int:
 
 @dataclass
 class LatencyCheck:
-    """What the check measured: ``rounds`` (one dict per timing, with the trials of the plans
+    """What the check measured (a plan holds the budget when timed at most :data:`TOLERANCE` over it): ``rounds`` (one dict per timing, with the trials of the plans
     projected again after it when it ran over), the candidate ``chosen`` as the search's result, and
     whether it ``holds`` the budget as measured."""
 
@@ -64,7 +71,7 @@ class LatencyCheck:
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget_fraction": round(self.budget_fraction, 4), "holds": self.holds, "chosen_trial": self.chosen.number,
+        return {"budget_fraction": round(self.budget_fraction, 4), "tolerance": TOLERANCE, "holds": self.holds, "chosen_trial": self.chosen.number,
                 "rounds": self.rounds}
 
 
@@ -86,6 +93,7 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
     if limit is None or problem.latency is None or recorder.best is None:
         return None
     budget = limit / 1e6 / problem.baseline_latency_s
+    held = budget * (1 + TOLERANCE)  # a timing at most this high holds the budget
     measured: dict[str, float] = dict(recorder.study.user_attrs.get(STUDY_ATTR, {}))
     by_number = {c.number: c for c in recorder.candidates}
 
@@ -96,12 +104,15 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
         timed = [measured[str(n)] / predicted(c) for n, c in by_number.items() if str(n) in measured]
         return float(np.mean(timed)) if timed else 1.0
 
+    def allowed_us() -> int:  # the predicted latency a plan may have once the timed plans' slowdown is allowed for
+        return math.floor(limit * min(1.0, AIM / slower()))
+
     def best() -> Candidate | None:
         """The most accurate candidate measured within the budget, or not measured and predicted
         within it once the timed plans' slowdown is allowed for."""
-        allowed = budget * min(1.0, AIM / slower())
+        allowed = allowed_us()
         fits = [c for n, c in by_number.items()
-                if (measured[str(n)] <= budget if str(n) in measured else predicted(c) <= allowed)]
+                if (measured[str(n)] <= held if str(n) in measured else c.metrics.latency_us <= allowed)]
         return max(fits, key=lambda c: c.metrics.val_accuracy, default=None)
 
     first = recorder.best
@@ -115,13 +126,13 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
         check.rounds.append({"trial": candidate.number, "predicted_fraction": round(predicted(candidate), 4),
                              "measured_fraction": round(fraction, 4), "val_accuracy": candidate.metrics.val_accuracy})
         check.chosen = candidate
-        if fraction <= budget:
+        if fraction <= held:
             check.holds = True
             break
         if round_ == rounds - 1:  # no timing left for another plan
             break
         # the plans run slower than predicted: aim under the budget by that
-        aim = round(limit * AIM / slower())
+        aim = allowed_us()
         tighter = problem.constraints.with_limit(metric, aim)
         if tighter.reachable():
             sources = sorted(by_number.values(), key=lambda c: -c.metrics.val_accuracy)[:reprojections(recorder)]
@@ -153,4 +164,4 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
     return check
 
 
-__all__ = ["AIM", "ROUNDS", "LatencyCheck", "check_latency"]
+__all__ = ["AIM", "ROUNDS", "TOLERANCE", "LatencyCheck", "check_latency"]
