@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from autocomp.budget import METRICS
 from autocomp.ops import bake, freeze
@@ -75,11 +76,17 @@ class LatencyCheck:
                 "rounds": self.rounds}
 
 
+def time_with_original(problem: CompressionProblem, model: nn.Module) -> tuple[float, float]:
+    """Seconds of the original and of ``model`` (a built plan) as deployed, timed in turn in the
+    problem's runtime (:meth:`LatencyTable.measure_together`)."""
+    assert problem.latency is not None
+    original, measured = problem.latency.measure_together([problem.model, freeze(bake(model.cpu()))])
+    return original, measured
+
+
 def _measure(problem: CompressionProblem, plan: Plan) -> float:
     """``plan``'s latency as a fraction of the original's, the two timed in turn."""
-    assert problem.latency is not None
-    model = freeze(bake(problem.build(plan).cpu()))
-    original, measured = problem.latency.measure_together([problem.model, model])
+    original, measured = time_with_original(problem, problem.build(plan))
     return measured / original
 
 
@@ -164,4 +171,4 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
     return check
 
 
-__all__ = ["AIM", "ROUNDS", "TOLERANCE", "LatencyCheck", "check_latency"]
+__all__ = ["AIM", "ROUNDS", "TOLERANCE", "LatencyCheck", "check_latency", "time_with_original"]

@@ -31,7 +31,7 @@ from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem, EvalSettings, Metrics
 from autocomp.rundir import RunDir
 from autocomp.runners.interrupt import GracefulStop
-from autocomp.runners.latency_check import LatencyCheck, check_latency
+from autocomp.runners.latency_check import LatencyCheck, check_latency, time_with_original
 from autocomp.runners.setup import load_config_data, prepare_model, process_settings
 from autocomp.runners.storage import open_storage
 from autocomp.runtimes import get_runtime
@@ -259,10 +259,8 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
         if problem.int8_fit is not None:  # what int8 layers share in a whole model (autocomp.latency)
             summary["int8_latency_fit"] = {k: round(v, 5) for k, v in problem.int8_fit.items()}
     if problem.latency is not None:  # predicted vs measured, in the runtime, at the table's batch and threads
-        from autocomp.ops import bake, freeze
-
         table = problem.latency
-        original, measured = table.measure_together([problem.model, freeze(bake(model.cpu()))])
+        original, measured = time_with_original(problem, model)
         predicted_s = best.metrics.latency_us / 1e6
         limit_us = problem.limits.get(METRICS["latency"])
         summary["latency"] = {
