@@ -7,7 +7,8 @@ Three steps (results in bench/results/scale_*.json, then the `scale` section of 
     python bench/scale_bench.py search /tmp/synth-20k         # a 10-candidate search, 5,000 validation images:
     python bench/scale_bench.py search /tmp/synth-40k [LABEL [CANDIDATES]]   # peak RSS (sampled), time outside forward passes
     python bench/scale_bench.py search /tmp/synth-20k LABEL 10 --low-memory   # the same with a bounded heap
-                                                              # (what a search at 224x224 does by default)
+    python bench/scale_bench.py search /tmp/synth-20k LABEL 10 --default-heap # neither flag: the search's default
+                                                              # (at 224x224 it bounds the heap)
     python bench/scale_bench.py overhead NAME                 # ms per candidate outside its forward passes
     python bench/scale_bench.py report
 
@@ -83,7 +84,9 @@ def _tree_rss(pid: int) -> tuple[int, int]:
     return rss.get(pid, 0), total
 
 
-def search(folder: Path, label: str = "", episodes: int = 10, low_memory: bool = False) -> None:
+def search(folder: Path, label: str = "", episodes: int = 10, low_memory: bool | None = False) -> None:
+    """``low_memory``: pass ``--low-memory`` (True), ``--no-low-memory`` (False), or neither (None:
+    the search's own default, which bounds the heap at 224x224)."""
     import torch
     import torchvision
 
@@ -95,15 +98,16 @@ def search(folder: Path, label: str = "", episodes: int = 10, low_memory: bool =
         torch.save(torchvision.models.resnet50(num_classes=10).state_dict(), weights)
     space = work / "prune_fine.yaml"  # the prune space with every channel count allowed (as at the baseline commit)
     space.write_text("name: prune_fine\nactions:\n  keep_ratio: {min: 0.2, max: 1.0, round_to: 1}\n")
-    name = f"r50-{folder.name}" + ("-low-memory" if low_memory else "")
+    name = f"r50-{folder.name}" + {True: "-low-memory", False: "", None: "-default"}[low_memory]
     subprocess.run(["rm", "-rf", str(work / "runs" / name)], check=True)
     command = [sys.executable, "-m", "autocomp", "search", "--model", "torchvision:resnet50", "--weights", str(weights),
                "--data", f"imagefolder:{folder}", "--resize", "256", "--image-size", "224",
                "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--val-size", "5000",
                "--budget-flops", "0.25", "--space", str(space), "--agent", "random", "--episodes", str(episodes),
                "--threads", "2", "--device", "cpu",
-               "--name", name, "--runs-dir", str(work / "runs"), "--no-progress",
-               "--low-memory" if low_memory else "--no-low-memory"]  # at 224x224 the default bounds the heap
+               "--name", name, "--runs-dir", str(work / "runs"), "--no-progress"]
+    if low_memory is not None:  # at 224x224 the default bounds the heap
+        command.append("--low-memory" if low_memory else "--no-low-memory")
     peak = {"main": 0, "tree": 0}
     start = time.perf_counter()
     proc = subprocess.Popen(command)
@@ -236,11 +240,12 @@ if __name__ == "__main__":
         make(int(sys.argv[2]), Path(sys.argv[3]))
     elif step == "search":
         flags = [a for a in sys.argv[2:] if a.startswith("--")]
-        if set(flags) - {"--low-memory"}:
-            raise SystemExit(f"unknown flag {sorted(set(flags) - {'--low-memory'})}: the only one is --low-memory")
+        known = {"--low-memory", "--default-heap"}
+        if set(flags) - known or len(flags) > 1:
+            raise SystemExit(f"flags {flags}: give at most one of {sorted(known)}")
         given = [a for a in sys.argv[2:] if not a.startswith("--")]
         search(Path(given[0]), given[1] if len(given) > 1 else "", int(given[2]) if len(given) > 2 else 10,
-               low_memory="--low-memory" in flags)
+               low_memory=None if "--default-heap" in flags else "--low-memory" in flags)
     elif step == "overhead":
         overhead(sys.argv[2] if len(sys.argv) > 2 else "candidate")
     elif step == "report":
