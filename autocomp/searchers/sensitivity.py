@@ -17,12 +17,15 @@ under the budgets.
    are least faithful where techniques meet on one layer, so the knapsack is also solved with
    each technique alone (the other decisions uncompressed) and those plans are scored too: the
    combined space starts from the best of them and never from worse than its single techniques.
+   Savings are first taken around the uncompressed model; the knapsack is then solved again with
+   the savings taken around each plan found (where decisions overlap as they do in that plan),
+   and those plans are scored too.
 3. What is left of the candidate budget refines that plan with the evolutionary search
    (:mod:`autocomp.searchers.evolution`); with ``refine: false`` the search stops after it.
 
 The probes take ``levels`` x decisions evaluations and one of the uncompressed model, fewer
 levels when the budget is smaller (at least 1 per decision: a search needs at least decisions + 2
-candidates), plus one plan per technique in a combined space. Settings and their defaults:
+candidates), plus one plan per technique in a combined space and one again around each plan. Settings and their defaults:
 ``agents/sensitivity.yaml``.
 """
 
@@ -110,24 +113,52 @@ class SensitivitySearcher(Searcher):
                 f"{needed - 2} decisions, the uncompressed reference and the plan), not {episodes}: raise --episodes "
                 f"to {needed} or more, or use --agent evolution.")
 
-    def plan_indices(self, drops: list[np.ndarray]) -> np.ndarray | None:
-        """The knapsack plan for ``drops`` that meets every budget, filled up to the surface; None
-        when no plan the knapsack can reach fits (an infinite drop marks a value not to take)."""
+    def binding_metric(self) -> str:
+        """The budget the largest uniform plan uses most of."""
         problem = self.problem
-        budgets, decisions = problem.constraints, problem.decisions
-        base = budgets.estimate(decisions.state_at(decisions.tops))
-        # the binding budget: the one the largest uniform plan uses most of
-        uniform = budgets.estimate(decisions.state_at(decisions.indices_of(problem.uniform_plan(problem.largest_uniform_level()))))
-        metric = max(problem.limits, key=lambda m: getattr(uniform, m) / problem.limits[m])
-        need = getattr(base, metric) - problem.limits[metric]
-        savings = []
+        decisions = problem.decisions
+        uniform = problem.constraints.estimate(
+            decisions.state_at(decisions.indices_of(problem.uniform_plan(problem.largest_uniform_level()))))
+        return max(problem.limits, key=lambda m: getattr(uniform, m) / problem.limits[m])
+
+    def savings(self, anchor: np.ndarray) -> tuple[str, list[np.ndarray]]:
+        """The binding budget and, per decision, what each of its values saves of it against the
+        decision's top, every other decision as ``anchor`` (indices) has it."""
+        budgets, decisions = self.problem.constraints, self.problem.decisions
+        metric = self.binding_metric()
+        out = []
         for d, top in enumerate(decisions.tops):
-            indices = decisions.tops.copy()
+            indices = np.array(anchor, dtype=np.int64)
+            indices[d] = top
+            at_top = float(getattr(budgets.estimate(decisions.state_at(indices)), metric))
             saving = np.zeros(top + 1)
             for i in range(top):
                 indices[d] = i
-                saving[i] = getattr(base, metric) - getattr(budgets.estimate(decisions.state_at(indices)), metric)
-            savings.append(saving)
+                saving[i] = at_top - float(getattr(budgets.estimate(decisions.state_at(indices)), metric))
+            out.append(saving)
+        return metric, out
+
+    def plan_indices(self, drops: list[np.ndarray], anchor: np.ndarray | None = None) -> np.ndarray | None:
+        """The knapsack plan for ``drops`` that meets every budget, filled up to the surface; None
+        when no plan the knapsack can reach fits (an infinite drop marks a value not to take).
+
+        What each value saves is taken around ``anchor`` (indices; default: every decision
+        uncompressed): a decision's value against its top, every other decision as the anchor has
+        it. Around a plan the savings overlap as they do in that plan (pruning a layer that is
+        already 4-bit saves little more; an int8 layer among int8 layers saves the conversions),
+        which savings around the uncompressed model do not tell."""
+        problem = self.problem
+        budgets, decisions = problem.constraints, problem.decisions
+        tops = decisions.tops
+        anchor = tops.copy() if anchor is None else np.asarray(anchor, dtype=np.int64)
+        metric, savings = self.savings(anchor)
+
+        def cost(indices: np.ndarray) -> float:
+            return float(getattr(budgets.estimate(decisions.state_at(indices)), metric))
+
+        # the plan's cost ~ the anchor's + what the anchor's values save - what the plan's save
+        held = sum(max(0.0, s[a]) for s, a in zip(savings, anchor))
+        need = max(cost(anchor) - problem.limits[metric] + held, 1e-3 * problem.limits[metric])
         reach = sum(s[np.isfinite(d)].max() for s, d in zip(savings, drops))  # what the allowed values save at most
         lo, hi = 1.0, max(1.0, reach / max(need, 1e-12))
         plan = knapsack(drops, savings, need * hi)
@@ -140,12 +171,13 @@ class SensitivitySearcher(Searcher):
                 plan, hi = trial, mid
             else:
                 lo = mid
-        return None if plan is None else budgets.project(plan / decisions.tops)
+        return None if plan is None else budgets.project(plan / tops)
 
     def plans(self, drops: list[np.ndarray]) -> list[np.ndarray]:
         """The knapsack plan over every decision and, where the space combines techniques, the
-        plan of each technique alone (the others' decisions kept at their top); the plan of every
-        decision at its minimum (checked feasible) when none fits."""
+        plan of each technique alone (the others' decisions kept at their top), then the knapsack
+        solved again around each of those plans (:meth:`plan_indices`); the plan of every decision
+        at its minimum (checked feasible) when none fits."""
         # a technique is a stage of the kinds: structure (channels, heads), factorisation, storage
         stages = [by_key(decision.key).stage for decision in self.problem.decisions.searched]
         masks = [None] + ([[s == stage for s in stages] for stage in dict.fromkeys(stages)] if len(set(stages)) > 1 else [])
@@ -156,6 +188,10 @@ class SensitivitySearcher(Searcher):
             plan = self.plan_indices(table)
             if plan is not None and not any(np.array_equal(plan, f) for f in found):
                 found.append(plan)
+        for plan in list(found):  # solved again with the savings taken around each plan found
+            again = self.plan_indices(drops, anchor=plan)
+            if again is not None and not any(np.array_equal(again, f) for f in found):
+                found.append(again)
         return found or [np.zeros(len(stages), dtype=np.int64)]
 
     def _probe(self, rows: list[np.ndarray], done: dict[str, Metrics]) -> list[float] | None:

@@ -44,3 +44,36 @@ def test_knapsack_matches_brute_force() -> None:
             assert found is not None
             assert abs(sum(drops[d][i] for d, i in enumerate(found)) - best_drop) < 1e-9
             assert sum(savings[d][i] for d, i in enumerate(found)) >= need - 1e-9
+
+
+def test_savings_around_a_plan_see_what_it_already_saves(digits_model, digits_data) -> None:
+    """In the joint space at a size budget, fewer bits on a layer save less once the plan prunes
+    that layer's channels: the knapsack solved around a plan takes its savings there, and every
+    plan it returns meets the budget."""
+    import optuna
+
+    from autocomp.problem import CompressionProblem
+    from autocomp.searchers.record import TrialRecorder
+    from autocomp.searchers.sensitivity import SensitivitySearcher
+    from autocomp.space import SearchSpace
+
+    problem = CompressionProblem(model=digits_model, data=digits_data, space=SearchSpace.load("joint"),
+                                 budgets={"size": "0.2"})
+    searcher = SensitivitySearcher(problem, TrialRecorder(optuna.create_study(), problem, searcher="sensitivity"),
+                                   settings={}, seed=0)
+    decisions = problem.decisions
+    tops = decisions.tops
+    keys = [d.key for d in decisions.searched]
+    pruned = tops.copy()
+    pruned[[k == "keep" for k in keys]] = 0  # every channel group at its minimum
+    metric, around_top = searcher.savings(tops)
+    _, around_pruned = searcher.savings(pruned)
+    assert metric == "size_bytes"
+    bits = [d for d, k in enumerate(keys) if k == "bits"]
+    assert bits and all(around_pruned[d][0] <= around_top[d][0] for d in bits)
+    assert any(around_pruned[d][0] < 0.9 * around_top[d][0] for d in bits)
+    drops = [np.linspace(1.0, 0.0, top + 1) for top in tops]  # compressing any decision costs alike
+    for plan in searcher.plans(drops):
+        assert problem.constraints.fits(plan)
+    first = searcher.plan_indices(drops)
+    assert first is not None and problem.constraints.fits(searcher.plan_indices(drops, anchor=first))
