@@ -136,7 +136,7 @@ def test_quantiser_error_is_below_the_max_abs_scale(bits: int, digits_model) -> 
     from autocomp.ops.quant import channel_scale, max_abs_scale
 
     torch.manual_seed(0)
-    trained = [m.weight for m in digits_model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    trained = [m.weight.detach() for m in digits_model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for w in [torch.randn(32, 288), *trained]:
         errors = []
         for scale in (channel_scale(w, bits), max_abs_scale(w, bits)):
