@@ -11,7 +11,7 @@ from autocomp.training import train
 
 
 def _change(model: torch.nn.Module, before: torch.nn.Module) -> float:
-    deltas = [(p - q).flatten() for p, q in zip(model.parameters(), before.parameters())]
+    deltas = [(p - q).detach().flatten() for p, q in zip(model.parameters(), before.parameters())]
     return float(torch.cat(deltas).norm())
 
 
@@ -20,7 +20,7 @@ def test_a_clipped_step_moves_the_weights_only_as_far_as_the_clip_allows(digits_
     1e-9 leaves only the weight decay: the weights move by lr * 1.9 * 5e-4 * |w|. Unclipped, further."""
     lr = 1.0
     clipped, free = copy.deepcopy(digits_model), copy.deepcopy(digits_model)
-    weight = float(torch.cat([p.flatten() for p in digits_model.parameters()]).norm())
+    weight = float(torch.cat([p.detach().flatten() for p in digits_model.parameters()]).norm())
     train(clipped, digits_data.train, epochs=1, lr=lr, max_steps=1, augment=False, progress=False, clip_norm=1e-9)
     train(free, digits_data.train, epochs=1, lr=lr, max_steps=1, augment=False, progress=False)
     decay_only = lr * 1.9 * 5e-4 * weight  # max_steps=1: the cosine schedule's single step runs at lr
