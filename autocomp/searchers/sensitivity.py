@@ -124,19 +124,23 @@ class SensitivitySearcher(Searcher):
     def savings(self, anchor: np.ndarray) -> tuple[str, list[np.ndarray]]:
         """The binding budget and, per decision, what each of its values saves of it against the
         decision's top, every other decision as ``anchor`` (indices) has it."""
-        budgets, decisions = self.problem.constraints, self.problem.decisions
         metric = self.binding_metric()
         out = []
-        for d, top in enumerate(decisions.tops):
+        for d, top in enumerate(self.problem.decisions.tops):
             indices = np.array(anchor, dtype=np.int64)
             indices[d] = top
-            at_top = float(getattr(budgets.estimate(decisions.state_at(indices)), metric))
+            at_top = self.cost(indices, metric)
             saving = np.zeros(top + 1)
             for i in range(top):
                 indices[d] = i
-                saving[i] = at_top - float(getattr(budgets.estimate(decisions.state_at(indices)), metric))
+                saving[i] = at_top - self.cost(indices, metric)
             out.append(saving)
         return metric, out
+
+    def cost(self, indices: np.ndarray, metric: str) -> float:
+        """The cost model's ``metric`` of the plan at ``indices``."""
+        decisions = self.problem.decisions
+        return float(getattr(self.problem.constraints.estimate(decisions.state_at(indices)), metric))
 
     def plan_indices(self, drops: list[np.ndarray], anchor: np.ndarray | None = None) -> np.ndarray | None:
         """The knapsack plan for ``drops`` that meets every budget, filled up to the surface; None
@@ -152,13 +156,9 @@ class SensitivitySearcher(Searcher):
         tops = decisions.tops
         anchor = tops.copy() if anchor is None else np.asarray(anchor, dtype=np.int64)
         metric, savings = self.savings(anchor)
-
-        def cost(indices: np.ndarray) -> float:
-            return float(getattr(budgets.estimate(decisions.state_at(indices)), metric))
-
         # the plan's cost ~ the anchor's + what the anchor's values save - what the plan's save
         held = sum(max(0.0, s[a]) for s, a in zip(savings, anchor))
-        need = max(cost(anchor) - problem.limits[metric] + held, 1e-3 * problem.limits[metric])
+        need = max(self.cost(anchor, metric) - problem.limits[metric] + held, 1e-3 * problem.limits[metric])
         reach = sum(s[np.isfinite(d)].max() for s, d in zip(savings, drops))  # what the allowed values save at most
         lo, hi = 1.0, max(1.0, reach / max(need, 1e-12))
         plan = knapsack(drops, savings, need * hi)
