@@ -46,7 +46,7 @@ from autocomp.errors import ConfigError
 from autocomp.files import cache_root, write_text
 from autocomp.graph import Layer, LayerGraph
 from autocomp.kinds import Geometry as PlanGeometry
-from autocomp.ops.int8 import FORMATS, Int8Format, Int8Layer, calibrate_int8
+from autocomp.ops.int8 import FORMATS, Int8Format, Int8Layer, Join, calibrate_int8
 from autocomp.runtimes import Runtime, TorchRuntime, fastest_seconds
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
@@ -129,7 +129,8 @@ class LatencyTable:
         self.overhead = 0.0  # seconds of a whole model that no layer explains
         self.scale = 1.0  # whole-model seconds per second of the layers' summed times
         self.fit: dict[str, float] = {}  # the calibration's coefficients and largest relative error
-        self.int8_boundary = np.zeros(2)  # seconds per input element of an int8 layer: (entry, interior)
+        self.int8_boundary = np.zeros(3)  # seconds per element: int8 layers' inputs (entry, interior), int8 joins
+        self.joins: list[tuple[list[int], list[int], float]] = []  # (layers, earlier joins, elements): set_joins
         self._producers = _producers(graph)
         self._in_elems = np.array([float(np.prod(layer.input_shape[1:] if layer.kind == "conv" else
                                                  layer.input_shape[:-1], dtype=float)) for layer in graph.layers])
@@ -155,26 +156,48 @@ class LatencyTable:
                     "max_fit_error": float(np.max(np.abs(fitted - targets) / measured))}
         return float(measured[0])
 
-    def int8_features(self, int8: np.ndarray, in_f: np.ndarray) -> np.ndarray:
+    def set_joins(self, joins: Sequence[Join]) -> None:
+        """The model's residual joins (:func:`autocomp.ops.int8.residual_joins`): where all the
+        inputs of one are int8, the runtime adds in int8, which the fit of :meth:`calibrate_int8`
+        prices per element of the sum."""
+        index = {layer.name: i for i, layer in enumerate(self.graph.layers)}
+        order = {join.module: k for k, join in enumerate(joins)}
+        self.joins = []
+        for join in joins:
+            layers = [index[name] for name in join.layers]
+            first = self.graph.layers[layers[0]] if layers else None
+            elems = float(np.prod(first.output_shape, dtype=float)) if first is not None else 0.0
+            self.joins.append((layers, [order[name] for name in join.joins], elems))
+
+    def int8_features(self, int8: np.ndarray, in_f: np.ndarray, out_f: np.ndarray | None = None) -> np.ndarray:
         """Input elements of the int8 layers that follow a float layer (``entry``: the runtime
-        converts into int8 there) and of those whose producers are all int8 (``interior``)."""
+        converts into int8 there) and of those whose producers are all int8 (``interior``), and
+        the elements of the joins that add in int8 (all their inputs int8); ``in_f``, ``out_f``:
+        each layer's kept fraction of its input and output channels (``out_f`` default: all)."""
         interior = np.array([bool(p) and all(int8[j] for j in p) for p in self._producers]) & int8
         elems = self._in_elems * in_f
-        return np.array([float(np.sum(elems[int8 & ~interior])), float(np.sum(elems[interior]))])
+        made: list[bool] = []
+        joined = 0.0
+        for layers, earlier, size in self.joins:
+            made.append(all(int8[i] for i in layers) and all(made[k] for k in earlier))
+            if made[-1] and layers:
+                joined += size * (out_f[layers[0]] if out_f is not None else 1.0)
+        return np.array([float(np.sum(elems[int8 & ~interior])), float(np.sum(elems[interior])), joined])
 
     def calibrate_int8(self, build: Callable[[np.ndarray], nn.Module], allowed: np.ndarray, *, key: str,
-                       plans: int = 4, seed: int = 0) -> dict[str, float]:
+                       plans: int = 6, seed: int = 0) -> dict[str, float]:
         """Fit what the per-layer int8 timings miss in a whole model: a layer timed alone pays its
         own conversions (quantise, layout changes, dequantise), which adjacent int8 layers share.
         Whole models are measured with every ``allowed`` layer int8 and with ``plans`` random
         halves of them (``build(mask)``: the model with those layers int8); the gap to the table is
-        fitted as seconds per input element of entry and interior int8 layers (least squares).
+        fitted as seconds per input element of entry and interior int8 layers and per element of
+        int8 joins (least squares; :meth:`set_joins` first).
         ``key``: the plan key of the int8 decisions.
         Returns the fit's coefficients and its largest relative error."""
         rng = np.random.default_rng(seed)
         masks = [allowed.copy()] + [allowed & (rng.random(len(allowed)) < 0.5) for _ in range(plans)]
         in_f = np.ones(len(self.graph.layers))  # whole models: every input channel
-        self.int8_boundary = np.zeros(2)
+        self.int8_boundary = np.zeros(3)
         measured = self.measure_together([build(mask) for mask in masks])
         rows, gaps, totals = [], [], []
         for mask, seconds in zip(masks, measured):
@@ -187,7 +210,7 @@ class LatencyTable:
         fitted = np.array(rows) @ coef
         error = float(np.max(np.abs(fitted - np.array(gaps)) / np.array(totals)))
         return {"entry_ns_per_element": float(coef[0] * 1e9), "interior_ns_per_element": float(coef[1] * 1e9),
-                "max_fit_error": error}
+                "join_ns_per_element": float(coef[2] * 1e9), "max_fit_error": error}
 
     def measure(self, model: nn.Module, *, batch: int | None = None) -> float:
         """Measured seconds of one forward pass of a whole model in this table's runtime and
@@ -268,8 +291,10 @@ class LatencyTable:
         conversions at their entries and interiors (:meth:`calibrate_int8`)."""
         if geometry.int8 is None or not geometry.int8.any():
             return 0.0
-        ratio = geometry.in_f / np.maximum(1.0, np.array([layer.in_features for layer in self.graph.layers], dtype=float))
-        return float(self.int8_features(geometry.int8.astype(bool), ratio) @ self.int8_boundary)
+        layers = self.graph.layers
+        ratio = geometry.in_f / np.maximum(1.0, np.array([layer.in_features for layer in layers], dtype=float))
+        out_ratio = geometry.out_f / np.maximum(1.0, np.array([layer.out_features for layer in layers], dtype=float))
+        return float(self.int8_features(geometry.int8.astype(bool), ratio, out_ratio) @ self.int8_boundary)
 
     def predict(self, geometry: PlanGeometry) -> float:
         """Seconds of one forward pass of the compressed model ``geometry`` describes."""

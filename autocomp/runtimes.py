@@ -246,6 +246,43 @@ def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         torch.onnx.export(model.eval(), (example,), str(tmp), input_names=["input"], output_names=["logits"],
                           dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False,
                           verbose=False)
+        import onnx
+
+        graph = onnx.load(str(tmp))
+        if drop_idle_relus(graph):
+            onnx.save(graph, str(tmp))
+
+
+def drop_idle_relus(model: Any) -> int:
+    """Remove, in place, each ``Relu`` of an ONNX model that reads a ``DequantizeLinear`` whose
+    zero point is its type's minimum: the values are non-negative, the ReLU changes nothing, and
+    onnxruntime's int8 kernels then meet the ``DequantizeLinear`` itself (a ReLU folded into an
+    int8 layer that the model's code applies again, e.g. before a residual join). Returns how many."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    dropped = []
+    for node in graph.node:
+        source = producer.get(node.input[0]) if node.op_type == "Relu" else None
+        if source is None or source.op_type != "DequantizeLinear" or len(source.input) < 3 or node.output[0] in outputs:
+            continue
+        zero = consts.get(source.input[2])
+        if zero is None or zero.size != 1 or zero.dtype not in (np.uint8, np.int8):
+            continue
+        if int(zero.reshape(())) == int(np.iinfo(zero.dtype).min):
+            rename[node.output[0]] = node.input[0]
+            dropped.append(node)
+    for node in dropped:
+        graph.node.remove(node)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    return len(dropped)
 
 
 def layer_onnx(module: nn.Module, example: torch.Tensor) -> Any:

@@ -6,7 +6,8 @@ batch norm after it folded in; :mod:`autocomp.ops.int8`); candidates are scored 
 that scheme simulated. ``format`` is ``runtime`` (the format onnxruntime runs fastest on this
 machine among those it computes faithfully, measured once: :func:`autocomp.latency.int8_format`)
 or one of ``u8s8``, ``u8s8-rr``, ``s8s8``, ``s8s8-rr`` (activation type, weights; ``-rr``:
-7-bit weights). Unlike ``bits`` (storage only: the packed file is smaller, nothing runs faster),
+7-bit weights). A residual join whose inputs are all int8 adds in int8 too
+(:class:`~autocomp.ops.int8.Int8Join`). Unlike ``bits`` (storage only: the packed file is smaller, nothing runs faster),
 ``precision`` changes latency; a space has one or the other.
 
 Cost: an int8 layer stores one byte per weight plus a float32 scale per output channel (its
@@ -20,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -31,7 +33,16 @@ from torch import nn
 from autocomp.errors import ConfigError
 from autocomp.kinds.base import Geometry, Op
 from autocomp.kinds.bits import BYTES_PER_FLOAT, FLOAT_BITS, Bits
-from autocomp.ops.int8 import FORMATS, Int8Format, followed_by_relu, following_norms, wrap_int8
+from autocomp.ops.int8 import (
+    FORMATS,
+    Int8Format,
+    Join,
+    add_int8_joins,
+    followed_by_relu,
+    following_norms,
+    residual_joins,
+    wrap_int8,
+)
 
 if TYPE_CHECKING:
     from autocomp.cost import CostModel
@@ -59,11 +70,27 @@ class PrecisionChoice:
         return Int8Format.parse(DEFAULT_FORMAT if self.format == "runtime" else self.format)
 
 
-def _fusions(model: nn.Module, graph: LayerGraph, names: list[str]) -> tuple[dict[str, str], set[str]]:
-    """The batch norm after each layer of ``names`` and the layers whose output only a ReLU reads."""
+@dataclass(frozen=True)
+class Fusions:
+    """What joins each conv/linear layer when it runs in int8: the batch norm after it (``norms``),
+    the ReLU that alone reads it (``relus``), and the residual joins that add int8 outputs
+    (``joins``: int8 too where all their inputs are)."""
+
+    norms: dict[str, str]
+    relus: set[str]
+    joins: list[Join]
+
+
+def fusions(model: nn.Module, graph: LayerGraph) -> Fusions:
+    """The :class:`Fusions` of ``model``'s conv/linear layers (one forward pass each on a zero
+    input of the graph's shape)."""
+    names = [layer.name for layer in graph.layers
+             if isinstance(model.get_submodule(layer.name), (nn.modules.conv._ConvNd, nn.Linear))]
     example = torch.zeros(1, *graph.input_shape, device=next(model.parameters()).device)
     norms = following_norms(model, example, names)
-    return norms, followed_by_relu(model, example, names, norms)
+    relus = followed_by_relu(model, example, names, norms)
+    wrapped = wrap_int8(copy.deepcopy(model), names, norms, Int8Format(), relus)
+    return Fusions(norms, relus, residual_joins(wrapped, example, names, relus))
 
 
 class Precision(Bits):
@@ -99,17 +126,20 @@ class Precision(Bits):
 
     def make_op(self, model: nn.Module, graph: LayerGraph, space_value: PrecisionChoice | None) -> Op:
         fmt = (space_value or PrecisionChoice((FLOAT_BITS, INT8))).int8_format
-        found: tuple[dict[str, str], set[str]] | None = None  # batch norms and ReLUs to fold, found once
+        found: Fusions | None = None  # batch norms, ReLUs and joins to fold, found once
         if space_value is not None and INT8 in space_value.choices:
-            found = _fusions(model, graph, [layer.name for layer in graph.layers])
+            found = fusions(model, graph)
 
         def apply(target: nn.Module, entries: Mapping[str, int]) -> nn.Module:
             nonlocal found
             names = [name for name, value in entries.items() if value == INT8]
-            if names and found is None:  # a model rebuilt from a plan alone: look on the (pruned) target
-                found = _fusions(target, graph, names)
-            norms, relus = found or ({}, set())
-            return wrap_int8(target, names, norms, fmt, relus)
+            if not names:
+                return target
+            if found is None:  # a model rebuilt from a plan alone: look on the (pruned) target
+                found = fusions(target, graph)
+            wrap_int8(target, names, found.norms, fmt, found.relus)
+            add_int8_joins(target, found.joins, names, fmt)
+            return target
 
         return apply
 

@@ -18,6 +18,10 @@ while training, so fine-tuning is quantisation-aware. :func:`calibrate_int8` rec
 activation ranges; :func:`freeze` stores the int8 weights themselves for export, so the written
 ONNX file holds int8 weights.
 
+A residual join whose inputs are all int8 (:func:`residual_joins`, :func:`add_int8_joins`) gets an
+:class:`Int8Join`: the sum is quantised too, and onnxruntime adds in int8 (``QLinearAdd``), so the
+residual stream stays int8 between blocks.
+
 The format (which activation type, whether ``reduce_range``) is what the runtime runs fastest
 among the formats it computes faithfully: :func:`autocomp.latency.int8_format` measures it.
 
@@ -94,36 +98,24 @@ def weight_scale(weight: torch.Tensor, fmt: Int8Format) -> torch.Tensor:
     return torch.where(amax > 0, amax / fmt.weight_max, torch.ones_like(amax)).to(torch.float32)
 
 
-class Int8Layer(nn.Module):
-    """One conv or linear layer (``layer``), with the batch norm after it (``norm``, or ``None``),
-    as an int8 layer in ``fmt``. Until calibrated (and while observing) it computes in float."""
+class _Observed(nn.Module):
+    """What an int8 layer and an int8 join share: activation ranges recorded over calibration
+    images (``rows`` tensors: min and max each) and the format, as buffers (so that they travel
+    with the state dict), mirrored as Python values (which export can read)."""
 
-    def __init__(self, layer: nn.Module, norm: nn.Module | None, fmt: Int8Format, relu: bool = False) -> None:
+    def __init__(self, fmt: Int8Format, rows: int) -> None:
         super().__init__()
-        self.relu = relu  # the ReLU that alone reads the output is applied here, before quantising it
-        if not isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)):
-            raise TypeError(f"{type(layer).__name__} is not a conv or linear layer")
-        self.layer = layer
-        self.norm = norm
-        self.register_buffer("ranges", torch.zeros(2, 2))  # [input, output] x [min, max]
+        self.register_buffer("ranges", torch.zeros(rows, 2))  # one [min, max] per quantised tensor
         self.register_buffer("format_code", torch.tensor([fmt.activations == "uint8", fmt.reduce_range]))
         self.register_buffer("is_calibrated", torch.tensor(False))
         self.observing = False
         self._sync()
 
-    # ---- state (buffers, so that it travels with the state dict; mirrored as Python values,
-    # which export can read) -----------------------------------------------------------------
     def _sync(self) -> None:
         uint8, reduce_range = (bool(v) for v in self.format_code.tolist())
         self.fmt = Int8Format("uint8" if uint8 else "int8", reduce_range)
         self.calibrated = bool(self.is_calibrated)
-        (a, b), (c, d) = self.ranges.tolist()
-        self._qparams = (act_qparams(a, b, self.fmt), act_qparams(c, d, self.fmt)) if self.calibrated else None
-
-    def qparams(self) -> tuple[tuple[float, int], tuple[float, int]]:
-        """(scale, zero point) of the input and of the output, as Python numbers."""
-        assert self._qparams is not None, "an int8 layer is calibrated before it computes in int8"
-        return self._qparams
+        self._qparams = tuple(act_qparams(a, b, self.fmt) for a, b in self.ranges.tolist()) if self.calibrated else None
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -132,11 +124,42 @@ class Int8Layer(nn.Module):
     def observe(self, on: bool) -> None:
         """Start (``True``) or finish recording activation ranges; finishing calibrates."""
         if on:
-            self.ranges.copy_(torch.tensor([[np.inf, -np.inf], [np.inf, -np.inf]]))
+            self.ranges.copy_(torch.tensor([[np.inf, -np.inf]] * len(self.ranges)))
         else:
             self.is_calibrated.fill_(True)
         self.observing = on
         self._sync()
+
+    def _record(self, row: int, t: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.ranges[row, 0] = torch.minimum(self.ranges[row, 0], t.min())
+            self.ranges[row, 1] = torch.maximum(self.ranges[row, 1], t.max())
+
+    def _fake_act(self, x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
+        qmin, qmax = self.fmt.act_range
+        if self.training and torch.is_grad_enabled():
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
+        dtype = self.fmt.act_dtype
+        q = _QD.quantize_per_tensor(x, scale, zero, qmin, qmax, dtype)
+        return _QD.dequantize_per_tensor(q, scale, zero, qmin, qmax, dtype)
+
+
+class Int8Layer(_Observed):
+    """One conv or linear layer (``layer``), with the batch norm after it (``norm``, or ``None``),
+    as an int8 layer in ``fmt``. Until calibrated (and while observing) it computes in float."""
+
+    def __init__(self, layer: nn.Module, norm: nn.Module | None, fmt: Int8Format, relu: bool = False) -> None:
+        if not isinstance(layer, (nn.modules.conv._ConvNd, nn.Linear)):
+            raise TypeError(f"{type(layer).__name__} is not a conv or linear layer")
+        super().__init__(fmt, rows=2)  # the input and the output
+        self.relu = relu  # the ReLU that alone reads the output is applied here, before quantising it
+        self.layer = layer
+        self.norm = norm
+
+    def qparams(self) -> tuple[tuple[float, int], tuple[float, int]]:
+        """(scale, zero point) of the input and of the output, as Python numbers."""
+        assert self._qparams is not None, "an int8 layer is calibrated before it computes in int8"
+        return self._qparams[0], self._qparams[1]
 
     # ---- forward ---------------------------------------------------------------------------
     def folded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -168,24 +191,14 @@ class Int8Layer(nn.Module):
         if self.observing or not self.calibrated:
             y = self._float(x)
             if self.observing:
-                with torch.no_grad():
-                    for row, t in enumerate((x, y)):
-                        self.ranges[row, 0] = torch.minimum(self.ranges[row, 0], t.min())
-                        self.ranges[row, 1] = torch.maximum(self.ranges[row, 1], t.max())
+                for row, t in enumerate((x, y)):
+                    self._record(row, t)
             return y
         (s_in, z_in), (s_out, z_out) = self.qparams()
         weight, bias = self.folded() if not hasattr(self, "levels") else (None, self.frozen_bias)
         x = self._fake_act(x, s_in, z_in)
         y = self._apply_layer(x, self._fake_weight(weight), bias)
         return self._fake_act(torch.relu(y) if self.relu else y, s_out, z_out)
-
-    def _fake_act(self, x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
-        qmin, qmax = self.fmt.act_range
-        if self.training and torch.is_grad_enabled():
-            return torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
-        dtype = self.fmt.act_dtype
-        q = _QD.quantize_per_tensor(x, scale, zero, qmin, qmax, dtype)
-        return _QD.dequantize_per_tensor(q, scale, zero, qmin, qmax, dtype)
 
     def _fake_weight(self, weight: torch.Tensor | None) -> torch.Tensor:
         q = self.fmt.weight_max
@@ -217,9 +230,9 @@ def int8_layers(model: nn.Module) -> list[Int8Layer]:
 
 
 def calibrate_int8(model: nn.Module, batches: Iterable[torch.Tensor], run: Any = None) -> None:
-    """Record every int8 layer's activation ranges over ``batches`` (the model computing in
-    float) and switch the layers to int8; ``run(model, x)`` runs a batch (default ``model(x)``)."""
-    layers = int8_layers(model)
+    """Record every int8 layer's (and int8 join's) activation ranges over ``batches`` (the model
+    computing in float) and switch them to int8; ``run(model, x)`` runs a batch (default ``model(x)``)."""
+    layers = [m for m in model.modules() if isinstance(m, _Observed)]
     if not layers:
         return
     was_training = model.training
@@ -343,6 +356,128 @@ def wrap_int8(model: nn.Module, names: Iterable[str], norms: Mapping[str, str], 
             _set(model, norms[name], nn.Identity())
         _set(model, name, Int8Layer(layer, norm, fmt, relu=name in relus))
     return model
+
+
+class Int8Join(_Observed):
+    """The int8 output of a module that adds int8 tensors (a residual join, and the ReLU after it):
+    quantised there, the runtime adds in int8 (``QLinearAdd``) and the next int8 layers read the
+    sum without converting it. Held by that module as its ``int8_output`` child and applied by a
+    forward hook (:func:`add_int8_joins`), so that no module's name changes."""
+
+    def __init__(self, fmt: Int8Format) -> None:
+        super().__init__(fmt, rows=1)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self._record(0, y)
+        if self.observing or not self.calibrated:
+            return y
+        assert self._qparams is not None
+        return self._fake_act(y, *self._qparams[0])
+
+
+def _quantise_output(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+    return module.int8_output(output)
+
+
+@dataclass(frozen=True)
+class Join:
+    """A module whose output is a sum of two tensors (and a ReLU after it, if any), each written by
+    one of ``layers`` (their int8 output: batch norm and ReLU folded in) or by an earlier join of
+    ``joins`` (module names)."""
+
+    module: str
+    layers: tuple[str, ...]
+    joins: tuple[str, ...]
+
+
+ADDS = (torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__radd__,
+        torch.Tensor.__iadd__)
+RELUS = (torch.relu, torch.relu_, F.relu, torch.Tensor.relu, torch.Tensor.relu_)
+
+
+def residual_joins(model: nn.Module, example: torch.Tensor, names: Iterable[str], relus: Iterable[str]) -> list[Join]:
+    """The joins of ``model`` (in the order they run) whose every input an int8 layer of ``names``
+    or an earlier join writes, found by one forward pass of ``example`` with every torch call
+    watched; ``model`` has ``names`` wrapped as :class:`Int8Layer` (uncalibrated: they compute in
+    float), ``relus`` those with a ReLU folded in (a ReLU on their output changes nothing, and the
+    export drops it). A join is a module called once whose output is the sum; modules called more
+    than once (a shared ``nn.ReLU``) are not, and neither is a sum that no module returns."""
+    from torch.overrides import TorchFunctionMode
+
+    names = set(names)
+    layer_relus = {("layer", name) for name in relus}
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    writer: dict[int, tuple[str, str]] = {}  # tensor id -> ("layer" | "join", name)
+    sums: dict[int, tuple[tuple[str, str], ...]] = {}  # tensor id -> the writers it adds
+    held: list[torch.Tensor] = []  # keeps every watched tensor alive, so that no id is reused
+    joins: list[Join] = []
+
+    def count(name: str) -> Any:
+        return lambda module, args: calls.__setitem__(name, calls.get(name, 0) + 1)
+
+    def seen(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                return
+            held.append(output)
+            if name in names:
+                writer[id(output)] = ("layer", name)
+            elif id(output) in sums and calls.get(name) == 1 and id(output) not in writer:
+                parts = sums.pop(id(output))
+                joins.append(Join(name, tuple(n for k, n in parts if k == "layer"), tuple(n for k, n in parts if k == "join")))
+                writer[id(output)] = ("join", name)
+        return hook
+
+    class Watch(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            ins = [a for a in args[:2] if isinstance(a, torch.Tensor)]
+            sources = [writer.get(id(t)) for t in ins]
+            out = func(*args, **kwargs)
+            if not isinstance(out, torch.Tensor):
+                return out
+            held.append(out)
+            if func in ADDS and len(ins) == 2 and all(sources) and ins[0].shape == ins[1].shape:
+                writer.pop(id(out), None)  # an in-place sum is no longer what wrote its first input
+                sums[id(out)] = tuple(s for s in sources if s is not None)
+            elif func in RELUS and ins and id(ins[0]) in sums:
+                sums[id(out)] = sums[id(ins[0])]
+            elif func in RELUS and ins and sources[0] is not None and sources[0] in layer_relus:
+                writer[id(out)] = sources[0]  # a ReLU on what is already non-negative
+            return out
+
+    def watch(find: bool) -> None:
+        hooks = [module.register_forward_pre_hook(count(name)) for name, module in modules.items() if name and not find]
+        if find:
+            hooks += [module.register_forward_hook(seen(name)) for name, module in modules.items() if name]
+        try:
+            with torch.no_grad(), Watch():
+                model.eval()(example)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            held.clear()
+            writer.clear()
+            sums.clear()
+
+    watch(find=False)  # how often each module runs
+    watch(find=True)
+    return joins
+
+
+def add_int8_joins(model: nn.Module, joins: Iterable[Join], names: Iterable[str], fmt: Int8Format) -> list[str]:
+    """Give each join whose inputs all come out of int8 (layers of ``names``, joins made int8 before
+    it) an :class:`Int8Join` output, in place; returns the modules that have one."""
+    int8, made = set(names), []
+    for join in joins:
+        if all(n in int8 for n in join.layers) and all(j in made for j in join.joins):
+            module = model.get_submodule(join.module)
+            module.int8_output = Int8Join(fmt)
+            module.register_forward_hook(_quantise_output)
+            made.append(join.module)
+    return made
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:

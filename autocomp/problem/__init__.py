@@ -36,7 +36,7 @@ from autocomp.errors import ConfigError, IncompatibleModelError
 from autocomp.graph import LayerGraph
 from autocomp.kinds import KINDS, Geometry
 from autocomp.kinds.bits import FLOAT_BITS
-from autocomp.kinds.precision import INT8
+from autocomp.kinds.precision import INT8, fusions
 from autocomp.latency import LatencyTable, channel_step, int8_format
 from autocomp.ops.int8 import Int8Format, calibrate_int8, freeze
 from autocomp.plan import Plan
@@ -176,6 +176,7 @@ class CompressionProblem:
                                                                 int8=self.int8_format, plans=plans, device=device,
                                                                 progress=progress)
             if self.int8_format is not None:  # what int8 layers share in a whole model, fitted on a few
+                latency.set_joins(fusions(self.model, self.graph).joins)
                 self.int8_fit = latency.calibrate_int8(
                     lambda mask: int8_timing_model(compressor, self.graph, int8_key, mask, data.val.example(8)),
                     np.array([INT8 in c for c in self.decisions.choices[int8_key]]), key=int8_key)

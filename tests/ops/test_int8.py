@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -14,7 +15,9 @@ from autocomp.ops.int8 import (
     FORMATS,
     Int8Format,
     Int8Layer,
+    Join,
     act_qparams,
+    add_int8_joins,
     calibrate_int8,
     followed_by_relu,
     following_norms,
@@ -256,3 +259,130 @@ def test_a_digits_int8_search_runs_and_exports_as_qdq(space: str, agent: str, bu
     assert info["latency_s"] > 0 and info["size_bytes"] < 0.75 * 4 * summary["baseline"]["params"]
     with pytest.raises(ConfigError, match="pass --format onnx"):
         export_run(result.run_dir, fmt="torchscript", threads=1)
+
+
+class _Block(nn.Module):
+    """A residual block: identity shortcut or a 1x1 conv one, a functional ReLU or one shared
+    ``nn.ReLU`` module called twice (as torchvision's), an in-place or a plain sum."""
+
+    def __init__(self, c_in: int, c_out: int, shared_relu: bool = False) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)
+        self.c2, self.b2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)
+        self.sc = nn.Sequential() if c_in == c_out else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False),
+                                                                       nn.BatchNorm2d(c_out))
+        self.relu = nn.ReLU() if shared_relu else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.relu is not None:
+            out = self.b2(self.c2(self.relu(self.b1(self.c1(x)))))
+            out += self.sc(x)
+            return self.relu(out)
+        y = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+        return torch.relu(y + self.sc(x))
+
+
+class _ResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.b1, self.b2, self.b3 = _Block(8, 8), _Block(8, 8), _Block(8, 16, shared_relu=True)
+        self.fc = nn.Linear(16, 10)
+        for bn in (m for m in self.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.stem(x)))  # the ReLU the int8 stem already applies: the export drops it
+        return self.fc(self.b3(self.b2(self.b1(x))).mean((2, 3)))
+
+
+def _joined(fmt: Int8Format, names: list[str] | None = None) -> tuple[nn.Module, list[str]]:
+    from autocomp.kinds.precision import fusions
+
+    net = _ResNet().eval()
+    graph = LayerGraph.build(net, (3, 10, 10))
+    found = fusions(net, graph)
+    names = names if names is not None else [layer.name for layer in graph.layers]
+    model = wrap_int8(copy.deepcopy(net), names, found.norms, fmt, found.relus)
+    made = add_int8_joins(model, found.joins, names, fmt)
+    calibrate_int8(model, [torch.randn(64, 3, 10, 10, generator=torch.Generator().manual_seed(2))])
+    return model, made
+
+
+def test_residual_joins_add_in_int8_where_all_their_inputs_are_int8() -> None:
+    """A residual sum whose inputs all come out of int8 layers or earlier int8 joins is found in
+    the module that returns it (not in an ``nn.ReLU`` shared by two calls), and only then made int8."""
+    from autocomp.kinds.precision import fusions
+
+    net = _ResNet().eval()
+    found = fusions(net, LayerGraph.build(net, (3, 10, 10)))
+    assert found.joins == [Join("b1", ("b1.c2", "stem"), ()), Join("b2", ("b2.c2",), ("b1",)),
+                           Join("b3", ("b3.c2", "b3.sc.0"), ())]
+    assert _joined(Int8Format())[1] == ["b1", "b2", "b3"]
+    everything_but_the_stem = ["b1.c1", "b1.c2", "b2.c1", "b2.c2", "b3.c1", "b3.c2", "b3.sc.0", "fc"]
+    model, made = _joined(Int8Format(), everything_but_the_stem)
+    assert made == ["b3"]  # b1 adds the float stem's output, b2 adds b1's
+    assert model.b3.int8_output.calibrated and not hasattr(model.b1, "int8_output")
+
+
+def test_onnxruntime_adds_the_residual_joins_in_int8(machine_formats, tmp_path) -> None:
+    """Exported, every join runs as ``QLinearAdd`` (no float ``Add`` or ``Relu`` left) and
+    onnxruntime agrees with the simulation to a few output steps, with the same predicted classes
+    on at least 99% of the inputs."""
+    import onnxruntime
+
+    model, _ = _joined(Int8Format.parse(machine_formats["format"]))
+    freeze(model)
+    x = torch.randn(512, 3, 10, 10, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        simulated = model(x)
+    write_onnx(model, x[:1], tmp_path / "m.onnx")
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("QLinearAdd") == 3 and "Add" not in ops and "Relu" not in ops, ops
+    runtime = get_runtime("onnxruntime")
+    out = runtime.runner_of_session(runtime.session(tmp_path / "m.onnx", threads=1))(x)
+    step = model.fc.qparams()[1][0]
+    assert float((out - simulated).abs().max()) <= 4.01 * step
+    assert float((out.argmax(1) == simulated.argmax(1)).float().mean()) >= 0.99
+
+
+def test_training_through_an_int8_join_is_quantisation_aware() -> None:
+    model, _ = _joined(Int8Format())
+    x = torch.randn(16, 3, 10, 10, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        evaluated = model(x)
+    model.train()
+    out = model(x)
+    assert torch.allclose(out, evaluated, atol=1e-5)
+    out.square().mean().backward()
+    assert model.b1.c1.layer.weight.grad.abs().sum() > 0
+
+
+def test_the_latency_fit_prices_the_joins_that_add_in_int8(tmp_path) -> None:
+    """The latency table's int8 features count a join's elements (its sum's, at the plan's kept
+    channels) only where all its inputs are int8, as :func:`add_int8_joins` makes them."""
+    from autocomp.cost import CostModel
+    from autocomp.kinds.precision import fusions
+    from autocomp.latency import LatencyTable
+
+    net = _ResNet().eval()
+    graph = LayerGraph.build(net, (3, 10, 10))
+    table = LatencyTable(graph, CostModel(graph), cache_dir=tmp_path)
+    table.set_joins(fusions(net, graph).joins)
+    names = [layer.name for layer in graph.layers]
+    ones = np.ones(len(names))
+
+    def joined(int8: list[str], out_f: np.ndarray = ones) -> float:
+        return float(table.int8_features(np.array([n in int8 for n in names]), ones, out_f)[2])
+
+    assert joined(names) == 8 * 100 * 2 + 16 * 100
+    assert joined([n for n in names if n != "stem"]) == 16 * 100  # b3 alone, as add_int8_joins decides
+    assert joined([n for n in names if n != "b3.sc.0"]) == 8 * 100 * 2
+    half = np.where(np.array(names) == "b3.c2", 0.5, 1.0)
+    assert joined(names, half) == 8 * 100 * 2 + 8 * 100
