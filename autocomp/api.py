@@ -16,6 +16,7 @@ from autocomp.errors import ConfigError
 from autocomp.graph import LayerGraph
 from autocomp.inspection import Inspection
 from autocomp.models import build_model
+from autocomp.ops.int8 import keep_saved_joins
 from autocomp.plan import Plan
 from autocomp.rundir import RunDir
 
@@ -158,5 +159,7 @@ def load_compressed(run_dir: str | os.PathLike[str], *, finetuned: bool = False)
         model = build_model(config.model, num_classes=summary["num_classes"]).eval()
         graph = LayerGraph.build(model, tuple(summary["input_shape"]))
         compressed = Compressor(model, graph).apply(plan, copy_model=False)
-    compressed.load_state_dict(torch.load(run.finetuned_model if finetuned else run.best_model, weights_only=True))
+    state = torch.load(run.finetuned_model if finetuned else run.best_model, weights_only=True)
+    keep_saved_joins(compressed, state)  # a run saved before residual joins ran in int8 loads as it was
+    compressed.load_state_dict(state)
     return compressed.eval()

@@ -480,6 +480,20 @@ def add_int8_joins(model: nn.Module, joins: Iterable[Join], names: Iterable[str]
     return made
 
 
+def keep_saved_joins(model: nn.Module, state: Mapping[str, Any]) -> list[str]:
+    """Remove, in place, the int8 joins of ``model`` that ``state`` (a state dict to load) has no
+    ranges for: weights saved before joins were int8 then load into the model they were saved
+    from. Returns the modules whose join was removed."""
+    removed = []
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "int8_output", None), Int8Join) and f"{name}.int8_output.ranges".lstrip(".") not in state:
+            del module.int8_output
+            for key in [k for k, hook in module._forward_hooks.items() if hook is _quantise_output]:
+                del module._forward_hooks[key]
+            removed.append(name)
+    return removed
+
+
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)

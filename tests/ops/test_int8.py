@@ -22,6 +22,7 @@ from autocomp.ops.int8 import (
     followed_by_relu,
     following_norms,
     freeze,
+    keep_saved_joins,
     wrap_int8,
 )
 from autocomp.runtimes import get_runtime, write_onnx
@@ -298,7 +299,7 @@ class _ResNet(nn.Module):
         return self.fc(self.b3(self.b2(self.b1(x))).mean((2, 3)))
 
 
-def _joined(fmt: Int8Format, names: list[str] | None = None) -> tuple[nn.Module, list[str]]:
+def _joined(fmt: Int8Format, names: list[str] | None = None, joins: bool = True) -> tuple[nn.Module, list[str]]:
     from autocomp.kinds.precision import fusions
 
     net = _ResNet().eval()
@@ -306,7 +307,7 @@ def _joined(fmt: Int8Format, names: list[str] | None = None) -> tuple[nn.Module,
     found = fusions(net, graph)
     names = names if names is not None else [layer.name for layer in graph.layers]
     model = wrap_int8(copy.deepcopy(net), names, found.norms, fmt, found.relus)
-    made = add_int8_joins(model, found.joins, names, fmt)
+    made = add_int8_joins(model, found.joins, names, fmt) if joins else []
     calibrate_int8(model, [torch.randn(64, 3, 10, 10, generator=torch.Generator().manual_seed(2))])
     return model, made
 
@@ -386,3 +387,18 @@ def test_the_latency_fit_prices_the_joins_that_add_in_int8(tmp_path) -> None:
     assert joined([n for n in names if n != "b3.sc.0"]) == 8 * 100 * 2
     half = np.where(np.array(names) == "b3.c2", 0.5, 1.0)
     assert joined(names, half) == 8 * 100 * 2 + 8 * 100
+
+
+def test_weights_saved_without_joins_load_into_the_model_they_came_from() -> None:
+    """A state dict from before residual joins ran in int8 has no ranges for them: the joins are
+    removed and the model computes as the one saved did; one that has them keeps them."""
+    model, _ = _joined(Int8Format())
+    assert keep_saved_joins(copy.deepcopy(model), model.state_dict()) == []
+    saved, _ = _joined(Int8Format(), joins=False)
+    rebuilt = copy.deepcopy(model)
+    assert keep_saved_joins(rebuilt, saved.state_dict()) == ["b1", "b2", "b3"]
+    rebuilt.load_state_dict(saved.state_dict())
+    x = torch.randn(8, 3, 10, 10, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), saved(x)) and not torch.equal(model(x), saved(x))
+    assert not rebuilt.b1._forward_hooks
