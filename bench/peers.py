@@ -37,15 +37,21 @@ def torch_pruning_at_macs(model: nn.Module, input_shape: tuple[int, ...], classi
     """Torch-Pruning's global group-L1 model keeping at most ``macs_ratio`` of the MACs (its
     pruning ratio bisected on the measured MACs), and that ratio."""
     base = measure_cost(model, input_shape).macs
-    lo, hi = 0.0, 0.95
+    lo, hi, found = 0.0, 0.95, None
     for _ in range(20):
         mid = (lo + hi) / 2
         pruned = torch_pruning_model(model, input_shape, classifier, mid, round_to)
         if measure_cost(pruned, input_shape).macs <= macs_ratio * base:
-            hi = mid
+            hi, found = mid, mid
         else:
             lo = mid
-    return torch_pruning_model(model, input_shape, classifier, hi, round_to), hi
+    if found is None:
+        raise Unreachable(f"Torch-Pruning reaches no model at {macs_ratio:.3f} of the MACs")
+    return torch_pruning_model(model, input_shape, classifier, found, round_to), found
+
+
+class Unreachable(ValueError):
+    """No pruning ratio gets Torch-Pruning's model down to the MACs asked for."""
 
 
 def torch_pruning_plan(model: nn.Module, graph: LayerGraph, macs_ratio: float,

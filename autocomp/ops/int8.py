@@ -396,13 +396,18 @@ ADDS = (torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, to
 RELUS = (torch.relu, torch.relu_, F.relu, torch.Tensor.relu, torch.Tensor.relu_)
 
 
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
 def residual_joins(model: nn.Module, example: torch.Tensor, names: Iterable[str], relus: Iterable[str]) -> list[Join]:
     """The joins of ``model`` (in the order they run) whose every input an int8 layer of ``names``
     or an earlier join writes, found by one forward pass of ``example`` with every torch call
     watched; ``model`` has ``names`` wrapped as :class:`Int8Layer` (uncalibrated: they compute in
     float), ``relus`` those with a ReLU folded in (a ReLU on their output changes nothing, and the
-    export drops it). A join is a module called once whose output is the sum; modules called more
-    than once (a shared ``nn.ReLU``) are not, and neither is a sum that no module returns."""
+    export drops it). A join is a module called once (not a container) that returns the sum of two
+    tensors of one shape, or a ReLU of it, and in which nothing else reads the sum (the runtime
+    adds in int8 only where the sum has that one reader). Modules called more than once (a shared
+    ``nn.ReLU``) are not joins, and neither is a sum that no module returns."""
     from torch.overrides import TorchFunctionMode
 
     names = set(names)
@@ -410,7 +415,8 @@ def residual_joins(model: nn.Module, example: torch.Tensor, names: Iterable[str]
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
     writer: dict[int, tuple[str, str]] = {}  # tensor id -> ("layer" | "join", name)
-    sums: dict[int, tuple[tuple[str, str], ...]] = {}  # tensor id -> the writers it adds
+    sums: dict[int, tuple[tuple[tuple[str, str], ...], tuple[int, ...]]] = {}  # id -> (writers added, chain of ids)
+    reads: dict[int, int] = {}  # how often each sum in a chain was read
     held: list[torch.Tensor] = []  # keeps every watched tensor alive, so that no id is reused
     joins: list[Join] = []
 
@@ -424,28 +430,47 @@ def residual_joins(model: nn.Module, example: torch.Tensor, names: Iterable[str]
             held.append(output)
             if name in names:
                 writer[id(output)] = ("layer", name)
-            elif id(output) in sums and calls.get(name) == 1 and id(output) not in writer:
-                parts = sums.pop(id(output))
-                joins.append(Join(name, tuple(n for k, n in parts if k == "layer"), tuple(n for k, n in parts if k == "join")))
+                return
+            if id(output) not in sums or calls.get(name) != 1 or isinstance(module, CONTAINERS):
+                return
+            parts, chain = sums.pop(id(output))
+            if reads.get(chain[-1], 0) == 0 and all(reads.get(c, 0) == 1 for c in chain[:-1]):
+                joins.append(Join(name, tuple(n for k, n in parts if k == "layer"),
+                                  tuple(n for k, n in parts if k == "join")))
                 writer[id(output)] = ("join", name)
         return hook
 
     class Watch(TorchFunctionMode):
         def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
             kwargs = kwargs or {}
+            tensors = [t for a in (*args, *kwargs.values()) for t in (a if isinstance(a, (list, tuple)) else (a,))
+                       if isinstance(t, torch.Tensor)]
             ins = [a for a in args[:2] if isinstance(a, torch.Tensor)]
             sources = [writer.get(id(t)) for t in ins]
             out = func(*args, **kwargs)
             if not isinstance(out, torch.Tensor):
                 return out
             held.append(out)
-            if func in ADDS and len(ins) == 2 and all(sources) and ins[0].shape == ins[1].shape:
+            in_place = any(out is t for t in tensors)
+            if (func in ADDS and len(ins) == 2 and all(sources) and ins[0].shape == ins[1].shape
+                    and kwargs.get("alpha", 1) == 1):
                 writer.pop(id(out), None)  # an in-place sum is no longer what wrote its first input
-                sums[id(out)] = tuple(s for s in sources if s is not None)
-            elif func in RELUS and ins and id(ins[0]) in sums:
-                sums[id(out)] = sums[id(ins[0])]
+                sums[id(out)] = (tuple(s for s in sources if s is not None), (id(out),))
+                return out
+            for t in tensors:  # every other read of a sum counts
+                if id(t) in sums:
+                    reads[id(t)] = reads.get(id(t), 0) + 1
+            if func in RELUS and ins and id(ins[0]) in sums:
+                if in_place:
+                    reads[id(out)] -= 1  # the same tensor, now non-negative
+                else:
+                    parts, chain = sums[id(ins[0])]
+                    sums[id(out)] = (parts, (*chain, id(out)))
             elif func in RELUS and ins and sources[0] is not None and sources[0] in layer_relus:
                 writer[id(out)] = sources[0]  # a ReLU on what is already non-negative
+            elif in_place:  # another in-place op: what the tensor holds is no longer what was written
+                writer.pop(id(out), None)
+                sums.pop(id(out), None)
             return out
 
     def watch(find: bool) -> None:
@@ -458,9 +483,8 @@ def residual_joins(model: nn.Module, example: torch.Tensor, names: Iterable[str]
         finally:
             for hook in hooks:
                 hook.remove()
-            held.clear()
-            writer.clear()
-            sums.clear()
+            for state in (held, writer, sums, reads):
+                state.clear()
 
     watch(find=False)  # how often each module runs
     watch(find=True)
@@ -469,7 +493,11 @@ def residual_joins(model: nn.Module, example: torch.Tensor, names: Iterable[str]
 
 def add_int8_joins(model: nn.Module, joins: Iterable[Join], names: Iterable[str], fmt: Int8Format) -> list[str]:
     """Give each join whose inputs all come out of int8 (layers of ``names``, joins made int8 before
-    it) an :class:`Int8Join` output, in place; returns the modules that have one."""
+    it) an :class:`Int8Join` output, in place; returns the modules that have one. Only in formats
+    with uint8 activations: with int8 ones, onnxruntime (1.32, x86) fuses few of the sums and then
+    leaves more of the layers around them in float."""
+    if fmt.activations != "uint8":
+        return []
     int8, made = set(names), []
     for join in joins:
         if all(n in int8 for n in join.layers) and all(j in made for j in join.joins):
