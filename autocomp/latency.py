@@ -184,33 +184,39 @@ class LatencyTable:
                 joined += size * (out_f[layers[0]] if out_f is not None else 1.0)
         return np.array([float(np.sum(elems[int8 & ~interior])), float(np.sum(elems[interior])), joined])
 
-    def calibrate_int8(self, build: Callable[[np.ndarray], nn.Module], allowed: np.ndarray, *, key: str,
-                       plans: int = 6, seed: int = 0) -> dict[str, float]:
+    def calibrate_int8(self, build: Callable[[np.ndarray, bool], nn.Module], allowed: np.ndarray, *, key: str,
+                       plans: int = 4, seed: int = 0) -> dict[str, float]:
         """Fit what the per-layer int8 timings miss in a whole model: a layer timed alone pays its
-        own conversions (quantise, layout changes, dequantise), which adjacent int8 layers share.
-        Whole models are measured with every ``allowed`` layer int8 and with ``plans`` random
-        subsets of them, halves and 85% (``build(mask)``: the model with those layers int8); the
-        gap to the table is fitted as seconds per input element of entry and interior int8 layers
-        and per element of int8 joins (least squares; :meth:`set_joins` first).
-        ``key``: the plan key of the int8 decisions.
-        Returns the fit's coefficients and its largest relative error."""
-        rng = np.random.default_rng(seed)  # halves, and plans with most layers int8 (where int8 joins chain)
-        masks = [allowed.copy()] + [allowed & (rng.random(len(allowed)) < (0.5 if k % 2 else 0.85)) for k in range(plans)]
+        own conversions (quantise, layout changes, dequantise), which adjacent int8 layers share,
+        and sums of int8 tensors run in int8 where the joins are (:meth:`set_joins` first).
+
+        ``build(mask, joins)`` is the model with the layers of ``mask`` int8 (and its int8 joins
+        when ``joins``). Whole models are measured in turn: every ``allowed`` layer int8 with and
+        without its joins (their difference is what the joins save, per element of the sums), and
+        ``plans`` random halves of the allowed layers; the rest of the gap to the table is fitted
+        as seconds per input element of int8 layers that follow a float layer and of those that
+        follow int8 ones (least squares). ``key``: the plan key of the int8 decisions.
+        Returns the coefficients and the fit's largest relative error."""
+        rng = np.random.default_rng(seed)
+        masks = [allowed.copy()] + [allowed & (rng.random(len(allowed)) < 0.5) for _ in range(plans)]
         in_f = np.ones(len(self.graph.layers))  # whole models: every input channel
         self.int8_boundary = np.zeros(3)
-        measured = self.measure_together([build(mask) for mask in masks])
-        rows, gaps, totals = [], [], []
+        features = np.array([self.int8_features(mask, in_f) for mask in masks])
+        joined = features[0, 2] > 0
+        measured = self.measure_together([build(mask, True) for mask in masks] + ([build(allowed, False)] if joined else []))
+        if joined:  # the same model with and without its int8 joins, timed in turn
+            self.int8_boundary[2] = (measured[0] - measured[-1]) / features[0, 2]
+        gaps, totals = [], []
         for mask, seconds in zip(masks, measured):
             geometry = self.cost.geometry({**self.cost.defaults, key: np.where(mask, 8, 32)})
-            rows.append(self.int8_features(mask, in_f))
-            gaps.append(seconds - self.predict(geometry))
+            gaps.append(seconds - self.predict(geometry))  # the joins' part already in the prediction
             totals.append(seconds)
-        coef = np.linalg.lstsq(np.array(rows), np.array(gaps), rcond=None)[0]
-        self.int8_boundary = coef
-        fitted = np.array(rows) @ coef
-        error = float(np.max(np.abs(fitted - np.array(gaps)) / np.array(totals)))
-        return {"entry_ns_per_element": float(coef[0] * 1e9), "interior_ns_per_element": float(coef[1] * 1e9),
-                "join_ns_per_element": float(coef[2] * 1e9), "max_fit_error": error}
+        coef = np.linalg.lstsq(features[:, :2], np.array(gaps), rcond=None)[0]
+        self.int8_boundary[:2] = coef
+        error = float(np.max(np.abs(features[:, :2] @ coef - np.array(gaps)) / np.array(totals)))
+        b = self.int8_boundary * 1e9
+        return {"entry_ns_per_element": float(b[0]), "interior_ns_per_element": float(b[1]),
+                "join_ns_per_element": float(b[2]), "max_fit_error": error}
 
     def measure(self, model: nn.Module, *, batch: int | None = None) -> float:
         """Measured seconds of one forward pass of a whole model in this table's runtime and

@@ -522,6 +522,11 @@ def keep_saved_joins(model: nn.Module, state: Mapping[str, Any]) -> list[str]:
     return removed
 
 
+def remove_int8_joins(model: nn.Module) -> list[str]:
+    """Remove every int8 join of ``model``, in place (its sums then run in float); returns their modules."""
+    return keep_saved_joins(model, {})
+
+
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)

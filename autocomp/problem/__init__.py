@@ -38,7 +38,7 @@ from autocomp.kinds import KINDS, Geometry
 from autocomp.kinds.bits import FLOAT_BITS
 from autocomp.kinds.precision import INT8, fusions
 from autocomp.latency import LatencyTable, channel_step, int8_format
-from autocomp.ops.int8 import Int8Format, calibrate_int8, freeze
+from autocomp.ops.int8 import Int8Format, calibrate_int8, freeze, remove_int8_joins
 from autocomp.plan import Plan
 from autocomp.problem.budgets import Budgets
 from autocomp.problem.decisions import DecisionSpace, State, Step
@@ -109,11 +109,13 @@ def budget_surface_plans(constraints: Budgets, compressor: Compressor, example: 
 
 
 def int8_timing_model(compressor: Compressor, graph: LayerGraph, key: str, mask: np.ndarray,
-                      example: torch.Tensor) -> nn.Module:
-    """The original with the layers of ``mask`` int8 (plan key ``key``), their ranges taken from
-    ``example`` (for timing)."""
+                      example: torch.Tensor, joins: bool = True) -> nn.Module:
+    """The original with the layers of ``mask`` int8 (plan key ``key``) and, with ``joins``, its
+    int8 joins, their ranges taken from ``example`` (for timing)."""
     plan = Plan({key: {layer.name: INT8 for layer, m in zip(graph.layers, mask) if m}})
     model = compressor.apply(plan)
+    if not joins:
+        remove_int8_joins(model)
     calibrate_int8(model, [example])
     return freeze(model)
 
@@ -178,7 +180,7 @@ class CompressionProblem:
             if self.int8_format is not None:  # what int8 layers share in a whole model, fitted on a few
                 latency.set_joins(fusions(self.model, self.graph).joins)
                 self.int8_fit = latency.calibrate_int8(
-                    lambda mask: int8_timing_model(compressor, self.graph, int8_key, mask, data.val.example(8)),
+                    lambda mask, joins: int8_timing_model(compressor, self.graph, int8_key, mask, data.val.example(8), joins),
                     np.array([INT8 in c for c in self.decisions.choices[int8_key]]), key=int8_key)
         self.latency: LatencyTable | None = latency
         self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)

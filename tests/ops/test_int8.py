@@ -429,3 +429,28 @@ def test_a_sum_read_elsewhere_or_changed_in_place_is_no_join(peek: bool, scale: 
     model = wrap_int8(copy.deepcopy(net), ["0.a", "0.b"], {}, Int8Format())
     joins = residual_joins(model, torch.randn(1, 3, 4, 4), ["0.a", "0.b"], set())
     assert joins == ([Join("0", ("0.a", "0.b"), ())] if found else [])
+
+
+def test_the_joins_saving_is_measured_with_and_without_them(tmp_path) -> None:
+    """``calibrate_int8`` times the all-int8 model with and without its joins (their difference is
+    the joins' saving per element) and fits the layers' conversions on the rest: on timings made of
+    known costs it finds those costs."""
+    from autocomp.cost import CostModel
+    from autocomp.kinds.precision import fusions
+    from autocomp.latency import LatencyTable
+
+    net = _ResNet().eval()
+    graph = LayerGraph.build(net, (3, 10, 10))
+    table = LatencyTable(graph, CostModel(graph), cache_dir=tmp_path)
+    table.set_joins(fusions(net, graph).joins)
+    table.layer_sum = lambda geometry: 1e-3  # every plan's layers, timed alone
+    truth = np.array([40e-9, -15e-9, -3e-9])  # per element: entry, interior, join
+    ones = np.ones(len(graph.layers))
+
+    def timed(models: list) -> list[float]:
+        return [1e-3 + float(table.int8_features(mask, ones) * [1, 1, joins] @ truth) for mask, joins in models]
+
+    table.measure_together = timed
+    fit = table.calibrate_int8(lambda mask, joins: (mask, joins), np.ones(len(graph.layers), dtype=bool), key="precision")
+    assert np.allclose(table.int8_boundary, truth, rtol=1e-6, atol=0)
+    assert fit["join_ns_per_element"] == pytest.approx(-3.0) and fit["max_fit_error"] < 1e-9
