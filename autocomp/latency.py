@@ -185,7 +185,7 @@ class LatencyTable:
         return np.array([float(np.sum(elems[int8 & ~interior])), float(np.sum(elems[interior])), joined])
 
     def calibrate_int8(self, build: Callable[[np.ndarray, bool], nn.Module], allowed: np.ndarray, *, key: str,
-                       plans: int = 4, seed: int = 0) -> dict[str, float]:
+                       plans: int = 6, seed: int = 0) -> dict[str, float]:
         """Fit what the per-layer int8 timings miss in a whole model: a layer timed alone pays its
         own conversions (quantise, layout changes, dequantise), which adjacent int8 layers share,
         and sums of int8 tensors run in int8 where the joins are (:meth:`set_joins` first).
@@ -193,12 +193,13 @@ class LatencyTable:
         ``build(mask, joins)`` is the model with the layers of ``mask`` int8 (and its int8 joins
         when ``joins``). Whole models are measured in turn: every ``allowed`` layer int8 with and
         without its joins (their difference is what the joins save, per element of the sums), and
-        ``plans`` random halves of the allowed layers; the rest of the gap to the table is fitted
+        ``plans`` random subsets of the allowed layers (halves, and 85% of them: plans near the
+        all-int8 corner, where int8 layers chain); the rest of the gap to the table is fitted
         as seconds per input element of int8 layers that follow a float layer and of those that
         follow int8 ones (least squares). ``key``: the plan key of the int8 decisions.
         Returns the coefficients and the fit's largest relative error."""
         rng = np.random.default_rng(seed)
-        masks = [allowed.copy()] + [allowed & (rng.random(len(allowed)) < 0.5) for _ in range(plans)]
+        masks = [allowed.copy()] + [allowed & (rng.random(len(allowed)) < (0.5 if k % 2 else 0.85)) for k in range(plans)]
         in_f = np.ones(len(self.graph.layers))  # whole models: every input channel
         self.int8_boundary = np.zeros(3)
         features = np.array([self.int8_features(mask, in_f) for mask in masks])

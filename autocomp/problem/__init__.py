@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -179,14 +180,17 @@ class CompressionProblem:
                                                                 progress=progress)
             if self.int8_format is not None:  # what int8 layers share in a whole model, fitted on a few
                 latency.set_joins(fusions(self.model, self.graph).joins)
-                self.int8_fit = latency.calibrate_int8(
-                    lambda mask, joins: int8_timing_model(compressor, self.graph, int8_key, mask, data.val.example(8), joins),
+                fit_int8 = partial(latency.calibrate_int8, lambda mask, joins: int8_timing_model(
+                    compressor, self.graph, int8_key, mask, data.val.example(8), joins),
                     np.array([INT8 in c for c in self.decisions.choices[int8_key]]), key=int8_key)
+                self.int8_fit = fit_int8()
         self.latency: LatencyTable | None = latency
         self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)
         if latency is not None:  # fitted again where the search will be: random plans on the budget
             self.constraints.check_reachable()
             latency.calibrate(self.model, budget_surface_plans(self.constraints, compressor, data.val.example(8)))
+            if self.int8_format is not None:  # again, against the constant and scale fitted there
+                self.int8_fit = fit_int8()
             self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)
         self.limits = self.constraints.limits
         self.budgets = self.constraints.given
