@@ -17,15 +17,17 @@ under the budgets.
    are least faithful where techniques meet on one layer, so the knapsack is also solved with
    each technique alone (the other decisions uncompressed) and those plans are scored too: the
    combined space starts from the best of them and never from worse than its single techniques.
-   Savings are first taken around the uncompressed model; the knapsack is then solved again with
-   the savings taken around each plan found (where decisions overlap as they do in that plan),
-   and those plans are scored too.
+   Savings are first taken around the uncompressed model, and in a combined space also around
+   each technique at its most compressed (where a technique pays only as a whole: int8 layers
+   that chain and add in int8 look like a loss one at a time); the knapsack is then solved again
+   with the savings taken around each plan found (where decisions overlap as they do in that
+   plan), and those plans are scored too.
 3. What is left of the candidate budget refines that plan with the evolutionary search
    (:mod:`autocomp.searchers.evolution`); with ``refine: false`` the search stops after it.
 
 The probes take ``levels`` x decisions evaluations and one of the uncompressed model, fewer
 levels when the budget is smaller (at least 1 per decision: a search needs at least decisions + 2
-candidates), plus one plan per technique in a combined space and one again around each plan. Settings and their defaults:
+candidates), plus two plans per technique in a combined space and one again around each plan. Settings and their defaults:
 ``agents/sensitivity.yaml``.
 """
 
@@ -175,9 +177,10 @@ class SensitivitySearcher(Searcher):
 
     def plans(self, drops: list[np.ndarray]) -> list[np.ndarray]:
         """The knapsack plan over every decision and, where the space combines techniques, the
-        plan of each technique alone (the others' decisions kept at their top), then the knapsack
-        solved again around each of those plans (:meth:`plan_indices`); the plan of every decision
-        at its minimum (checked feasible) when none fits."""
+        plan of each technique alone (the others' decisions kept at their top) and the plan solved
+        around each technique at its most compressed, then the knapsack solved again around each of
+        those plans (:meth:`plan_indices`); the plan of every decision at its minimum (checked
+        feasible) when none fits."""
         # a technique is a stage of the kinds: structure (channels, heads), factorisation, storage
         stages = [by_key(decision.key).stage for decision in self.problem.decisions.searched]
         masks = [None] + ([[s == stage for s in stages] for stage in dict.fromkeys(stages)] if len(set(stages)) > 1 else [])
@@ -186,6 +189,14 @@ class SensitivitySearcher(Searcher):
             table = drops if mask is None else [
                 d if mine else np.append(np.full(len(d) - 1, np.inf), 0.0) for d, mine in zip(drops, mask)]
             plan = self.plan_indices(table)
+            if plan is not None and not any(np.array_equal(plan, f) for f in found):
+                found.append(plan)
+        for stage in dict.fromkeys(stages) if len(masks) > 1 else ():
+            # around each technique at its most compressed (the others' decisions at their top): where a
+            # technique pays as a whole (int8 layers that chain and add in int8), one decision at a time
+            # around the uncompressed model it looks like a loss, and the plans above never take it
+            anchor = np.where([s == stage for s in stages], 0, self.problem.decisions.tops)
+            plan = self.plan_indices(drops, anchor=anchor)
             if plan is not None and not any(np.array_equal(plan, f) for f in found):
                 found.append(plan)
         for plan in list(found):  # solved again with the savings taken around each plan found

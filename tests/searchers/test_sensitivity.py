@@ -77,3 +77,27 @@ def test_savings_around_a_plan_see_what_it_already_saves(digits_model, digits_da
         assert problem.constraints.fits(plan)
     first = searcher.plan_indices(drops)
     assert first is not None and problem.constraints.fits(searcher.plan_indices(drops, anchor=first))
+
+
+def test_a_combined_space_also_solves_around_each_technique_at_its_most_compressed(digits_model, digits_data) -> None:
+    """In the joint space the plans include the knapsack solved around every ``bits`` decision at
+    its fewest bits (the others at their top): it differs from the plans without that anchor."""
+    import optuna
+
+    from autocomp.problem import CompressionProblem
+    from autocomp.searchers.record import TrialRecorder
+    from autocomp.searchers.sensitivity import SensitivitySearcher
+    from autocomp.space import SearchSpace
+
+    problem = CompressionProblem(model=digits_model, data=digits_data, space=SearchSpace.load("joint"),
+                                 budgets={"size": "0.2"})
+    searcher = SensitivitySearcher(problem, TrialRecorder(optuna.create_study(), problem, searcher="sensitivity"),
+                                   settings={}, seed=0)
+    decisions = problem.decisions
+    keys = np.array([d.key for d in decisions.searched])
+    drops = [np.linspace(1.0, 0.0, top + 1) for top in decisions.tops]
+    fewest_bits = np.where(keys == "bits", 0, decisions.tops)
+    around = searcher.plan_indices(drops, anchor=fewest_bits)
+    plans = searcher.plans(drops)
+    assert around is not None and any(np.array_equal(around, p) for p in plans)
+    assert all(problem.constraints.fits(p) for p in plans)
