@@ -144,7 +144,8 @@ class SensitivitySearcher(Searcher):
         decisions = self.problem.decisions
         return float(getattr(self.problem.constraints.estimate(decisions.state_at(indices)), metric))
 
-    def plan_indices(self, drops: list[np.ndarray], anchor: np.ndarray | None = None) -> np.ndarray | None:
+    def plan_indices(self, drops: list[np.ndarray], anchor: np.ndarray | None = None,
+                     pinned: list[bool] | None = None) -> np.ndarray | None:
         """The knapsack plan for ``drops`` that meets every budget, filled up to the surface; None
         when no plan the knapsack can reach fits (an infinite drop marks a value not to take).
 
@@ -152,12 +153,15 @@ class SensitivitySearcher(Searcher):
         uncompressed): a decision's value against its top, every other decision as the anchor has
         it. Around a plan the savings overlap as they do in that plan (pruning a layer that is
         already 4-bit saves little more; an int8 layer among int8 layers saves the conversions),
-        which savings around the uncompressed model do not tell."""
+        which savings around the uncompressed model do not tell. ``pinned`` decisions keep their
+        anchor value and count for nothing in the knapsack (their drops allow only that value)."""
         problem = self.problem
         budgets, decisions = problem.constraints, problem.decisions
         tops = decisions.tops
         anchor = tops.copy() if anchor is None else np.asarray(anchor, dtype=np.int64)
         metric, savings = self.savings(anchor)
+        if pinned is not None:
+            savings = [np.zeros_like(saving) if pin else saving for saving, pin in zip(savings, pinned)]
         # the plan's cost ~ the anchor's + what the anchor's values save - what the plan's save
         held = sum(max(0.0, s[a]) for s, a in zip(savings, anchor))
         need = max(self.cost(anchor, metric) - problem.limits[metric] + held, 1e-3 * problem.limits[metric])
@@ -195,8 +199,12 @@ class SensitivitySearcher(Searcher):
             # around each technique at its most compressed (the others' decisions at their top): where a
             # technique pays as a whole (int8 layers that chain and add in int8), one decision at a time
             # around the uncompressed model it looks like a loss, and the plans above never take it
-            anchor = np.where([s == stage for s in stages], 0, self.problem.decisions.tops)
-            plan = self.plan_indices(drops, anchor=anchor)
+            mine = [s == stage for s in stages]
+            anchor = np.where(mine, 0, self.problem.decisions.tops)
+            # that technique's decisions stay there (summed one at a time, what they save together is
+            # not what they save apart); the knapsack chooses the others around them
+            table = [np.append(d[:1], np.full(len(d) - 1, np.inf)) if m else d for d, m in zip(drops, mine)]
+            plan = self.plan_indices(table, anchor=anchor, pinned=mine)
             if plan is not None and not any(np.array_equal(plan, f) for f in found):
                 found.append(plan)
         for plan in list(found):  # solved again with the savings taken around each plan found
