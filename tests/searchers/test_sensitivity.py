@@ -81,7 +81,7 @@ def test_savings_around_a_plan_see_what_it_already_saves(digits_model, digits_da
 
 def test_a_combined_space_also_solves_around_each_technique_at_its_most_compressed(digits_model, digits_data) -> None:
     """In the joint space the plans include the knapsack solved around every ``bits`` decision at
-    its fewest bits (the others at their top): it differs from the plans without that anchor."""
+    its fewest bits, pinned there (the others at their top, then chosen): a plan the others miss."""
     import optuna
 
     from autocomp.problem import CompressionProblem
@@ -96,8 +96,9 @@ def test_a_combined_space_also_solves_around_each_technique_at_its_most_compress
     decisions = problem.decisions
     keys = np.array([d.key for d in decisions.searched])
     drops = [np.linspace(1.0, 0.0, top + 1) for top in decisions.tops]
-    fewest_bits = np.where(keys == "bits", 0, decisions.tops)
-    around = searcher.plan_indices(drops, anchor=fewest_bits)
+    bits = list(keys == "bits")
+    pinned = [np.append(d[:1], np.full(len(d) - 1, np.inf)) if b else d for d, b in zip(drops, bits)]
+    around = searcher.plan_indices(pinned, anchor=np.where(bits, 0, decisions.tops), pinned=bits)
     plans = searcher.plans(drops)
     assert around is not None and any(np.array_equal(around, p) for p in plans)
     assert all(problem.constraints.fits(p) for p in plans)
