@@ -333,14 +333,20 @@ def followed_by_relu(model: nn.Module, example: torch.Tensor, names: Iterable[st
             return out
 
     modules = dict(model.named_modules())
-    hooks = [modules[norms.get(name, name)].register_forward_hook(record(name)) for name in names]
+    _watched_pass(model, example, Watch(), [modules[norms.get(name, name)].register_forward_hook(record(name))
+                                            for name in names])
+    return {name for key, name in tails.items() if len(uses.get(key, [])) == 1 and uses[key][0] in relus}
+
+
+def _watched_pass(model: nn.Module, example: torch.Tensor, mode: Any, hooks: list[Any]) -> None:
+    """One forward pass of ``example`` without gradients under ``mode`` (a torch function mode
+    that watches every call), then ``hooks`` removed."""
     try:
-        with torch.no_grad(), Watch():
+        with torch.no_grad(), mode:
             model.eval()(example)
     finally:
         for hook in hooks:
             hook.remove()
-    return {name for key, name in tails.items() if len(uses.get(key, [])) == 1 and uses[key][0] in relus}
 
 
 def wrap_int8(model: nn.Module, names: Iterable[str], norms: Mapping[str, str], fmt: Int8Format,
@@ -478,11 +484,8 @@ def residual_joins(model: nn.Module, example: torch.Tensor, names: Iterable[str]
         if find:
             hooks += [module.register_forward_hook(seen(name)) for name, module in modules.items() if name]
         try:
-            with torch.no_grad(), Watch():
-                model.eval()(example)
+            _watched_pass(model, example, Watch(), hooks)
         finally:
-            for hook in hooks:
-                hook.remove()
             for state in (held, writer, sums, reads):
                 state.clear()
 
