@@ -120,11 +120,25 @@ class SearchCommand:
               f"{base['flops']:,}), params {best['params']:,}, bytes {best['size_bytes']:,} "
               f"({best['size_bytes'] / base['size_bytes']:.3f}), val acc {best['val_accuracy']:.4f} "
               f"(original {base['val_accuracy']:.4f}), test acc {best['test_accuracy']:.4f} (original {base['test_accuracy']:.4f})")
+        if s.get("latency"):
+            print(latency_line(s["latency"]))
         if args.finetune_epochs > 0:
             r = api.finetune(run.path, epochs=args.finetune_epochs, progress=not args.no_progress)
             print(f"fine-tuned {r['epochs']} epochs with distillation: test acc {r['test_accuracy']:.4f}")
         print(f"run saved in {run}/ ; dashboard: autocomp dashboard {run}")
         return 0
+
+
+def latency_line(lat: dict[str, Any]) -> str:
+    """The best plan's latency as the search predicted and measured it, against its budget."""
+    threads = lat.get("threads", 1)
+    line = (f"latency ({lat.get('runtime', 'torch')}, {threads} thread{'s' * (threads > 1)}, batch {lat.get('batch', 1)}): "
+            f"{lat['best_predicted_ms']:.3f} ms predicted, {lat['best_measured_ms']:.3f} ms measured")
+    if lat.get("best_fraction_measured") is not None:
+        line += f" ({lat['best_fraction_measured']:.3f} of the original timed beside it)"
+    if lat.get("budget_fraction") is not None:
+        line += f"; budget {lat['budget_fraction']:.3f} of the original's {lat['baseline_measured_ms']:.3f} ms"
+    return line
 
 
 class ListCommand:

@@ -33,6 +33,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from autocomp.files import cache_root, write_text
 from autocomp.graph import Layer, LayerGraph
 from autocomp.kinds import Geometry as PlanGeometry
 from autocomp.ops.int8 import FORMATS, Int8Format, Int8Layer, Join, calibrate_int8
-from autocomp.runtimes import Runtime, TorchRuntime, fastest_seconds
+from autocomp.runtimes import Runner, Runtime, TorchRuntime, fastest_seconds
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
 TABLE_FORMAT = 3  # 2: layer times net of the call cost; 3: fastest calls, not medians (older: measured again)
@@ -112,8 +113,9 @@ class LatencyTable:
 
     def __init__(self, graph: LayerGraph, cost: CostModel, *, threads: int = 1, cache_dir: str | Path | None = None,
                  min_run_time: float = 0.05, runtime: Runtime | None = None, batch: int = 1,
-                 int8: Int8Format | None = None) -> None:
+                 int8: Int8Format | None = None, progress: bool = False) -> None:
         self.graph = graph
+        self.progress = progress  # bars while layers are timed and whole models exported
         self.int8 = int8  # the format int8 layers run in (None: no layer is int8)
         self.cost = cost
         self.threads = threads
@@ -132,6 +134,7 @@ class LatencyTable:
         self.int8_boundary = np.zeros(3)  # seconds per element: int8 layers' inputs (entry, interior), int8 joins
         self.joins: list[tuple[list[int], list[int], float]] = []  # (layers, earlier joins, elements): set_joins
         self._producers = _producers(graph)
+        self._runners: dict[str, Runner] = {}  # whole models timed more than once (calibrate_int8's), by key
         self._in_elems = np.array([float(np.prod(layer.input_shape[1:] if layer.kind == "conv" else
                                                  layer.input_shape[:-1], dtype=float)) for layer in graph.layers])
 
@@ -204,7 +207,9 @@ class LatencyTable:
         self.int8_boundary = np.zeros(3)
         features = np.array([self.int8_features(mask, in_f) for mask in masks])
         joined = features[0, 2] > 0
-        measured = self.measure_together([build(mask, True) for mask in masks] + ([build(allowed, False)] if joined else []))
+        specs = [(mask, True) for mask in masks] + ([(allowed, False)] if joined else [])
+        measured = self.measure_together([partial(build, mask, joins) for mask, joins in specs],
+                                         keys=[f"int8-{key}-{np.packbits(mask).tobytes().hex()}-{joins}" for mask, joins in specs])
         if joined:  # the same model with and without its int8 joins, timed in turn
             self.int8_boundary[2] = (measured[0] - measured[-1]) / features[0, 2]
         gaps, totals = [], []
@@ -225,13 +230,32 @@ class LatencyTable:
         example = torch.randn(batch or self.batch, *self.graph.input_shape, generator=torch.Generator().manual_seed(0))
         return self.runtime.time(model, example, threads=self.threads, min_run_time=0.5)
 
-    def measure_together(self, models: list[nn.Module], *, rounds: int = 5, min_run_time: float = 0.2) -> list[float]:
+    def measure_together(self, models: Sequence[nn.Module | Callable[[], nn.Module]], *, rounds: int = 5,
+                         min_run_time: float = 0.2, keys: Sequence[str] | None = None) -> list[float]:
         """Measured seconds of whole models timed in turn: ``rounds`` passes over all of them (each
         at least ``min_run_time`` seconds of calls each), each model's fastest call. Load
         from other processes that comes and goes lands on every model alike, so their ratios hold
-        where absolute times drift between measurements taken minutes apart."""
+        where absolute times drift between measurements taken minutes apart.
+
+        ``models``: modules, or functions that build one; with ``keys`` (one per model) a model's
+        runner (its exported file and session) is kept, and a later call with the same key times
+        it again without building or exporting it again (a large model takes seconds to export)."""
         example = torch.randn(self.batch, *self.graph.input_shape, generator=torch.Generator().manual_seed(0))
-        runs = [self.runtime.runner(model.eval(), example, threads=self.threads) for model in models]
+        names: Sequence[str | None] = keys if keys is not None else [None] * len(models)
+        todo = sum(name is None or name not in self._runners for name in names)
+        bar = tqdm(total=todo, desc=f"whole models for the latency fit ({self.runtime.name})", unit="model",
+                   disable=not self.progress or not todo, leave=False)
+        runs = []
+        for model, name in zip(models, names):
+            run = self._runners.get(name) if name is not None else None
+            if run is None:
+                module = model if isinstance(model, nn.Module) else model()
+                run = self.runtime.runner(module.eval(), example, threads=self.threads)
+                bar.update()
+                if name is not None:
+                    self._runners[name] = run
+            runs.append(run)
+        bar.close()
         best = [float("inf")] * len(runs)
         for _ in range(rounds):
             for i, run in enumerate(runs):
@@ -247,6 +271,9 @@ class LatencyTable:
         if key not in self._tables:
             rows = []
             for r_in in GRID:
+                if geometry.depthwise and rows:  # its input channels are its output channels: one row tells all
+                    rows.append(list(rows[0]))
+                    continue
                 row = []
                 c_in = geometry.channels(r_in, geometry.max_in)
                 for r_out in GRID:

@@ -142,3 +142,15 @@ def test_a_training_only_head_gets_a_note(capsys, tmp_path: Path, aux_model_file
                                         "--weights", str(tmp_path / "auxnet.pt"), "--episodes", "2", "--name", "aux"))
     assert code == 0
     assert "autocomp: note: `aux` (314 parameters) never run in eval mode" in err and "`model.aux = None`" in err
+
+
+def test_a_latency_search_ends_with_its_predicted_and_measured_latency() -> None:
+    from autocomp.cli import latency_line
+
+    summary = {"runtime": "onnxruntime", "threads": 1, "batch": 8, "baseline_measured_ms": 0.439,
+               "best_predicted_ms": 0.306, "best_measured_ms": 0.2647, "best_fraction_measured": 0.5862,
+               "budget_fraction": 0.697}
+    assert latency_line(summary) == ("latency (onnxruntime, 1 thread, batch 8): 0.306 ms predicted, 0.265 ms measured "
+                                     "(0.586 of the original timed beside it); budget 0.697 of the original's 0.439 ms")
+    assert latency_line({"best_predicted_ms": 1.0, "best_measured_ms": 1.5}) == (
+        "latency (torch, 1 thread, batch 1): 1.000 ms predicted, 1.500 ms measured")

@@ -328,3 +328,40 @@ def test_the_table_is_fitted_again_on_random_plans_on_the_budget(digits_model, d
     for model, geometry in plans:
         assert 0.9 * limit <= problem.latency.predict(geometry) * 1e6 <= limit + 0.5
         assert model(digits_data.val.example(2)).shape == (2, 10)
+
+
+def test_a_depthwise_layer_is_timed_once_per_output_width(tmp_path) -> None:
+    """A depthwise conv's input channels are its output channels: its table is one measured row
+    (5 points, not 25), repeated for every input width."""
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    graph = LayerGraph.build(net, (3, 8, 8))
+    table = LatencyTable(graph, CostModel(graph), cache_dir=tmp_path, min_run_time=0.001)
+    table.warm(progress=False)
+    shapes = {g.key(): g for g in table._whole}
+    assert sum(g.depthwise for g in shapes.values()) == 1
+    assert table.measured == 25 * (len(shapes) - 1) + 5
+    (depthwise,) = (g for g in shapes.values() if g.depthwise)
+    rows = table._table(depthwise)
+    assert rows.shape == (5, 5) and all((row == rows[0]).all() for row in rows)
+
+
+def test_whole_models_timed_again_under_a_key_are_not_built_or_exported_again(tmp_path, digits_model,
+                                                                              digits_data) -> None:
+    """``measure_together`` with keys keeps each model's runner: a second call times the same
+    models again without building (or exporting) them."""
+    graph = LayerGraph.build(digits_model, digits_data.input_shape)
+    table = LatencyTable(graph, CostModel(graph), cache_dir=tmp_path, runtime=get_runtime("onnxruntime"))
+    built: list[int] = []
+
+    def build(k: int) -> nn.Module:
+        built.append(k)
+        return digits_model
+
+    models = [lambda: build(0), lambda: build(1)]
+    first = table.measure_together(models, keys=["a", "b"], rounds=1, min_run_time=0.001)
+    second = table.measure_together(models, keys=["a", "b"], rounds=1, min_run_time=0.001)
+    assert built == [0, 1] and sorted(table._runners) == ["a", "b"]
+    assert all(t > 0 for t in first + second)
+    table.measure_together([digits_model], rounds=1, min_run_time=0.001)  # no key: not kept
+    assert sorted(table._runners) == ["a", "b"]

@@ -60,7 +60,7 @@ def measured_latency(graph: LayerGraph, cost: CostModel, model: nn.Module, *, th
     calibrated on whole models (the original and ``plans``, see ``LatencyTable.calibrate``),
     and the whole model's measured latency in seconds."""
     table = LatencyTable(graph, cost, threads=threads, runtime=get_runtime(runtime, device), batch=batch,
-                         int8=int8)
+                         int8=int8, progress=progress)
     table.warm(progress=progress)
     return table, table.calibrate(model, plans)
 

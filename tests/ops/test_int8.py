@@ -447,8 +447,9 @@ def test_the_joins_saving_is_measured_with_and_without_them(tmp_path) -> None:
     truth = np.array([40e-9, -15e-9, -3e-9])  # per element: entry, interior, join
     ones = np.ones(len(graph.layers))
 
-    def timed(models: list) -> list[float]:
-        return [1e-3 + float(table.int8_features(mask, ones) * [1, 1, joins] @ truth) for mask, joins in models]
+    def timed(models: list, keys: list[str]) -> list[float]:
+        built = [model() for model in models]
+        return [1e-3 + float(table.int8_features(mask, ones) * [1, 1, joins] @ truth) for mask, joins in built]
 
     table.measure_together = timed
     fit = table.calibrate_int8(lambda mask, joins: (mask, joins), np.ones(len(graph.layers), dtype=bool), key="precision")
