@@ -115,7 +115,7 @@ class LatencyTable:
                  min_run_time: float = 0.05, runtime: Runtime | None = None, batch: int = 1,
                  int8: Int8Format | None = None, progress: bool = False) -> None:
         self.graph = graph
-        self.progress = progress  # bars while layers are timed and whole models exported
+        self.progress = progress  # a bar while whole models are exported to be timed (measure_together)
         self.int8 = int8  # the format int8 layers run in (None: no layer is int8)
         self.cost = cost
         self.threads = threads
@@ -243,7 +243,7 @@ class LatencyTable:
         example = torch.randn(self.batch, *self.graph.input_shape, generator=torch.Generator().manual_seed(0))
         names: Sequence[str | None] = keys if keys is not None else [None] * len(models)
         todo = sum(name is None or name not in self._runners for name in names)
-        bar = tqdm(total=todo, desc=f"whole models for the latency fit ({self.runtime.name})", unit="model",
+        bar = tqdm(total=todo, desc=f"whole models to time ({self.runtime.name})", unit="model",
                    disable=not self.progress or not todo, leave=False)
         runs = []
         for model, name in zip(models, names):
