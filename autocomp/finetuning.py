@@ -15,6 +15,9 @@ import os
 import time
 from typing import Any
 
+from torch import nn
+
+from autocomp.data import Split
 from autocomp.device import resolve_device
 from autocomp.evaluate import accuracy
 from autocomp.rundir import RunDir
@@ -26,6 +29,18 @@ original, and its first steps' gradients are large: a ResNet-20 plan with 9 int8
 default learning rate without clipping, went from a distillation loss of 5.4 to over 400 within
 20 steps (0.17 validation accuracy after 80); clipped, it ended 3 epochs at 0.83 test accuracy
 (bench/RESULTS.md, section ``finetune-clip``)."""
+
+
+def distill(student: nn.Module, teacher: nn.Module | None, split: Split, *, epochs: int, lr: float = 0.01,
+            batch_size: int = 128, temperature: float = 4.0, alpha: float = 0.9, seed: int = 0,
+            progress: bool = True) -> list[float]:
+    """The fine-tune of ``autocomp finetune``, on any model (a plan's or a peer's, so that both get
+    the same): distillation from ``teacher`` (``None``: cross-entropy alone) over ``split``, SGD
+    with a cosine schedule, every step's gradient clipped to :data:`CLIP_NORM`. Returns the
+    mean loss of each epoch; ``student`` is trained in place and left in eval mode."""
+    return train(student, split, epochs=epochs, lr=lr, batch_size=batch_size, teacher=teacher,
+                 temperature=temperature, alpha=alpha, seed=seed, progress=progress, clip_norm=CLIP_NORM,
+                 desc="fine-tune (KD)" if teacher is not None else "fine-tune")
 
 
 def finetune_run(run_dir: str | os.PathLike[str], *, epochs: int, lr: float = 0.01, batch_size: int = 128,
@@ -46,9 +61,8 @@ def finetune_run(run_dir: str | os.PathLike[str], *, epochs: int, lr: float = 0.
         teacher = prepare_model(config, data, progress=progress).to(target) if kd else None
         student = student.to(target)
         start = time.perf_counter()
-        losses = train(student, data.train, epochs=epochs, lr=lr, batch_size=batch_size, teacher=teacher,
-                       temperature=temperature, alpha=alpha, seed=config.seed, progress=progress, clip_norm=CLIP_NORM,
-                       desc="fine-tune (KD)" if kd else "fine-tune")
+        losses = distill(student, teacher, data.train, epochs=epochs, lr=lr, batch_size=batch_size,
+                         temperature=temperature, alpha=alpha, seed=config.seed, progress=progress)
         run.save_finetuned({k: v.detach().cpu() for k, v in student.state_dict().items()})
         result = {
             "trial": trial, "epochs": epochs, "lr": lr, "batch_size": batch_size, "distillation": kd,

@@ -59,12 +59,11 @@ from autocomp.config import SearchConfig
 from autocomp.cost import measure_cost
 from autocomp.evaluate import recalibrate_batchnorm
 from autocomp.exporting import export_run, runtime_accuracy
-from autocomp.finetuning import finetune_run
+from autocomp.finetuning import distill, finetune_run
 from autocomp.graph import LayerGraph
 from autocomp.runners import run_search
 from autocomp.runners.setup import load_config_data, prepare_model
 from autocomp.runtimes import OnnxRuntime, fastest_seconds, write_onnx
-from autocomp.training import train
 
 FT_EPOCHS = int(os.environ.get("FT_EPOCHS", "3"))  # 0: no fine-tune columns (results and section of their own)
 SEEDS = tuple(int(seed) for seed in os.environ.get("SEEDS", "0,1,2").split(","))  # SEEDS=0: one seed, own section
@@ -175,8 +174,7 @@ def main() -> None:
           "latency_b1_s": _latency(pruned, shape, 1),
           "latency_b32_s": _latency(pruned, shape, 32), "test_accuracy": _ort_accuracy(pruned, data)}
     if FT_EPOCHS:
-        train(pruned, data.train, epochs=FT_EPOCHS, lr=0.01, batch_size=128, teacher=model, temperature=4.0, alpha=0.9,
-              seed=config.seed, progress=False)  # the fine-tune ours gets (autocomp finetune's defaults)
+        distill(pruned, model, data.train, epochs=FT_EPOCHS, seed=config.seed, progress=False)  # the fine-tune ours gets
     tp["finetuned_test_accuracy"] = _ort_accuracy(pruned, data) if FT_EPOCHS else float("nan")
     rows["torch_pruning"] = tp
     rows["machine"], rows["commit"] = machine(), commit()
@@ -306,8 +304,7 @@ def peer() -> None:
     tp = {"macs_ratio": measure_cost(pruned, shape).macs / base, "bisection": steps,
           "latency_b1_s": b1[0], "ours_b1_s": b1[1], "latency_b32_s": b32[0], "ours_b32_s": b32[1],
           "test_accuracy": _ort_accuracy(pruned, data)}
-    train(pruned, data.train, epochs=3, lr=0.01, batch_size=128, teacher=model, temperature=4.0, alpha=0.9,
-          seed=config.seed, progress=False)  # the fine-tune ours gets (autocomp finetune's defaults)
+    distill(pruned, model, data.train, epochs=3, seed=config.seed, progress=False)  # the fine-tune ours gets
     tp["finetuned_test_accuracy"] = _ort_accuracy(pruned, data)
     rows = {"ours": row, "torch_pruning": tp, "machine": machine(), "commit": commit()}
     path = RESULTS.parent / f"runtime_peer{TAG.replace('-', '_')}_resnet20.json"

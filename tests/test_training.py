@@ -26,3 +26,19 @@ def test_a_clipped_step_moves_the_weights_only_as_far_as_the_clip_allows(digits_
     decay_only = lr * 1.9 * 5e-4 * weight  # max_steps=1: the cosine schedule's single step runs at lr
     assert _change(clipped, digits_model) == pytest.approx(decay_only, rel=1e-3)
     assert _change(free, digits_model) > 1.05 * decay_only
+
+
+def test_distill_is_the_clipped_fine_tune_for_any_model(digits_model, digits_data, monkeypatch) -> None:
+    """``autocomp.finetuning.distill`` (what ``autocomp finetune`` runs, and what benchmarks give a
+    peer's model) clips every step at ``CLIP_NORM``: with the clip made tiny, its weights are those
+    of a training clipped the same way, and not those of an unclipped one."""
+    from autocomp import finetuning
+
+    monkeypatch.setattr(finetuning, "CLIP_NORM", 1e-9)
+    tuned, clipped, free = (copy.deepcopy(digits_model) for _ in range(3))
+    kwargs = {"epochs": 1, "lr": 0.5, "teacher": digits_model, "seed": 3, "progress": False}
+    finetuning.distill(tuned, digits_model, digits_data.train, epochs=1, lr=0.5, seed=3, progress=False)
+    train(clipped, digits_data.train, clip_norm=1e-9, **kwargs)
+    train(free, digits_data.train, **kwargs)
+    assert _change(tuned, clipped) == 0.0
+    assert _change(tuned, free) > 0.0
