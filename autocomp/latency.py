@@ -131,6 +131,7 @@ class LatencyTable:
         self.overhead = 0.0  # seconds of a whole model that no layer explains
         self.scale = 1.0  # whole-model seconds per second of the layers' summed times
         self.fit: dict[str, float] = {}  # the calibration's coefficients and largest relative error
+        self.correction = 1.0  # whole plans' measured over predicted latency near the budget (the latency check sets it)
         self.int8_boundary = np.zeros(3)  # seconds per element: int8 layers' inputs (entry, interior), int8 joins
         self.joins: list[tuple[list[int], list[int], float]] = []  # (layers, earlier joins, elements): set_joins
         self._producers = _producers(graph)
@@ -330,9 +331,12 @@ class LatencyTable:
         out_ratio = geometry.out_f / np.maximum(1.0, np.array([layer.out_features for layer in layers], dtype=float))
         return float(self.int8_features(geometry.int8.astype(bool), ratio, out_ratio) @ self.int8_boundary)
 
-    def predict(self, geometry: PlanGeometry) -> float:
-        """Seconds of one forward pass of the compressed model ``geometry`` describes."""
-        return self.overhead + self.scale * self.layer_sum(geometry) + self.int8_seconds(geometry)
+    def predict(self, geometry: PlanGeometry, *, corrected: bool = True) -> float:
+        """Seconds of one forward pass of the compressed model ``geometry`` describes (times
+        :attr:`correction` unless ``corrected`` is false: what plans timed near the budget ran at,
+        over their prediction; 1 unless :mod:`autocomp.runners.latency_check` set it)."""
+        seconds = self.overhead + self.scale * self.layer_sum(geometry) + self.int8_seconds(geometry)
+        return seconds * self.correction if corrected else seconds
 
     def warm(self, *, progress: bool = True) -> None:
         """Measure every whole layer's table now (with a progress bar), not during the search."""

@@ -168,7 +168,10 @@ def _latency_check(latency: dict[str, Any]) -> str:
     rows = []
     for r in check["rounds"]:
         made = ", ".join(map(str, r.get("projected_trials", [])))
-        again = f"; plans projected again onto a tighter limit: trials {made}" if made else ""
+        over = r["measured_fraction"] > check["budget_fraction"] * (1 + check.get("tolerance", 0.0))
+        side = "a tighter" if over else "the unused"
+        again = (f"; plans projected again onto {side} budget (predictions times {r.get('correction', 1.0):.3f}): "
+                 f"trials {made}") if made else ""
         rows.append(f"<li>trial {r['trial']}: {r['predicted_fraction']:.3f} predicted, "
                     f"{r['measured_fraction']:.3f} measured{again}</li>")
     verdict = "holds" if check["holds"] else "was not met by any timed plan; the closest is the result"

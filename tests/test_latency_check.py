@@ -1,5 +1,6 @@
-"""The best plan of a latency-budgeted search is timed in the runtime, and projected again onto a
-tighter limit while it measures over the budget (autocomp.runners.latency_check)."""
+"""The best plan of a latency-budgeted search is timed in the runtime, and projected again with
+corrected predictions while it measures over the budget, or once when it measures well under it
+(autocomp.runners.latency_check)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import pytest
 from autocomp.plan import Plan
 from autocomp.problem import CompressionProblem
 from autocomp.runners import latency_check
-from autocomp.runners.latency_check import AIM, STUDY_ATTR, check_latency
+from autocomp.runners.latency_check import AIM, LOOSEN, STUDY_ATTR, check_latency
 from autocomp.searchers.record import TrialRecorder
 from autocomp.space import SearchSpace
 
 SLOWER = 1.1  # the stand-in runtime runs every plan 10% slower than the table predicts
+FASTER = 0.9  # or 10% faster
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,10 @@ def problem(digits_model, digits_data) -> CompressionProblem:
 
 
 def _predicted(problem: CompressionProblem, plan: Plan) -> float:
-    return problem.constraints.estimate_plan(plan).latency_us / 1e6 / problem.baseline_latency_s
+    """The latency table's own prediction (no correction), as a fraction of the original's."""
+    assert problem.latency is not None
+    geometry = problem.cost.geometry(problem.cost.plan_arrays(plan))
+    return problem.latency.predict(geometry, corrected=False) / problem.baseline_latency_s
 
 
 def _recorder(problem: CompressionProblem, plans: int) -> TrialRecorder:
@@ -62,9 +67,16 @@ def test_a_best_plan_measured_over_the_budget_is_projected_under_it(problem, mon
     made = [n for r in check.rounds[:-1] for n in r["projected_trials"]]
     assert made == list(range(before, len(recorder.history))) and all(
         1 <= len(r["projected_trials"]) <= 2 for r in check.rounds[:-1])
-    # the timed one is the most accurate of the plans predicted under the budget by the slowdown
-    aim = math.floor(problem.limits["latency_us"] * AIM / SLOWER)
-    allowed = [recorder.history[n] for n in made if recorder.history[n].metrics.latency_us <= aim]
+    # stored: the table's prediction corrected by the timings (10% slower), aimed 1% under the limit
+    aim = math.floor(problem.limits["latency_us"] * AIM)
+    assert all(r["correction"] == pytest.approx(SLOWER) for r in check.rounds[:-1])
+    for n in made:
+        stored = recorder.history[n].metrics.latency_us
+        assert stored <= aim and stored == pytest.approx(_predicted(problem, recorder.history[n].plan) * SLOWER
+                                                         * problem.baseline_latency_s * 1e6, abs=1)
+    assert problem.latency.correction == 1.0  # the correction was the check's only
+    # the timed one is the most accurate of the plans predicted under the budget by the correction
+    allowed = [recorder.history[n] for n in made]
     assert check.chosen.metrics.val_accuracy == max(c.metrics.val_accuracy for c in allowed)
     last = check.rounds[-1]
     assert last["trial"] == check.chosen.number and last["measured_fraction"] <= budget
@@ -76,6 +88,42 @@ def test_a_best_plan_measured_over_the_budget_is_projected_under_it(problem, mon
     timed.clear()
     again = check_latency(problem, recorder, progress=False)
     assert again is not None and again.holds and again.chosen.number == check.chosen.number and not timed
+
+
+@pytest.mark.slow
+def test_a_best_plan_measured_well_under_the_budget_grows_into_it(problem, monkeypatch) -> None:
+    """Every plan runs 10% faster than the table predicts: the best leaves a tenth of the budget
+    unused, so the most accurate plans are projected once onto it with corrected predictions. The
+    new plans keep more than the table alone would allow, their stored (corrected) predictions hold
+    the limit, and the result is the most accurate plan timed within the budget."""
+    timed: list[int] = []
+
+    def measure(problem: CompressionProblem, plan: Plan) -> float:
+        timed.append(1)
+        return _predicted(problem, plan) * FASTER
+
+    monkeypatch.setattr(latency_check, "_measure", measure)
+    recorder = _recorder(problem, 40)
+    first, before = recorder.best, len(recorder.history)
+    check = check_latency(problem, recorder, progress=False)
+    assert check is not None and check.holds and FASTER < LOOSEN
+    assert check.rounds[0]["trial"] == first.number and check.rounds[0]["correction"] == pytest.approx(FASTER)
+    made = check.rounds[0]["projected_trials"]
+    assert made and made == list(range(before, len(recorder.history)))  # one re-projection, no other
+    assert all("projected_trials" not in r for r in check.rounds[1:])
+    budget, limit = check.budget_fraction, problem.limits["latency_us"]
+    grown = [recorder.history[n] for n in made]
+    assert all(c.metrics.latency_us <= math.floor(limit * AIM) for c in grown)
+    assert max(_predicted(problem, c.plan) for c in grown) > budget  # more than the table alone allows
+    assert max(c.metrics.macs for c in grown) > first.metrics.macs
+    on_time = [recorder.history[r["trial"]] for r in check.rounds if r["measured_fraction"] <= budget]
+    assert check.chosen.metrics.val_accuracy == max(c.metrics.val_accuracy for c in on_time)
+    assert problem.latency.correction == 1.0
+    # resumed: the re-projection is not done again, nothing is timed again
+    timed.clear()
+    again = check_latency(problem, recorder, progress=False)
+    assert again is not None and again.chosen.number == check.chosen.number
+    assert not timed and len(recorder.history) == before + len(made)
 
 
 @pytest.mark.slow

@@ -1,16 +1,22 @@
 """A latency budget checked where the model runs: the search's best plan is timed in the runtime
-before it becomes the result, and re-projected onto a tighter budget while it measures over.
+before it becomes the result, and re-projected while it measures over the budget, or once when
+it measures well under it.
 
 The latency table predicts whole models within a few percent, but a search picks, among plans
 that all sit on the budget, the most accurate one, which can be one the table predicts fast. So
-the best plan is timed (beside the original, in turn: :meth:`LatencyTable.measure_together`);
-when it runs over the budget, the actions of the most accurate plans (it among them) are
-projected again onto a limit tightened by how much slower than predicted the timed plans ran
-(:meth:`Budgets.with_limit`), the new plans are scored and recorded as trials, and the most
-accurate candidate that is predicted within the budget once that slowdown is allowed for (or
-was measured within it) is timed next, up to :data:`ROUNDS` timings. Each timing is stored in the study
-(user attribute ``latency_checks``: trial number -> measured fraction of the original's latency),
-so a resumed search does not pick a plan already measured over its budget.
+the best plan is timed (beside the original, in turn: :meth:`LatencyTable.measure_together`).
+When it runs over the budget, the actions of the most accurate plans (it among them) are
+projected again onto the budget (:meth:`Budgets.with_limit`, aiming :data:`AIM` of it) with the
+table's predictions multiplied by how much slower than predicted the timed plans ran
+(:attr:`LatencyTable.correction`); the new plans are scored and recorded as trials (their
+stored latency is that corrected prediction), and the most accurate candidate predicted within
+the budget by the corrected table (or measured within it) is timed next, up to :data:`ROUNDS`
+timings. When the timed plans run faster than predicted by more than the aim and the tolerance
+allow (:data:`LOOSEN`) and none ran over, the same re-projection is done once the other way: the
+plans grow into the budget the prediction left unused. The result is the most accurate timed
+plan that holds the budget. Each timing is stored in the study (user attribute
+``latency_checks``: trial number -> measured fraction of the original's latency), so a resumed
+search does not pick a plan already measured over its budget.
 
 Example:
     >>> check = check_latency(problem, recorder, progress=False)  # doctest: +SKIP
@@ -48,6 +54,11 @@ models (the plan and the original, in turn) spread about this much on a quiet 2-
 on a budget's steep side a tighter plan can cost many points of accuracy."""
 
 STUDY_ATTR = "latency_checks"
+LOOSENED_ATTR = "latency_check_loosened"
+
+LOOSEN = AIM / (1 + TOLERANCE)
+"""When the timed plans run at most this fraction of their predicted latency (none of them over the
+budget), the best is projected again, once, onto the budget the prediction left unused."""
 
 REPROJECTED = 8
 """At most this many of the most accurate plans are projected again after a timing over the budget
@@ -93,77 +104,99 @@ def _measure(problem: CompressionProblem, plan: Plan) -> float:
 def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progress: bool = True,
                   rounds: int = ROUNDS) -> LatencyCheck | None:
     """Time the best candidate in the runtime; while it runs over the latency budget, re-project
-    it onto a tighter limit and time the best again (see the module). ``None`` without a latency
-    budget or candidate."""
+    it onto a limit corrected by the timings and time the best again; when it runs well under,
+    re-project once onto the budget it leaves (see the module). ``None`` without a latency budget
+    or candidate."""
     metric = METRICS["latency"]
     limit = problem.limits.get(metric)
-    if limit is None or problem.latency is None or recorder.best is None:
+    table = problem.latency
+    if limit is None or table is None or recorder.best is None:
         return None
     budget = limit / 1e6 / problem.baseline_latency_s
     held = budget * (1 + TOLERANCE)  # a timing at most this high holds the budget
     measured: dict[str, float] = dict(recorder.study.user_attrs.get(STUDY_ATTR, {}))
     by_number = {c.number: c for c in recorder.candidates}
+    raw: dict[int, float] = {}
 
-    def predicted(c: Candidate) -> float:
-        return c.metrics.latency_us / 1e6 / problem.baseline_latency_s
+    def table_fraction(c: Candidate) -> float:  # the table's own prediction, as a fraction of the original
+        if c.number not in raw:
+            geometry = problem.cost.geometry(problem.cost.plan_arrays(c.plan))
+            raw[c.number] = table.predict(geometry, corrected=False) / problem.baseline_latency_s
+        return raw[c.number]
 
-    def slower() -> float:  # how much slower than predicted the timed plans run, on average
-        timed = [measured[str(n)] / predicted(c) for n, c in by_number.items() if str(n) in measured]
+    def correction() -> float:  # how much slower than the table says the timed plans run, on average
+        timed = [measured[str(n)] / table_fraction(c) for n, c in by_number.items() if str(n) in measured]
         return float(np.mean(timed)) if timed else 1.0
-
-    def allowed_us() -> int:  # the predicted latency a plan may have once the timed plans' slowdown is allowed for
-        return math.floor(limit * min(1.0, AIM / slower()))
 
     def best() -> Candidate | None:
         """The most accurate candidate measured within the budget, or not measured and predicted
-        within it once the timed plans' slowdown is allowed for."""
-        allowed = allowed_us()
+        within :data:`AIM` of it once the timed plans' correction is applied."""
+        scale = correction()
         fits = [c for n, c in by_number.items()
-                if (measured[str(n)] <= held if str(n) in measured else c.metrics.latency_us <= allowed)]
+                if (measured[str(n)] <= held if str(n) in measured else scale * table_fraction(c) <= AIM * budget)]
         return max(fits, key=lambda c: c.metrics.val_accuracy, default=None)
 
-    first = recorder.best
-    check = LatencyCheck(budget, first, holds=False)
-    candidate = (best() or first) if measured else first  # a resumed search: what earlier timings allow
-    for round_ in range(rounds):
-        if str(candidate.number) not in measured:
-            measured[str(candidate.number)] = _measure(problem, candidate.plan)
-            recorder.study.set_user_attr(STUDY_ATTR, measured)
-        fraction = measured[str(candidate.number)]
-        check.rounds.append({"trial": candidate.number, "predicted_fraction": round(predicted(candidate), 4),
-                             "measured_fraction": round(fraction, 4), "val_accuracy": candidate.metrics.val_accuracy})
-        check.chosen = candidate
-        if fraction <= held:
-            check.holds = True
-            break
-        if round_ == rounds - 1:  # no timing left for another plan
-            break
-        # the plans run slower than predicted: aim under the budget by that
-        aim = allowed_us()
-        tighter = problem.constraints.with_limit(metric, aim)
-        if tighter.reachable():
+    def project_again(candidate: Candidate, scale: float) -> list[Candidate]:
+        """The most accurate plans (``candidate`` among them) projected onto :data:`AIM` of the
+        limit, their latency predicted times ``scale``; scored and recorded."""
+        table.correction = scale
+        try:
+            aimed = problem.constraints.with_limit(metric, math.floor(limit * AIM))
+            if not aimed.reachable():
+                return []
             sources = sorted(by_number.values(), key=lambda c: -c.metrics.val_accuracy)[:reprojections(recorder)]
             if candidate.number not in {c.number for c in sources}:
                 sources[-1] = candidate
             decoded = {}
             for source in sources:
-                plan, actions = tighter.decode_taken(source.actions)
+                plan, actions = aimed.decode_taken(source.actions)
                 decoded.setdefault(plan.key(), (plan, actions))
-            if progress:
-                print(f"autocomp: the best plan (trial {candidate.number}) runs at {fraction:.3f} of the original's "
-                      f"latency as measured, over the budget's {budget:.3f}: the {len(sources)} most accurate plans "
-                      f"projected again onto {aim / limit:.3f} of the limit.", file=sys.stderr)
             plans = [plan for plan, _ in decoded.values()]
-            made = [recorder.record(plan, metrics, actions=actions)
+            return [recorder.record(plan, metrics, actions=actions)
                     for (plan, actions), metrics in zip(decoded.values(), problem.evaluate_many(plans))]
-            by_number.update((c.number, c) for c in made)
-            check.rounds[-1]["projected_trials"] = [c.number for c in made]
+        finally:
+            table.correction = 1.0
+
+    first = recorder.best
+    check = LatencyCheck(budget, first, holds=False)
+    candidate = (best() or first) if measured else first  # a resumed search: what earlier timings allow
+    loosened = bool(recorder.study.user_attrs.get(LOOSENED_ATTR))  # once per search, resumed or not
+    for round_ in range(rounds):
+        if str(candidate.number) not in measured:
+            measured[str(candidate.number)] = _measure(problem, candidate.plan)
+            recorder.study.set_user_attr(STUDY_ATTR, measured)
+        fraction = measured[str(candidate.number)]
+        check.rounds.append({"trial": candidate.number, "predicted_fraction": round(predicted(problem, candidate), 4),
+                             "measured_fraction": round(fraction, 4), "val_accuracy": candidate.metrics.val_accuracy})
+        scale = correction()
+        if round_ == rounds - 1:  # no timing left for another plan
+            break
+        if fraction <= held:  # it holds: is budget left that the timings say a bigger plan could use?
+            ran_over = any(m > held for m in measured.values())
+            if loosened or ran_over or scale > LOOSEN or table_fraction(candidate) > budget:
+                break
+            loosened = True
+            recorder.study.set_user_attr(LOOSENED_ATTR, True)
+            why = f"under the budget's {budget:.3f}, and the timed plans run at {scale:.3f} of their prediction"
+        else:
+            why = f"over the budget's {budget:.3f}"
+        made = project_again(candidate, scale)
+        if progress:
+            print(f"autocomp: the best plan (trial {candidate.number}) runs at {fraction:.3f} of the original's "
+                  f"latency as measured, {why}: {len(made)} of the most accurate plans projected again with their "
+                  "predictions corrected by that.", file=sys.stderr)
+        by_number.update((c.number, c) for c in made)
+        check.rounds[-1].update(projected_trials=[c.number for c in made], correction=round(scale, 4))
         following = best()
-        if following is None:
+        if following is None or following.number == candidate.number:
             break
         candidate = following
-    if not check.holds:  # the plan closest to the budget as measured
-        timed = [c for c in by_number.values() if str(c.number) in measured]
+    timed = [c for c in by_number.values() if str(c.number) in measured]
+    within = [c for c in timed if measured[str(c.number)] <= held]
+    check.holds = bool(within)
+    if within:  # the most accurate plan that holds the budget as measured
+        check.chosen = max(within, key=lambda c: c.metrics.val_accuracy)
+    else:  # the plan closest to the budget as measured
         check.chosen = min(timed, key=lambda c: measured[str(c.number)])
         print(f"autocomp: warning: no plan ran within the latency budget ({budget:.3f} of the original's) as measured "
               f"after {len(check.rounds)} timings; the result runs at {measured[str(check.chosen.number)]:.3f}. Timings "
@@ -171,4 +204,9 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
     return check
 
 
-__all__ = ["AIM", "ROUNDS", "TOLERANCE", "LatencyCheck", "check_latency", "time_with_original"]
+def predicted(problem: CompressionProblem, candidate: Candidate) -> float:
+    """``candidate``'s predicted latency as stored with it, as a fraction of the original's."""
+    return candidate.metrics.latency_us / 1e6 / problem.baseline_latency_s
+
+
+__all__ = ["AIM", "LOOSEN", "ROUNDS", "TOLERANCE", "LatencyCheck", "check_latency", "time_with_original"]
