@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from autocomp.plan import Plan
 
 KEPT_SECTIONS = ("finetuned", "exports")
-"""Summary sections written after the search; writing the search's summary again keeps them."""
+"""Summary sections written after the search; writing the search's summary again keeps them
+while they are of its best trial."""
 
 
 class RunDir:
@@ -195,9 +196,22 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Write the search's summary, keeping the sections written after an earlier search
-        (:data:`KEPT_SECTIONS`) that ``summary`` does not set itself; return what was written."""
+        (:data:`KEPT_SECTIONS`) that ``summary`` does not set itself, as far as they are of the
+        same best trial (a resumed search can end with another plan: the fine-tune and exports of
+        the earlier one no longer describe the result); return what was written."""
         old = self.read_summary() if self.summary_file.is_file() else {}
-        merged = {**summary, **{k: old[k] for k in KEPT_SECTIONS if k in old and k not in summary}}
+        best = summary.get("best", {}).get("trial")
+
+        def current(entry: Any) -> bool:  # written for this best trial (or not saying which)
+            return not isinstance(entry, dict) or entry.get("trial", best) == best
+
+        kept: dict[str, Any] = {}
+        if "finetuned" in old and current(old["finetuned"]):
+            kept["finetuned"] = old["finetuned"]
+        exports = {fmt: entry for fmt, entry in old.get("exports", {}).items() if current(entry)}
+        if exports:
+            kept["exports"] = exports
+        merged = {**summary, **{k: v for k, v in kept.items() if k not in summary}}
         self._write_summary(merged)
         return merged
 

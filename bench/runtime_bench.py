@@ -25,6 +25,9 @@ CPU-minutes.
     SEEDS=0 python bench/runtime_bench.py       # one seed (a section of its own)
     python bench/runtime_bench.py peer          # Torch-Pruning at our seed-0 prune plan's measured latency
     SEARCH=sensitivity:300 python bench/runtime_bench.py peer   # ours from the default searcher
+    RECHECK=1 SETTINGS=prune_int8:0.4:32 SEARCH=sensitivity:300 python bench/runtime_bench.py
+        # stored searches resumed (``autocomp search --resume``): the latency check again with this
+        # library, no new search candidates; a plan it changes is fine-tuned again (own section)
 
 ``peer`` answers "more accurate than Torch-Pruning at the same measured latency": Torch-Pruning's
 MACs ratio is bisected until its exported model is as fast as our seed-0 ``--budget-latency 0.5``
@@ -73,7 +76,10 @@ EPISODES = int(_CANDIDATES)
 candidates (run directories, results and sections of their own)."""
 SEARCHER = "TPE" if AGENT == "optuna" else AGENT
 TAG = "" if (AGENT, EPISODES) == ("optuna", 24) else f"-{AGENT}{EPISODES}"
-SECTION = ("runtime" if FT_EPOCHS else "runtime-search") + ("" if SEEDS == (0, 1, 2) else "-seeds-" + "-".join(map(str, SEEDS))) + TAG
+RECHECK = os.environ.get("RECHECK") == "1"
+"""Resume every stored search (its latency check runs again; a search not stored runs as usual)."""
+SECTION = (("runtime" if FT_EPOCHS else "runtime-search") + ("" if SEEDS == (0, 1, 2) else "-seeds-" + "-".join(map(str, SEEDS)))
+           + TAG + ("-recheck" if RECHECK else ""))
 RESULTS = Path(__file__).resolve().parent / "results" / f"{SECTION.replace('-', '_')}_resnet20.json"
 RUNS = Path("/tmp/runtime-bench")
 ORT = OnnxRuntime()
@@ -124,10 +130,13 @@ SETTINGS = tuple((space, budget, int(batch)) for space, budget, batch in (
 def ours(config: SearchConfig, space: str, budget: str, batch: int, seed: int) -> dict[str, Any]:
     name = f"r20-lat{budget}-{space}-s{seed}" + (f"-b{batch}" if batch != 1 else "") + TAG
     run = RUNS / name
-    if not (run / "summary.json").is_file():
+    stored = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else None
+    if stored is None or RECHECK:
         run_search(config.replace(space=space, budget_latency=budget, latency_batch=batch, seed=seed, name=name,
-                                  runs_dir=str(RUNS), agent=AGENT, episodes=EPISODES), progress=False)
+                                  runs_dir=str(RUNS), agent=AGENT, episodes=EPISODES), resume=stored is not None,
+                   progress=False)
     summary = json.loads((run / "summary.json").read_text())
+    cpu = summary["search_seconds"]["cpu"] + (stored["search_seconds"]["cpu"] if stored and RECHECK else 0.0)
     info = export_run(run, fmt="onnx", threads=1, latency_batch=32)
     tuned: dict[str, Any] = {"test_accuracy": float("nan"), "latency_s": float("nan")}
     if FT_EPOCHS:
@@ -145,7 +154,9 @@ def ours(config: SearchConfig, space: str, budget: str, batch: int, seed: int) -
             "macs_ratio": summary["best"]["flops"] / summary["baseline"]["flops"],
             "int8_layers": len(json.loads((run / "best" / "plan.json").read_text())["decisions"].get("precision", {})),
             "int8_format": summary.get("int8_format"), "channel_step": summary.get("channel_step", {}).get("step"),
-            "cpu_minutes": summary["search_seconds"]["cpu"] / 60,
+            "cpu_minutes": cpu / 60, "recheck_cpu_minutes": summary["search_seconds"]["cpu"] / 60 if RECHECK else None,
+            "trial_before_recheck": stored["best"]["trial"] if stored and RECHECK else None,
+            "trial": summary["best"]["trial"],
             "fraction_budget": lat.get("budget_fraction"), "fraction_predicted": lat.get("best_fraction_predicted"),
             "fraction_measured": lat.get("best_fraction_measured"),
             "check": [r["measured_fraction"] for r in lat.get("check", {}).get("rounds", [])]}
@@ -213,7 +224,7 @@ def report(rows: dict[str, Any]) -> None:
     title = "## Runtime: the shared ResNet-20 measured in onnxruntime (1 thread)"
     lines = [title + ("" if FT_EPOCHS else ", at the target budgets: searches and exports only"), "",
              f"Machine: {rows['machine']}; commit {rows['commit']}. Command: `"
-             + ("" if FT_EPOCHS else "FT_EPOCHS=0 ")
+             + ("" if FT_EPOCHS else "FT_EPOCHS=0 ") + ("RECHECK=1 " if RECHECK else "")
              + (f"SETTINGS={os.environ['SETTINGS']} " if os.environ.get("SETTINGS") else "")
              + (f"SEEDS={os.environ['SEEDS']} " if os.environ.get("SEEDS") else "")
              + (f"SEARCH={AGENT}:{EPISODES} " if TAG else "") + "python bench/runtime_bench.py` "
@@ -253,7 +264,10 @@ def report(rows: dict[str, Any]) -> None:
         f"{r['macs_ratio']:.3f} of the MACs, {r['int8_layers']} int8 layers ({r['int8_format'] or '-'}), "
         f"channel step {r['channel_step']}, test accuracy as the search scored it in torch "
         f"{r['simulated_test_accuracy']:.4f} and in onnxruntime {r['test_accuracy']:.4f}, best plans timed at the "
-        f"end (fractions): {', '.join(f'{x:.3f}' for x in r.get('check', [])) or '-'}" for r in rows["ours"]) + ".",
+        f"end (fractions): {', '.join(f'{x:.3f}' for x in r.get('check', [])) or '-'}"
+        + (f", trial {r['trial']} (before the recheck: {r['trial_before_recheck']}; the recheck took "
+           f"{r['recheck_cpu_minutes']:.1f} CPU-min)" if r.get("trial_before_recheck") is not None else "")
+        for r in rows["ours"]) + ".",
               "", "Exported vs scored test accuracy (onnxruntime - torch, the int8 layers simulated there), largest "
               f"difference over our runs: {max(abs(r['test_accuracy'] - r['simulated_test_accuracy']) for r in rows['ours']) * 100:.2f} points.",
               "", "The original's batch-1 latency as each batch-1 search measured it before starting (its budget / "
