@@ -4,12 +4,15 @@ Torch-Pruning's global group-L1 plan at the same MACs.
     python bench/quality_finetune.py --agents sensitivity-60 evolution uniform --seeds 0
     python bench/quality_finetune.py --report
 
-Every row gets the same training: ``--epochs`` (3) of knowledge distillation from the original
-model over the 49,000 training images (SGD lr 0.01 cosine, batch 128, T=4, alpha 0.9, the
-settings of ``autocomp finetune``), starting from the plan's model with recalibrated batch
-norm; test accuracy on the 10,000 test images. Reads runs/bench-quality/prune_fine-flops0.5/ (from
-``bench/quality_bench.py``); writes one file per row in bench/results/quality_finetune/ (so
-rows can run in parallel processes) and the ``quality-finetune`` section of bench/RESULTS.md.
+Every row gets the same training, the fine-tune of ``autocomp finetune``
+(:func:`autocomp.finetuning.distill`): ``--epochs`` (3) of knowledge distillation from the
+original model over the 49,000 training images (SGD lr 0.01 cosine, batch 128, T=4, alpha 0.9,
+every step's gradient clipped), starting from the plan's model with recalibrated batch norm; test
+accuracy on the 10,000 test images. Reads runs/bench-quality/prune_fine-flops0.5/ (from
+``bench/quality_bench.py``); writes one file per row in bench/results/quality_finetune_distill/
+and the ``quality-finetune-distill`` section of bench/RESULTS.md. (bench/results/quality_finetune/
+and the ``quality-finetune`` section hold the earlier rows, trained without gradient clipping by
+an earlier version of this script.)
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ from autocomp.api import load_compressed  # noqa: E402
 from autocomp.config import SearchConfig  # noqa: E402
 from autocomp.cost import measure_cost  # noqa: E402
 from autocomp.evaluate import accuracy  # noqa: E402
+from autocomp.finetuning import distill  # noqa: E402
 from autocomp.problem import CompressionProblem  # noqa: E402
 from autocomp.runners.setup import load_config_data, prepare_model  # noqa: E402
 from autocomp.space import SearchSpace  # noqa: E402
-from autocomp.training import train  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results" / "quality_finetune"  # one JSON per row: rows can run in parallel
+RESULTS = Path(__file__).resolve().parent / "results" / "quality_finetune_distill"  # one JSON per row
 RUNS = Path("runs/bench-quality/prune_fine-flops0.5")
 
 
@@ -64,8 +67,7 @@ def main() -> None:
         for name, model in models.items():
             before = accuracy(model, data.test)
             start = time.perf_counter()
-            train(model, data.train, epochs=args.epochs, lr=0.01, batch_size=128, teacher=teacher, temperature=4.0,
-                  alpha=0.9, seed=0, progress=False)
+            distill(model, teacher, data.train, epochs=args.epochs, seed=0, progress=False)  # autocomp finetune's
             row = {"name": name, "macs_kept": measure_cost(model, data.input_shape).macs / base_macs,
                    "test_before": before, "test_after": accuracy(model, data.test), "epochs": args.epochs,
                    "seconds": round(time.perf_counter() - start), "threads": args.threads, "commit": commit(),
@@ -75,15 +77,13 @@ def main() -> None:
     rows = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))]
     commands = sorted({f"`{r['command']}`" for r in rows})
     lines = [
-        "## Search quality after fine-tuning: CIFAR-10 ResNet-20 at half the MACs",
+        "## Search quality after `autocomp finetune`'s fine-tune: CIFAR-10 ResNet-20 at half the MACs",
         "",
-        f"Commands: {', '.join(commands)} on {rows[0]['machine']}. The same fine-tune for every row: "
-        f"{rows[0]['epochs']} epochs of distillation from the original (SGD lr 0.01 "
-        "cosine, batch 128, T=4, alpha 0.9) over the 49,000 training images, from the plan's model with "
-        "recalibrated batch norm. Searched plans: the best of each search in the search-quality table. The "
-        "commit column is the bench script's. The morphnet and random plans come from their seed-0 searches run "
-        "again at f71c145, which reproduced the search-quality table's rows exactly; those two rows ran in parallel "
-        "and were paused for a while, so their seconds are wall time with pauses.",
+        f"Commands: {', '.join(commands)} on {rows[0]['machine']}. The same fine-tune for every row, "
+        f"`autocomp.finetuning.distill` (what `autocomp finetune` runs): {rows[0]['epochs']} epochs of distillation "
+        "from the original (SGD lr 0.01 cosine, batch 128, T=4, alpha 0.9, every step's gradient clipped to norm 5) "
+        "over the 49,000 training images, from the plan's model with recalibrated batch norm. Searched plans: the "
+        "best of each search in the search-quality table. The commit column is the bench script's.",
         "",
         "| plan | MACs kept | test acc before | test acc after | fine-tune seconds | commit |",
         "|---|---:|---:|---:|---:|---|",
@@ -100,14 +100,13 @@ def main() -> None:
         lines += ["", f"Targets (seed 0 plans): the best searched plan after fine-tuning, `{best}` at "
                   f"{searched[best]:.4f}, is {100 * (searched[best] - peer):+.2f} points from Torch-Pruning's (target +0.5: "
                   f"{'met' if searched[best] - peer >= 0.005 else 'missed'}) and {100 * (searched[best] - uniform):+.2f} points "
-                  f"from uniform's (target +1.0: {'met' if searched[best] - uniform >= 0.01 else 'missed'}). Rows ran two or "
-                  "three at a time on the 2 cores, so their seconds are not comparable with one another."]
+                  f"from uniform's (target +1.0: {'met' if searched[best] - uniform >= 0.01 else 'missed'})."]
         for agent in sorted({k.split("/")[0] for k in after if "/s" in k}):
             seeds = [v for k, v in after.items() if k.startswith(f"{agent}/s")]
             if len(seeds) > 1 and peer is not None:
                 lines += ["", f"`{agent}` over {len(seeds)} seeds: {np.mean(seeds):.4f} (min {min(seeds):.4f}, max "
                              f"{max(seeds):.4f}), {100 * (np.mean(seeds) - peer):+.2f} points from Torch-Pruning's plan."]
-    write_section("quality-finetune", "\n".join(lines))
+    write_section("quality-finetune-distill", "\n".join(lines))
 
 
 if __name__ == "__main__":
