@@ -134,6 +134,8 @@ class LatencyTable:
         self.correction = 1.0  # whole plans' measured over predicted latency near the budget (the latency check sets it)
         self.int8_boundary = np.zeros(3)  # seconds per element: int8 layers' inputs (entry, interior), int8 joins
         self.joins: list[tuple[list[int], list[int], float]] = []  # (layers, earlier joins, elements): set_joins
+        self.observations: list[tuple[PlanGeometry, float, str]] = []  # whole models timed to fit: geometry,
+        # seconds, and what timed them ("plans": calibrate, "int8": calibrate_int8)
         self._producers = _producers(graph)
         self._runners: dict[str, Runner] = {}  # whole models timed more than once (calibrate_int8's), by key
         self._in_elems = np.array([float(np.prod(layer.input_shape[1:] if layer.kind == "conv" else
@@ -147,6 +149,7 @@ class LatencyTable:
         constant is fitted (the scale stays 1). Returns the original's measured seconds."""
         measured = np.array(self.measure_together([model, *(m for m, _ in plans)]))
         geometries = [self.cost.geometry(self.cost.defaults), *(g for _, g in plans)]
+        self.observations += [(g, float(t), "plans") for g, t in zip(geometries, measured)]
         sums = np.array([self.layer_sum(g) for g in geometries])
         targets = measured - np.array([self.int8_seconds(g) for g in geometries])
         self.overhead, self.scale = 0.0, 1.0
@@ -216,6 +219,7 @@ class LatencyTable:
         gaps, totals = [], []
         for mask, seconds in zip(masks, measured):
             geometry = self.cost.geometry({**self.cost.defaults, key: np.where(mask, 8, 32)})
+            self.observations.append((geometry, float(seconds), "int8"))
             gaps.append(seconds - self.predict(geometry))  # the joins' part already in the prediction
             totals.append(seconds)
         coef = np.linalg.lstsq(features[:, :2], np.array(gaps), rcond=None)[0]
@@ -321,15 +325,38 @@ class LatencyTable:
                 total += self.layer_seconds(self._whole[i], in_f[i], out_f[i], bool(int8[i]))
         return total
 
-    def int8_seconds(self, geometry: PlanGeometry) -> float:
-        """What the int8 layers of ``geometry`` add in a whole model beyond their own timings: the
-        conversions at their entries and interiors (:meth:`calibrate_int8`)."""
+    def int8_terms(self, geometry: PlanGeometry) -> np.ndarray:
+        """:meth:`int8_features` of the plan ``geometry`` describes (entry, interior and join elements)."""
         if geometry.int8 is None or not geometry.int8.any():
-            return 0.0
+            return np.zeros(3)
         layers = self.graph.layers
         ratio = geometry.in_f / np.maximum(1.0, np.array([layer.in_features for layer in layers], dtype=float))
         out_ratio = geometry.out_f / np.maximum(1.0, np.array([layer.out_features for layer in layers], dtype=float))
-        return float(self.int8_features(geometry.int8.astype(bool), ratio, out_ratio) @ self.int8_boundary)
+        return self.int8_features(geometry.int8.astype(bool), ratio, out_ratio)
+
+    def int8_seconds(self, geometry: PlanGeometry) -> float:
+        """What the int8 layers of ``geometry`` add in a whole model beyond their own timings: the
+        conversions at their entries and interiors (:meth:`calibrate_int8`)."""
+        return float(self.int8_terms(geometry) @ self.int8_boundary)
+
+    def refit(self, observations: Sequence[tuple[PlanGeometry, float, str]] | None = None) -> dict[str, float]:
+        """Fit the constant, the scale and the int8 entry and interior terms together, by least
+        squares of relative errors, to whole models timed earlier (default: every one timed by
+        :meth:`calibrate` and :meth:`calibrate_int8`); what int8 joins save stays as measured.
+        Kept only where the scale comes out positive and every model's prediction too. Returns
+        the fit's summary (as :attr:`fit`)."""
+        seen = list(self.observations if observations is None else observations)
+        seconds = np.array([s for _, s, _ in seen])
+        terms = np.array([self.int8_terms(g) for g, _, _ in seen])
+        rows = np.column_stack([np.ones(len(seen)), [self.layer_sum(g) for g, _, _ in seen], terms[:, :2]])
+        targets = seconds - terms[:, 2] * self.int8_boundary[2]
+        coef = np.linalg.lstsq(rows / seconds[:, None], targets / seconds, rcond=None)[0]
+        if coef[1] > 0 and np.all(rows @ coef > 0):
+            self.overhead, self.scale = float(coef[0]), float(coef[1])
+            self.int8_boundary[:2] = coef[2:]
+            self.fit = {"overhead_ms": self.overhead * 1e3, "scale": self.scale, "plans": float(len(seen)),
+                        "max_fit_error": float(np.max(np.abs(rows @ coef - targets) / seconds)), "joint": 1.0}
+        return self.fit
 
     def predict(self, geometry: PlanGeometry, *, corrected: bool = True) -> float:
         """Seconds of one forward pass of the compressed model ``geometry`` describes (times

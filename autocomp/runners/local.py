@@ -117,6 +117,9 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
         raise ConfigError(f"--latency-batch {config.latency_batch} is more than the {len(data.val)} validation images: "
                           f"use a batch up to {len(data.val)} (or raise --val-size).")
     model = prepare_model(config, data, progress=progress)
+    if run.exists() and space.uses_int8_format:  # resumed: int8 layers stay in the format its candidates were scored in
+        stored = _stored_int8_format(run, config)
+        space = space.with_int8_format(stored) if stored else space
     problem = CompressionProblem(
         model=model, data=data, space=space, budgets=config.budgets(),
         evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size),
@@ -198,6 +201,24 @@ def warm_start(problem: CompressionProblem, recorder: TrialRecorder, config: Sea
     cls(problem, recorder, settings=settings, seed=seed, reward_kind=config.reward).run(episodes - len(recorder.history))
 
 
+def _stored_int8_format(run: RunDir, config: SearchConfig) -> str | None:
+    """The int8 format a run's candidates were scored in (``format: runtime`` is measured when a
+    search starts, and a second measurement can choose another): from its summary, else its study."""
+    if run.summary_file.is_file():
+        stored = run.read_summary().get("int8_format")
+        if stored:
+            return str(stored)
+    local = {"sqlite": run.study_db, "journal": run.study_journal}.get(config.storage)
+    if local is not None and not local.is_file():
+        return None
+    try:
+        study = optuna.load_study(study_name=config.name, storage=open_storage(run, config.storage))
+    except KeyError:  # interrupted before its first trial
+        return None
+    stored = study.user_attrs.get("int8_format")
+    return str(stored) if stored else None
+
+
 def _budgets(problem: CompressionProblem) -> dict[str, dict[str, Any]]:
     return {k: {"given": v, "limit": problem.limits[METRICS[k]]} for k, v in problem.budgets.items()}
 
@@ -211,6 +232,8 @@ def _describe(study: optuna.Study, config: SearchConfig, settings: dict[str, Any
         "baseline": {"macs": baseline.macs, "params": baseline.params, "size_bytes": baseline.size_bytes,
                      "val_accuracy": baseline.val_accuracy},
     }
+    if problem.int8_format is not None:  # kept by a resumed search (see _stored_int8_format)
+        attrs["int8_format"] = problem.int8_format.name
     for key, value in attrs.items():
         if study.user_attrs.get(key) != value:
             study.set_user_attr(key, value)

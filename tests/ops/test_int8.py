@@ -455,3 +455,64 @@ def test_the_joins_saving_is_measured_with_and_without_them(tmp_path) -> None:
     fit = table.calibrate_int8(lambda mask, joins: (mask, joins), np.ones(len(graph.layers), dtype=bool), key="precision")
     assert np.allclose(table.int8_boundary, truth, rtol=1e-6, atol=0)
     assert fit["join_ns_per_element"] == pytest.approx(-3.0) and fit["max_fit_error"] < 1e-9
+
+
+def test_one_joint_fit_recovers_the_constant_scale_and_int8_terms(tmp_path) -> None:
+    """``LatencyTable.refit`` fits the constant, the scale of the layers' sum and the int8 entry and
+    interior terms together on whole models (pruned or not, float or int8): on timings made of
+    known costs it finds those costs; a fit with no positive scale leaves the table as it was."""
+    from autocomp.cost import CostModel
+    from autocomp.kinds.precision import fusions
+    from autocomp.latency import LatencyTable
+
+    net = _ResNet().eval()
+    graph = LayerGraph.build(net, (3, 10, 10))
+    cost = CostModel(graph)
+    table = LatencyTable(graph, cost, cache_dir=tmp_path)
+    table.set_joins(fusions(net, graph).joins)
+    table.int8_boundary[2] = -3e-9  # what the joins save, measured on its own
+    table.layer_sum = lambda geometry: 1e-6 * float(np.sum(geometry.in_f * geometry.out_f))
+    overhead, scale, entry, interior = 2e-4, 0.7, 40e-9, -15e-9
+    rng = np.random.default_rng(0)
+    seen = []
+    for _ in range(12):
+        keep = np.maximum(1, (cost.channels * rng.uniform(0.3, 1.0, len(cost.channels))).astype(int))
+        geometry = cost.geometry({**cost.defaults, "keep": keep, "precision": np.where(rng.random(len(graph.layers)) < 0.7, 8, 32)})
+        terms = table.int8_terms(geometry)
+        seconds = overhead + scale * table.layer_sum(geometry) + terms @ [entry, interior, -3e-9]
+        seen.append((geometry, float(seconds), "plans"))
+    fit = table.refit(seen)
+    assert table.overhead == pytest.approx(overhead, rel=1e-6) and table.scale == pytest.approx(scale, rel=1e-6)
+    assert np.allclose(table.int8_boundary, [entry, interior, -3e-9], rtol=1e-5, atol=0)
+    assert fit["max_fit_error"] < 1e-9 and fit["plans"] == 12
+    assert table.predict(seen[0][0]) == pytest.approx(seen[0][1], rel=1e-9)
+    before = (table.overhead, table.scale, table.int8_boundary.copy())
+    table.refit([(g, 1e-3 - 0.5 * table.layer_sum(g), source) for g, _, source in seen])  # slower when smaller
+    assert (table.overhead, table.scale) == before[:2] and np.array_equal(table.int8_boundary, before[2])
+
+
+def test_a_resumed_search_keeps_the_int8_format_its_candidates_were_scored_in(tmp_path, monkeypatch) -> None:
+    """``format: runtime`` is measured when a search starts; a second measurement can choose
+    another format, so a resumed search takes the one its run began with, and measures nothing."""
+    import json
+
+    import autocomp.problem as problem_module
+    from autocomp.config import SearchConfig
+    from autocomp.runners import run_search
+
+    chosen: list[str] = []
+
+    def measured(name: str):
+        def int8_format(runtime, **_):
+            chosen.append(name)
+            return Int8Format.parse(name), {"format": name}
+        return int8_format
+
+    config = SearchConfig(space="int8", agent="random", episodes=2, budget_size="0.6", name="q", runs_dir=str(tmp_path))
+    monkeypatch.setattr(problem_module, "int8_format", measured("s8s8"))
+    run_search(config, progress=False)
+    (tmp_path / "q" / "summary.json").unlink()  # interrupted before its summary: the study tells
+    monkeypatch.setattr(problem_module, "int8_format", measured("u8s8"))
+    result = run_search(config.replace(episodes=4), resume=True, progress=False)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert chosen == ["s8s8"] and summary["int8_format"] == "s8s8" and summary["candidates"] == 4
