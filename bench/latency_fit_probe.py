@@ -88,13 +88,17 @@ def _setup(problem: CompressionProblem, example: torch.Tensor, heldout: dict[str
     plans = [heldout[group][i] for group, i in names]
     timed = table.measure_together([problem.model, *(lambda p=p: _model(problem, p, example) for p in plans)])
     original, seconds = timed[0], timed[1:]
+    # the original as each block of plans timed it (the first: the search's baseline; the last: the block its fit is on)
+    blocks_ms = [seen[i][1] * 1e3 for i in starts]
     out: dict[str, Any] = {"original_ms": original * 1e3, "baseline_ms": problem.baseline_latency_s * 1e3,
-                           "fits": {}, "plans": []}
+                           "original_in_blocks_ms": blocks_ms, "fits": {}, "plans": []}
+    full = problem.cost.geometry(problem.cost.defaults)
     geometries = [problem.cost.geometry(problem.cost.plan_arrays(p)) for p in plans]
     for name, (overhead, scale, boundary, summary) in fits.items():
         table.overhead, table.scale, table.int8_boundary = overhead, scale, boundary
         predicted = np.array([table.predict(g) for g in geometries])
         out["fits"][name] = {"overhead_ms": overhead * 1e3, "scale": scale, "entry_ns": boundary[0] * 1e9,
+                             "predicted_original_ms": table.predict(full) * 1e3,
                              "interior_ns": boundary[1] * 1e9, "join_ns": boundary[2] * 1e9,
                              "max_fit_error": summary.get("max_fit_error"),
                              "predicted_fraction": (predicted / problem.baseline_latency_s).tolist()}
