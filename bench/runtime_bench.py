@@ -75,7 +75,9 @@ EPISODES = int(_CANDIDATES)
 """Our searcher and its candidates: ``SEARCH=sensitivity:300`` for the default searcher at its default
 candidates (run directories, results and sections of their own)."""
 SEARCHER = "TPE" if AGENT == "optuna" else AGENT
-TAG = "" if (AGENT, EPISODES) == ("optuna", 24) else f"-{AGENT}{EPISODES}"
+LABEL = os.environ.get("LABEL", "")
+"""Run directories, results and section of their own (e.g. ``LABEL=b2`` after a change that alters the searches)."""
+TAG = ("" if (AGENT, EPISODES) == ("optuna", 24) else f"-{AGENT}{EPISODES}") + (f"-{LABEL}" if LABEL else "")
 RECHECK = os.environ.get("RECHECK") == "1"
 """Resume every stored search (its latency check runs again; a search not stored runs as usual)."""
 SECTION = (("runtime" if FT_EPOCHS else "runtime-search") + ("" if SEEDS == (0, 1, 2) else "-seeds-" + "-".join(map(str, SEEDS)))
@@ -227,7 +229,8 @@ def report(rows: dict[str, Any]) -> None:
              + ("" if FT_EPOCHS else "FT_EPOCHS=0 ") + ("RECHECK=1 " if RECHECK else "")
              + (f"SETTINGS={os.environ['SETTINGS']} " if os.environ.get("SETTINGS") else "")
              + (f"SEEDS={os.environ['SEEDS']} " if os.environ.get("SEEDS") else "")
-             + (f"SEARCH={AGENT}:{EPISODES} " if TAG else "") + "python bench/runtime_bench.py` "
+             + (f"SEARCH={AGENT}:{EPISODES} " if (AGENT, EPISODES) != ("optuna", 24) else "")
+             + (f"LABEL={LABEL} " if LABEL else "") + "python bench/runtime_bench.py` "
              f"({SEARCHER}, {EPISODES} candidates per search, 2 threads; "
              + (f"fine-tune: {FT_EPOCHS} epoch of distillation, `autocomp finetune`'s defaults, for ours and for "
                 "Torch-Pruning" if FT_EPOCHS else "`FT_EPOCHS=0`: no fine-tune was run, so that column is empty")

@@ -188,7 +188,11 @@ class CompressionProblem:
         self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)
         if latency is not None:  # fitted again where the search will be: random plans on the budget
             self.constraints.check_reachable()
-            latency.calibrate(self.model, budget_surface_plans(self.constraints, compressor, data.val.example(8)))
+            again = latency.calibrate(self.model, budget_surface_plans(self.constraints, compressor, data.val.example(8)))
+            # the original is timed in both fits; the faster timing is its latency: the first, right after the
+            # table and the int8 format are measured, can run slow (on ResNet-20 in onnxruntime at batch 32: 3-8%
+            # slower than the second on one setup of two, which skewed every predicted fraction by as much)
+            self.baseline_latency_s = min(self.baseline_latency_s, again)
             if self.int8_format is not None:  # again, against the constant and scale fitted there
                 self.int8_fit = fit_int8()
             self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)

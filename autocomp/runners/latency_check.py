@@ -118,11 +118,13 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
     by_number = {c.number: c for c in recorder.candidates}
     raw: dict[int, float] = {}
 
-    def table_fraction(c: Candidate) -> float:  # the table's own prediction, as a fraction of the original
+    def table_seconds(c: Candidate) -> float:  # the table's own prediction
         if c.number not in raw:
-            geometry = problem.cost.geometry(problem.cost.plan_arrays(c.plan))
-            raw[c.number] = table.predict(geometry, corrected=False) / problem.baseline_latency_s
+            raw[c.number] = table.predict(problem.cost.geometry(problem.cost.plan_arrays(c.plan)), corrected=False)
         return raw[c.number]
+
+    def table_fraction(c: Candidate) -> float:
+        return table_seconds(c) / problem.baseline_latency_s
 
     def correction() -> float:  # how much slower than the table says the timed plans run, on average
         timed = [measured[str(n)] / table_fraction(c) for n, c in by_number.items() if str(n) in measured]
@@ -131,9 +133,9 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
     def best() -> Candidate | None:
         """The most accurate candidate measured within the budget, or not measured and predicted
         within :data:`AIM` of it once the timed plans' correction is applied."""
-        scale = correction()
+        scale, aim = correction(), math.floor(limit * AIM)  # as the projection's budgets count (whole microseconds)
         fits = [c for n, c in by_number.items()
-                if (measured[str(n)] <= held if str(n) in measured else scale * table_fraction(c) <= AIM * budget)]
+                if (measured[str(n)] <= held if str(n) in measured else round(table_seconds(c) * scale * 1e6) <= aim)]
         return max(fits, key=lambda c: c.metrics.val_accuracy, default=None)
 
     def project_again(candidate: Candidate, scale: float) -> list[Candidate]:
@@ -173,7 +175,8 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
             break
         if fraction <= held:  # it holds: is budget left that the timings say a bigger plan could use?
             ran_over = any(m > held for m in measured.values())
-            if loosened or ran_over or scale > LOOSEN or table_fraction(candidate) > budget:
+            grown = round(table_seconds(candidate) * 1e6) > limit  # a plan the correction already let grow
+            if loosened or ran_over or scale > LOOSEN or grown:
                 break
             loosened = True
             recorder.study.set_user_attr(LOOSENED_ATTR, True)
