@@ -12,7 +12,7 @@ on every seed) and random plans on the budget as the search draws them. Each fit
   models together, the uniform plans left out);
 - ``joint+corner``: the same with 8 more plans on the budget at the int8 corner, timed for it.
 
-    python bench/latency_fit_probe.py          # 2 setups, about 15 minutes on 2 cores
+    python bench/latency_fit_probe.py          # 2 setups, about 6 minutes on 2 cores
 
 Writes bench/results/latency_fit_probe.json.
 """
@@ -38,7 +38,7 @@ from autocomp.runners.setup import load_config_data, prepare_model
 from autocomp.space import SearchSpace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESNET20, cifar_dir, commit, machine
+from common import RESNET20, cifar_dir, commit, machine, write_section
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency_fit_probe.json"
 RUNS = Path(os.environ.get("RUNS", "/tmp/runtime-bench"))
@@ -133,7 +133,45 @@ def main() -> None:
             errors = {g: [abs(f / p["measured_fraction"] - 1) for f, p in zip(fit["predicted_fraction"], result["plans"])
                           if p["group"] == g] for g in heldout}
             print(k, name, {g: f"{100 * max(e):.1f}%" for g, e in errors.items()}, flush=True)
-    RESULTS.write_text(json.dumps({"setups": setups, "commit": commit(), "machine": machine()}, indent=1) + "\n")
+    results = {"setups": setups, "commit": commit(), "machine": machine()}
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    report(results)
+
+
+def _errors(setup: dict[str, Any], fit: str, baseline_ms: float) -> dict[str, tuple[float, float]]:
+    """Per group of plans: the smallest and largest relative error of the predicted fraction of the
+    original (``baseline_ms`` as the original's latency) against the fraction timed in turn."""
+    out: dict[str, list[float]] = {}
+    for predicted, plan in zip(setup["fits"][fit]["predicted_fraction"], setup["plans"]):
+        seconds = predicted * setup["baseline_ms"]
+        out.setdefault(plan["group"], []).append(seconds / baseline_ms / plan["measured_fraction"] - 1)
+    return {group: (min(e), max(e)) for group, e in out.items()}
+
+
+def report(results: dict[str, Any]) -> None:
+    lines = ["## Latency fit: which fit, and which timing of the original, predicts searched int8 plans?", "",
+             (f"Command: `python bench/latency_fit_probe.py` (commit {results['commit']}; {results['machine']}, nothing "
+             "else running; data in `bench/results/latency_fit_probe.json`). ResNet-20, `--space prune_int8 "
+             "--budget-latency 0.4 --latency-batch 32`, onnxruntime, 1 thread. Each setup builds the search's problem "
+             "as `autocomp search` does (every whole model timed again), then times in turn with the original the "
+             "three best plans of the runtime benchmark's `prune_int8` searches (searched), 6 random plans on the "
+             "budget with every int8-able layer int8 (corner) and 4 random plans on the budget (random), none of which "
+             "any fit saw. Errors: predicted fraction of the original against the fraction timed in turn (smallest, "
+             "largest), with the original's latency taken from the first fit's timing (as searches did before), or "
+             "from the faster of the two fits' timings (as they do now)."), "",
+             ("| setup | original: first fit / second fit / timed with the plans (ms) | fit | first fit's timing: "
+             "searched / corner / random | faster timing: searched / corner / random |"),
+             "|---|---|---|---|---|"]
+    for k, setup in enumerate(results["setups"]):
+        first, *rest = setup["original_in_blocks_ms"]
+        originals = f"{first:.2f} / {' / '.join(f'{x:.2f}' for x in rest)} / {setup['original_ms']:.2f}"
+        for fit in setup["fits"]:
+            cells = []
+            for baseline in (first, min(setup["original_in_blocks_ms"])):
+                errors = _errors(setup, fit, baseline)
+                cells.append(" / ".join(f"{100 * lo:+.1f}..{100 * hi:+.1f}%" for lo, hi in errors.values()))
+            lines.append(f"| {k} | {originals} | {fit} | {cells[0]} | {cells[1]} |")
+    write_section("latency-fit-probe", "\n".join(lines))
 
 
 if __name__ == "__main__":
