@@ -273,12 +273,13 @@ def report(rows: dict[str, Any]) -> None:
         for r in rows["ours"]) + ".",
               "", "Exported vs scored test accuracy (onnxruntime - torch, the int8 layers simulated there), largest "
               f"difference over our runs: {max(abs(r['test_accuracy'] - r['simulated_test_accuracy']) for r in rows['ours']) * 100:.2f} points.",
+              *([] if not any(r["latency_batch"] == 1 for r in rows["ours"]) else [
               "", "The original's batch-1 latency as each batch-1 search measured it before starting (its budget / "
               "the budget ratio): " + ", ".join(_ms(r["budget_s"] / float(r["budget"])) for r in rows["ours"]
                                                   if r["latency_batch"] == 1)
               + f"; the export step measured it at {_ms(o['latency_b1_s'])}: repeated measurements of one unchanged "
               f"model on this machine differ by up to {_noise(rows):.0%} (largest / smallest - 1), which bounds how "
-              "close a prediction can be checked here."]
+              "close a prediction can be checked here."])]
     write_section(SECTION, "\n".join(lines))
 
 
