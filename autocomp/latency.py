@@ -17,6 +17,11 @@ ResNet-20 in onnxruntime at batch 32 the sum alone overestimated a whole model b
 problem fits it twice (:mod:`autocomp.problem`): on uniform plans of the space, then on random
 plans projected onto the budget, where searched plans lie; uniform plans run faster than their
 sum says (0.74-0.89 of it on ResNet-20 at batch 1, against 0.90-0.98 for plans on the budget).
+Every whole model timed for a fit is kept (:attr:`LatencyTable.observations`);
+:meth:`LatencyTable.refit` fits everything at once on any of them (not used by the search: on
+ResNet-20 with int8 layers it was no better than the fits one after the other). The end-of-search
+check (:mod:`autocomp.runners.latency_check`) scales predictions by how its timed plans ran
+(:attr:`LatencyTable.correction`) while it projects plans again.
 
 Tables are cached in ``$AUTOCOMP_CACHE/latency/<table>.json`` (table = CPU model, runtime and
 its version, thread count and batch size), keyed by layer shape: a second run on the same
