@@ -205,13 +205,15 @@ class RunDir:
         def current(entry: Any) -> bool:  # written for this best trial (or not saying which)
             return not isinstance(entry, dict) or entry.get("trial", best) == best
 
-        kept: dict[str, Any] = {}
-        if "finetuned" in old and current(old["finetuned"]):
-            kept["finetuned"] = old["finetuned"]
-        exports = {fmt: entry for fmt, entry in old.get("exports", {}).items() if current(entry)}
-        if exports:
-            kept["exports"] = exports
-        merged = {**summary, **{k: v for k, v in kept.items() if k not in summary}}
+        merged = dict(summary)
+        for section in KEPT_SECTIONS:
+            value = old.get(section)
+            if section == "exports" and isinstance(value, dict):  # one entry per format, each of its trial
+                value = {fmt: entry for fmt, entry in value.items() if current(entry)}
+            elif not current(value):
+                value = None
+            if value and section not in summary:
+                merged[section] = value
         self._write_summary(merged)
         return merged
 
