@@ -42,8 +42,7 @@ if TYPE_CHECKING:
     from autocomp.plan import Plan
 
 KEPT_SECTIONS = ("finetuned", "exports")
-"""Summary sections written after the search; writing the search's summary again keeps them
-while they are of its best trial."""
+"""Summary sections written after the search; writing the search's summary again keeps them."""
 
 
 class RunDir:
@@ -196,24 +195,9 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Write the search's summary, keeping the sections written after an earlier search
-        (:data:`KEPT_SECTIONS`) that ``summary`` does not set itself, as far as they are of the
-        same best trial (a resumed search can end with another plan: the fine-tune and exports of
-        the earlier one no longer describe the result); return what was written."""
+        (:data:`KEPT_SECTIONS`) that ``summary`` does not set itself; return what was written."""
         old = self.read_summary() if self.summary_file.is_file() else {}
-        best = summary.get("best", {}).get("trial")
-
-        def current(entry: Any) -> bool:  # written for this best trial (or not saying which)
-            return not isinstance(entry, dict) or entry.get("trial", best) == best
-
-        merged = dict(summary)
-        for section in KEPT_SECTIONS:
-            value = old.get(section)
-            if section == "exports" and isinstance(value, dict):  # one entry per format, each of its trial
-                value = {fmt: entry for fmt, entry in value.items() if current(entry)}
-            elif not current(value):
-                value = None
-            if value and section not in summary:
-                merged[section] = value
+        merged = {**summary, **{k: old[k] for k in KEPT_SECTIONS if k in old and k not in summary}}
         self._write_summary(merged)
         return merged
 

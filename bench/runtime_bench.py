@@ -142,7 +142,7 @@ def ours(config: SearchConfig, space: str, budget: str, batch: int, seed: int) -
     info = export_run(run, fmt="onnx", threads=1, latency_batch=32)
     tuned: dict[str, Any] = {"test_accuracy": float("nan"), "latency_s": float("nan")}
     if FT_EPOCHS:
-        if "finetuned" not in summary:
+        if summary.get("finetuned", {}).get("trial") != summary["best"]["trial"]:  # none yet, or of an earlier best
             finetune_run(run, epochs=FT_EPOCHS, progress=False)
         tuned = export_run(run, fmt="onnx", threads=1, latency_batch=32, finetuned=True)
     lat = summary["latency"]
