@@ -154,3 +154,40 @@ def test_without_a_latency_budget_nothing_is_timed(digits_problem) -> None:
     plan = digits_problem.uniform_plan(0.5)
     recorder.record(plan, digits_problem.evaluate(plan))
     assert check_latency(digits_problem, recorder, progress=False) is None
+
+
+@pytest.mark.slow
+def test_what_holding_the_budget_cost_is_said(problem, monkeypatch, capsys) -> None:
+    """The best plan alone runs 30% over its prediction: the plan that holds the budget is a tighter
+    one, less accurate by more than a point, so the check records and says what holding it cost and
+    what budget the best plan holds as measured."""
+    recorder = _recorder(problem, 40)
+    first = recorder.best
+    slow = first.plan.key()
+    monkeypatch.setattr(latency_check, "_measure", lambda problem, plan: _predicted(problem, plan) * (
+        1.3 if plan.key() == slow else 1.0))
+    check = check_latency(problem, recorder, progress=False)
+    assert check is not None and check.holds and check.chosen.number != first.number
+    over = check.rounds[0]["measured_fraction"]
+    assert check.rounds[0]["trial"] == first.number and over > check.budget_fraction * 1.02
+    loss = first.metrics.val_accuracy - check.chosen.metrics.val_accuracy
+    assert loss >= latency_check.COSTLY
+    assert check.cost == {"trial": first.number, "val_accuracy": first.metrics.val_accuracy,
+                          "measured_fraction": over, "chosen_val_accuracy": check.chosen.metrics.val_accuracy,
+                          "budget_to_keep_it": math.ceil(1000 * over) / 1000}
+    assert check.to_dict()["cost"] == check.cost
+    err = capsys.readouterr().err
+    assert f"cost {100 * loss:.1f} points of validation accuracy" in err and f"trial {first.number}" in err
+    assert f"holds --budget-latency {check.cost['budget_to_keep_it']} as measured" in err
+    from autocomp.reporting import _latency_check  # report.html says it too
+
+    assert (f"cost {100 * loss:.1f} points of validation accuracy: trial {first.number}"
+            in _latency_check({"check": check.to_dict()}))
+
+
+@pytest.mark.slow
+def test_a_budget_that_costs_nothing_to_hold_says_nothing(problem, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(latency_check, "_measure", lambda problem, plan: _predicted(problem, plan))
+    check = check_latency(problem, _recorder(problem, 3), progress=False)
+    assert check is not None and check.holds and check.cost is None and "cost" not in check.to_dict()
+    assert "holding the latency budget" not in capsys.readouterr().err

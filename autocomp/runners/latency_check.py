@@ -60,6 +60,11 @@ LOOSEN = AIM / (1 + TOLERANCE)
 """When the timed plans run at most this fraction of their predicted latency (none of them over the
 budget), the best is projected again, once, onto the budget the prediction left unused."""
 
+COSTLY = 0.01
+"""When the most accurate plan timed over the budget scores at least this much higher validation
+accuracy than the result, the check says what holding the budget cost (and what budget keeps that
+plan): a budget on the steep side of what the runtime can reach may leave only far worse plans."""
+
 REPROJECTED = 8
 """At most this many of the most accurate plans are projected again after a timing over the budget
 (and no more than one for every 20 candidates the search scored)."""
@@ -81,10 +86,15 @@ class LatencyCheck:
     chosen: Candidate
     holds: bool
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    cost: dict[str, Any] | None = None
+    """Where holding the budget cost at least :data:`COSTLY` of validation accuracy: the most
+    accurate plan timed over it (``trial``, ``val_accuracy``, ``measured_fraction``), the result's
+    ``chosen_val_accuracy``, and ``budget_to_keep_it`` (a fraction of the original's latency)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budget_fraction": round(self.budget_fraction, 4), "tolerance": TOLERANCE, "holds": self.holds, "chosen_trial": self.chosen.number,
-                "rounds": self.rounds}
+        out = {"budget_fraction": round(self.budget_fraction, 4), "tolerance": TOLERANCE, "holds": self.holds,
+               "chosen_trial": self.chosen.number, "rounds": self.rounds}
+        return out if self.cost is None else {**out, "cost": self.cost}
 
 
 def time_with_original(problem: CompressionProblem, model: nn.Module) -> tuple[float, float]:
@@ -199,6 +209,15 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
     check.holds = bool(within)
     if within:  # the most accurate plan that holds the budget as measured
         check.chosen = max(within, key=lambda c: c.metrics.val_accuracy)
+        check.cost = cost_of_holding(check.chosen, [c for c in timed if measured[str(c.number)] > held], measured)
+        if check.cost is not None:
+            c = check.cost
+            print(f"autocomp: note: holding the latency budget as measured cost "
+                  f"{100 * (c['val_accuracy'] - c['chosen_val_accuracy']):.1f} points of validation accuracy: the most "
+                  f"accurate plan timed (trial {c['trial']}, val acc {c['val_accuracy']:.4f}) runs at "
+                  f"{c['measured_fraction']:.3f} of the original's latency, the result (val acc "
+                  f"{c['chosen_val_accuracy']:.4f}) within {budget:.3f}; that plan holds --budget-latency "
+                  f"{c['budget_to_keep_it']} as measured.", file=sys.stderr)
     else:  # the plan closest to the budget as measured
         check.chosen = min(timed, key=lambda c: measured[str(c.number)])
         print(f"autocomp: warning: no plan ran within the latency budget ({budget:.3f} of the original's) as measured "
@@ -207,9 +226,22 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
     return check
 
 
+def cost_of_holding(chosen: Candidate, over: list[Candidate], measured: dict[str, float]) -> dict[str, Any] | None:
+    """What :attr:`LatencyCheck.cost` holds: the most accurate of ``over`` (plans timed over the
+    budget; ``measured``: trial number -> measured fraction) against ``chosen``, or ``None`` when it
+    is less than :data:`COSTLY` more accurate."""
+    top = max(over, key=lambda c: c.metrics.val_accuracy, default=None)
+    if top is None or top.metrics.val_accuracy - chosen.metrics.val_accuracy < COSTLY:
+        return None
+    fraction = measured[str(top.number)]
+    return {"trial": top.number, "val_accuracy": top.metrics.val_accuracy, "measured_fraction": round(fraction, 4),
+            "chosen_val_accuracy": chosen.metrics.val_accuracy,
+            "budget_to_keep_it": math.ceil(1000 * fraction) / 1000}
+
+
 def predicted(problem: CompressionProblem, candidate: Candidate) -> float:
     """``candidate``'s predicted latency as stored with it, as a fraction of the original's."""
     return candidate.metrics.latency_us / 1e6 / problem.baseline_latency_s
 
 
-__all__ = ["AIM", "LOOSEN", "ROUNDS", "TOLERANCE", "LatencyCheck", "check_latency", "time_with_original"]
+__all__ = ["AIM", "COSTLY", "LOOSEN", "ROUNDS", "TOLERANCE", "LatencyCheck", "check_latency", "time_with_original"]
