@@ -8,7 +8,8 @@ Every row gets the same training, the fine-tune of ``autocomp finetune``
 (:func:`autocomp.finetuning.distill`): ``--epochs`` (3) of knowledge distillation from the
 original model over the 49,000 training images (SGD lr 0.01 cosine, batch 128, T=4, alpha 0.9,
 every step's gradient clipped), starting from the plan's model with recalibrated batch norm; test
-accuracy on the 10,000 test images. Reads runs/bench-quality/prune_fine-flops0.5/ (from
+accuracy on the 10,000 test images (``--lr``: another learning rate, in rows and a section of
+its own, ``quality-finetune-distill-lrLR``). Reads runs/bench-quality/prune_fine-flops0.5/ (from
 ``bench/quality_bench.py``); writes one file per row in bench/results/quality_finetune_distill/
 and the ``quality-finetune-distill`` section of bench/RESULTS.md. (bench/results/quality_finetune/
 and the ``quality-finetune`` section hold the earlier rows, trained without gradient clipping by
@@ -49,6 +50,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.01, help="the fine-tune's learning rate (autocomp finetune's default: 0.01)")
     p.add_argument("--no-peer", action="store_true", help="leave out Torch-Pruning's plan")
     p.add_argument("--data-dir", default="/tmp/cifar10")
     p.add_argument("--report", action="store_true")
@@ -67,21 +69,22 @@ def main() -> None:
         for name, model in models.items():
             before = accuracy(model, data.test)
             start = time.perf_counter()
-            distill(model, teacher, data.train, epochs=args.epochs, seed=0, progress=False)  # autocomp finetune's
-            row = {"name": name, "macs_kept": measure_cost(model, data.input_shape).macs / base_macs,
+            distill(model, teacher, data.train, epochs=args.epochs, lr=args.lr, seed=0, progress=False)  # autocomp finetune's
+            row = {"name": name, "lr": args.lr, "val_after": accuracy(model, data.val), "macs_kept": measure_cost(model, data.input_shape).macs / base_macs,
                    "test_before": before, "test_after": accuracy(model, data.test), "epochs": args.epochs,
                    "seconds": round(time.perf_counter() - start), "threads": args.threads, "commit": commit(),
                    "machine": machine(), "command": " ".join(["python bench/quality_finetune.py", *sys.argv[1:]])}
             print(name, row, flush=True)
-            save_json(RESULTS / f"{name.split(' ')[0].replace('/', '-')}.json", row)
-    rows = [json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))]
+            suffix = "" if args.lr == 0.01 else f"-lr{args.lr:g}"
+            save_json(RESULTS / f"{name.split(' ')[0].replace('/', '-')}{suffix}.json", row)
+    rows = [r for r in (json.loads(f.read_text()) for f in sorted(RESULTS.glob("*.json"))) if r.get("lr", 0.01) == args.lr]
     commands = sorted({f"`{r['command']}`" for r in rows})
     lines = [
         "## Search quality after `autocomp finetune`'s fine-tune: CIFAR-10 ResNet-20 at half the MACs",
         "",
         f"Commands: {', '.join(commands)} on {rows[0]['machine']}. The same fine-tune for every row, "
         f"`autocomp.finetuning.distill` (what `autocomp finetune` runs): {rows[0]['epochs']} epochs of distillation "
-        "from the original (SGD lr 0.01 cosine, batch 128, T=4, alpha 0.9, every step's gradient clipped to norm 5) "
+        f"from the original (SGD lr {args.lr:g} cosine, batch 128, T=4, alpha 0.9, every step's gradient clipped to norm 5) "
         "over the 49,000 training images, from the plan's model with recalibrated batch norm. Searched plans: the "
         "best of each search in the search-quality table. The commit column is the bench script's.",
         "",
@@ -106,7 +109,7 @@ def main() -> None:
             if len(seeds) > 1 and peer is not None:
                 lines += ["", f"`{agent}` over {len(seeds)} seeds: {np.mean(seeds):.4f} (min {min(seeds):.4f}, max "
                              f"{max(seeds):.4f}), {100 * (np.mean(seeds) - peer):+.2f} points from Torch-Pruning's plan."]
-    write_section("quality-finetune-distill", "\n".join(lines))
+    write_section("quality-finetune-distill" + ("" if args.lr == 0.01 else f"-lr{args.lr:g}"), "\n".join(lines))
 
 
 if __name__ == "__main__":
