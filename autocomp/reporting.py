@@ -179,7 +179,7 @@ def _latency_check(latency: dict[str, Any]) -> str:
     note = "" if cost is None else (
         f"<p>Holding the budget as measured cost {100 * (cost['val_accuracy'] - cost['chosen_val_accuracy']):.1f} points "
         f"of validation accuracy: trial {cost['trial']} (val acc {cost['val_accuracy']:.4f}) runs at "
-        f"{cost['measured_fraction']:.3f} of the original's latency; it holds a budget of {cost['budget_to_keep_it']}.</p>")
+        f"{cost['measured_fraction']:.4f} of the original's latency; it holds a budget of {cost['budget_to_keep_it']}.</p>")
     return f"<p>Best plans timed before the result was chosen (the budget {verdict}):</p><ul>{''.join(rows)}</ul>{note}"
 
 

@@ -215,7 +215,7 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
             print(f"autocomp: note: holding the latency budget as measured cost "
                   f"{100 * (c['val_accuracy'] - c['chosen_val_accuracy']):.1f} points of validation accuracy: the most "
                   f"accurate plan timed (trial {c['trial']}, val acc {c['val_accuracy']:.4f}) runs at "
-                  f"{c['measured_fraction']:.3f} of the original's latency, the result (val acc "
+                  f"{c['measured_fraction']:.4f} of the original's latency, the result (val acc "
                   f"{c['chosen_val_accuracy']:.4f}) within {budget:.3f}; that plan holds --budget-latency "
                   f"{c['budget_to_keep_it']} as measured.", file=sys.stderr)
     else:  # the plan closest to the budget as measured
