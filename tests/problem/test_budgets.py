@@ -193,3 +193,44 @@ def test_the_cheapest_plan_is_not_stuck_where_int8_layers_share_their_conversion
     all_int8 = table.predict(cost.geometry(smallest))
     floor = table.predict(cost.geometry(decisions.plan_arrays(decisions.state_at(b.floor))))
     assert floor <= all_float < all_int8
+
+
+class _PaddedTo16:
+    """A latency table whose kernels pad a channel count that is not a multiple of 16 and pay for
+    16 more: 40 channels cost more than 48 (a runtime's staircase, as int8 kernels on AVX-512)."""
+
+    def __init__(self, graph) -> None:
+        self.per_channel_pair = np.array([layer.kernel_size * float(np.prod(layer.output_shape[1:]))
+                                          for layer in graph.layers])
+
+    def predict(self, geometry) -> float:
+        def padded(channels: np.ndarray) -> np.ndarray:
+            return np.where(channels % 16 == 0, channels, channels + 16)
+
+        return float((self.per_channel_pair * padded(geometry.in_f) * padded(geometry.out_f)).sum() * 1e-9)
+
+
+def test_under_a_latency_staircase_no_decision_can_rise_to_any_value_that_fits() -> None:
+    """Where one step up costs more than two (the staircase above), the fill-up still leaves no
+    decision that could take a higher value within the budget: it takes the highest that fits."""
+    from torchvision.models import resnet18
+
+    from autocomp.cost import CostModel
+    from autocomp.graph import LayerGraph
+    from autocomp.problem import Budgets, DecisionSpace
+
+    graph = LayerGraph.build(resnet18(num_classes=10).eval(), (3, 32, 32))
+    cost = CostModel(graph)
+    decisions = DecisionSpace(cost, SearchSpace.load("prune").with_runtime_step(8))
+    table = _PaddedTo16(graph)
+    baseline = table.predict(cost.geometry(cost.defaults))
+    b = Budgets(decisions, {"latency": "0.5"}, latency=table, baseline_latency_s=baseline)  # type: ignore[arg-type]
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        indices = b.project(rng.uniform(0, 1, len(decisions.tops)))
+        assert b.fits(indices)
+        for d, top in enumerate(decisions.tops):
+            for value in range(indices[d] + 1, top + 1):
+                higher = indices.copy()
+                higher[d] = value
+                assert not b.fits(higher), (d, indices[d], value)
