@@ -45,6 +45,7 @@ class Budgets:
         }
         self._floor: np.ndarray | None = None
         self._uniform_lifted: bool | None = None  # whether uniform plans are lifted to the floor (decided once)
+        self._held_floors: dict[bytes, np.ndarray | None] = {}  # :meth:`held_floor` by the values held
 
     # ---- costs ------------------------------------------------------------------------
     def estimate_arrays(self, arrays: Mapping[str, np.ndarray]) -> Cost:
@@ -93,13 +94,15 @@ class Budgets:
         limits = np.array(list(self.limits.values()), dtype=float)
         return min((self._descend(start) for start in starts), key=lambda ix: float(np.max(self._costs(ix) / limits)))
 
-    def _descend(self, indices: np.ndarray, passes: int = 3) -> np.ndarray:
-        """Coordinate descent: a decision moves to another value when that is no costlier on any
-        budget and cheaper on one; a few passes, as moves change what the others cost."""
+    def _descend(self, indices: np.ndarray, passes: int = 3, frozen: np.ndarray | None = None) -> np.ndarray:
+        """Coordinate descent: a decision (not ``frozen``) moves to another value when that is no
+        costlier on any budget and cheaper on one; a few passes, as moves change what the others cost."""
         best = self._costs(indices)
         for _ in range(passes):
             moved = False
             for d, top in enumerate(self.decisions.tops):
+                if frozen is not None and frozen[d]:
+                    continue
                 for value in range(top + 1):
                     if value == indices[d]:
                         continue
@@ -139,17 +142,47 @@ class Budgets:
            largest that still fits (bisection), so the plan keeps the shape it was asked for.
         2. Fill up: what is left of the budgets goes one step at a time to the decisions whose
            value lies furthest below what was asked of them.
+
+        Where the floor holds a decision above what was asked (float32 where int8 was asked: an
+        int8 layer of the fewest channels can be slower than float32, its kernels padding them),
+        moving toward the floor flips it once the factor passes half-way: a plan asked to be int8
+        throughout came out mostly float32 with the fewest channels. So the scale also starts
+        from :meth:`held_floor` (those decisions as asked, the rest at what is cheapest with
+        them) when that fits, and of the two results the one nearer the wanted plan is taken.
         """
         tops = self.decisions.tops
         wanted = np.clip(np.asarray(positions, dtype=float), 0.0, 1.0) * tops
-        if self.fits(np.rint(wanted).astype(np.int64)):
-            def at(level: float) -> np.ndarray:  # level 0 is the wanted plan, 1 every decision at its maximum
-                return np.rint(wanted + level * (tops - wanted)).astype(np.int64)
-        else:
-            floor = self.floor
+        asked = np.rint(wanted).astype(np.int64)
+        if self.fits(asked):
+            return self._fill_up(self._scale(wanted, tops), wanted)
+        bases = [self.floor]
+        held = self.held_floor(asked)
+        if held is not None:
+            bases.append(held)
+        plans = [self._fill_up(self._scale(base, wanted), wanted) for base in bases]
+        return min(plans, key=lambda indices: float(np.sum(np.abs(indices - wanted) / np.maximum(tops, 1))))
 
-            def at(level: float) -> np.ndarray:  # level 0 is the cheapest plan (checked up front), 1 the wanted plan
-                return np.rint(floor + level * (wanted - floor)).astype(np.int64)
+    def held_floor(self, asked: np.ndarray) -> np.ndarray | None:
+        """The cheapest plan with every decision that :attr:`floor` holds above ``asked`` held at
+        its asked value (int8 where the floor has float32: the other decisions move to what suits
+        int8, e.g. an int8 layer's channels to a count its kernels do not pad), or ``None`` when
+        no decision is held or that plan misses a budget."""
+        frozen = self.floor > asked
+        if not frozen.any():
+            return None
+        key = np.where(frozen, asked, -1).tobytes()
+        if key not in self._held_floors:
+            start = np.where(frozen, asked, self.floor)
+            cheapest = self._descend(start, frozen=frozen)
+            self._held_floors[key] = cheapest if self.fits(cheapest) else None
+        return self._held_floors[key]
+
+    def _scale(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """The plan ``start + level * (end - start)`` (rounded) with the largest level in [0, 1]
+        that fits (bisection); ``start`` when none above 0 does."""
+        def at(level: float) -> np.ndarray:
+            return np.rint(start + level * (end - start)).astype(np.int64)
+
         lo, hi = 0.0, 1.0
         best = at(lo)
         if self.fits(at(hi)):
@@ -163,7 +196,7 @@ class Budgets:
                 best, lo = indices, mid
             else:
                 hi = mid
-        return self._fill_up(best, wanted)
+        return best
 
     def _fill_up(self, indices: np.ndarray, wanted: np.ndarray) -> np.ndarray:
         """Passes over the decisions, furthest below what was asked first, each raised one step

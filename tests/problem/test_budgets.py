@@ -234,3 +234,61 @@ def test_under_a_latency_staircase_no_decision_can_rise_to_any_value_that_fits()
                 higher = indices.copy()
                 higher[d] = value
                 assert not b.fits(higher), (d, indices[d], value)
+
+
+class _Int8PaysWhenWide:
+    """A latency table where a layer's time is its MACs; int8 runs it in 0.4 of that, and the
+    first int8 layer after a float32 one (or first of all) pays ``entry`` (converting into int8,
+    which consecutive int8 layers share): at the fewest channels float32 is cheaper, at many int8."""
+
+    def __init__(self, graph, entry: float = 0.0) -> None:
+        self.per_channel_pair = np.array([layer.kernel_size * float(np.prod(layer.output_shape[1:]))
+                                          for layer in graph.layers])
+        self.entry = entry
+
+    def predict(self, geometry) -> float:
+        seconds = self.per_channel_pair * geometry.in_f * geometry.out_f * 1e-9
+        if geometry.int8 is None:
+            return float(seconds.sum())
+        entries = geometry.int8 & ~np.concatenate([[False], geometry.int8[:-1]])
+        return float(np.where(geometry.int8, 0.4 * seconds, seconds).sum() + self.entry * entries.sum())
+
+
+def test_a_plan_asked_to_be_int8_stays_int8_when_it_is_scaled_down() -> None:
+    """Where the cheapest plan is float32 (int8 only pays at many channels), a plan asked to be int8
+    everywhere and over the budget is scaled down with its layers int8 (fewer channels), not
+    flipped to float32, when an int8 plan fits: it lands on the budget."""
+    from torchvision.models import resnet18
+
+    from autocomp.cost import CostModel
+    from autocomp.graph import LayerGraph
+    from autocomp.problem import Budgets, DecisionSpace
+
+    graph = LayerGraph.build(resnet18(num_classes=10).eval(), (3, 32, 32))
+    cost = CostModel(graph)
+    decisions = DecisionSpace(cost, SearchSpace.load("prune_int8").with_runtime_step(8))
+    smallest = decisions.plan_arrays(decisions.min_state())
+    table = _Int8PaysWhenWide(graph)
+    fp32_min = table.predict(cost.geometry({**smallest, "precision": np.full(len(graph.layers), 32)}))
+    table.entry = fp32_min  # int8 throughout at the fewest channels: 1.4 times float32
+    baseline = table.predict(cost.geometry(cost.defaults))
+    int8_min = table.predict(cost.geometry(smallest))
+    int8_full = table.predict(cost.geometry({**cost.defaults, "precision": np.full(len(graph.layers), 8)}))
+    assert fp32_min < int8_min < int8_full
+    limit = round((int8_min + 0.1 * (int8_full - int8_min)) / baseline, 3)
+    b = Budgets(decisions, {"latency": str(limit)}, latency=table, baseline_latency_s=baseline)  # type: ignore[arg-type]
+    precision = np.array([d.key == "precision" for d in decisions.searched])
+    floor = [decisions.searched[d].choices[b.floor[d]] for d in np.flatnonzero(precision)]
+    assert np.mean(np.array(floor) == 32) > 0.9  # the cheapest plan is float32 (nearly) throughout
+    column = decisions.action_kinds.index("precision")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        actions = rng.uniform(-1, 1, (len(decisions.steps), len(decisions.action_kinds)))
+        actions[:, column] = -1.0  # int8 everywhere
+        positions = decisions.positions(actions)
+        assert not b.fits(np.rint(positions * decisions.tops).astype(np.int64))  # over the budget as asked
+        plan = b.decode(actions)
+        int8 = [v for v in plan.get("precision").values() if v == 8]  # float32 is the default
+        assert len(int8) >= precision.sum() - 1  # (the fill-up may give the last layer float32: it costs no conversion)
+        used = b.estimate_plan(plan).latency_us / b.limits["latency_us"]
+        assert 0.97 <= used <= 1.0
