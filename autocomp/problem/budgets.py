@@ -279,7 +279,7 @@ class Budgets:
         after the best plan measured over it)."""
         out = copy.copy(self)
         out.limits = {**self.limits, metric: limit}
-        out._floor, out._uniform_lifted = None, None
+        out._floor, out._uniform_lifted, out._held_floors = None, None, {}
         return out
 
     def reachable(self) -> bool:

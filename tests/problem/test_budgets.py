@@ -292,3 +292,8 @@ def test_a_plan_asked_to_be_int8_stays_int8_when_it_is_scaled_down() -> None:
         assert len(int8) >= precision.sum() - 1  # (the fill-up may give the last layer float32: it costs no conversion)
         used = b.estimate_plan(plan).latency_us / b.limits["latency_us"]
         assert 0.97 <= used <= 1.0
+    held = b.held_floor(np.rint(positions * decisions.tops).astype(np.int64))
+    assert held is not None
+    below = b.estimate(decisions.state_at(held)).latency_us - 1  # a limit that plan misses: not reused there
+    tighter = b.with_limit("latency_us", below)
+    assert tighter.reachable() and tighter.estimate_plan(tighter.decode(actions)).latency_us <= below
