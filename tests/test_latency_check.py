@@ -64,7 +64,11 @@ def test_a_best_plan_measured_over_the_budget_is_projected_under_it(problem, mon
     assert check.budget_fraction == pytest.approx(budget)
     assert check.rounds[0]["trial"] == first.number and check.rounds[0]["measured_fraction"] > budget
     assert check.chosen.number >= before  # a re-projected plan, recorded as a trial
-    assert len(check.rounds) == len(timed) and "projected_trials" not in check.rounds[-1]
+    # the next most accurate plan is timed too (40 candidates: one), once, and runs over as well
+    shortlist = check.rounds[0]["shortlist"]
+    assert len(shortlist) == 1 and shortlist[0]["measured_fraction"] > budget
+    assert shortlist[0]["trial"] != first.number and all("shortlist" not in r for r in check.rounds[1:])
+    assert len(check.rounds) + 1 == len(timed) and "projected_trials" not in check.rounds[-1]
     made = [n for r in check.rounds[:-1] for n in r["projected_trials"]]
     assert made == list(range(before, len(recorder.history))) and all(
         1 <= len(r["projected_trials"]) <= 2 for r in check.rounds[:-1])
@@ -135,6 +139,24 @@ def test_a_best_plan_measured_within_the_budget_is_the_result(problem, monkeypat
     check = check_latency(problem, recorder, progress=False)
     assert check is not None and check.holds and check.chosen is first
     assert len(check.rounds) == 1 and len(recorder.history) == before
+
+
+@pytest.mark.slow
+def test_a_next_most_accurate_plan_that_holds_the_budget_is_kept(problem, monkeypatch) -> None:
+    """Only the best plan runs over its prediction (10%); the next most accurate, timed as it is,
+    holds the budget: the result is at least as accurate as it, whatever the re-projection made."""
+    recorder = _recorder(problem, 40)
+    first = recorder.best
+    monkeypatch.setattr(latency_check, "_measure", lambda problem, plan: _predicted(problem, plan) * (
+        SLOWER if plan == first.plan else 1.0))
+    check = check_latency(problem, recorder, progress=False)
+    assert check is not None and check.holds and check.chosen.number != first.number
+    [shortlisted] = check.rounds[0]["shortlist"]
+    assert shortlisted["measured_fraction"] <= check.budget_fraction * 1.02
+    assert check.rounds[0]["correction"] == pytest.approx((SLOWER + 1.0) / 2)  # both timings correct the table
+    assert check.chosen.metrics.val_accuracy >= shortlisted["val_accuracy"]
+    assert check.chosen.metrics.val_accuracy == max(recorder.history[r["trial"]].metrics.val_accuracy
+                                                    for r in check.rounds[1:]) >= shortlisted["val_accuracy"]
 
 
 @pytest.mark.slow

@@ -5,7 +5,9 @@ it measures well under it.
 The latency table predicts whole models within a few percent, but a search picks, among plans
 that all sit on the budget, the most accurate one, which can be one the table predicts fast. So
 the best plan is timed (beside the original, in turn: :meth:`LatencyTable.measure_together`).
-When it runs over the budget, the actions of the most accurate plans (it among them) are
+When it runs over the budget, the next most accurate plans (as many as are projected again,
+less one) are timed too, once: the table's error differs from plan to plan, and one of them may
+hold the budget as it is. Then the actions of the most accurate plans (it among them) are
 projected again onto the budget (:meth:`Budgets.with_limit`, aiming :data:`AIM` of it) with the
 table's predictions multiplied by how much slower than predicted the timed plans ran
 (:attr:`LatencyTable.correction`); the new plans are scored and recorded as trials (their
@@ -169,8 +171,26 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
         finally:
             table.correction = 1.0
 
+    def time_next(candidate: Candidate) -> list[dict[str, Any]]:
+        """Time the next most accurate distinct plans after ``candidate`` (up to
+        :func:`reprojections` less one) that no timing has seen; their timings as round entries."""
+        seen = {candidate.plan.key()}
+        out: list[dict[str, Any]] = []
+        for c in sorted(by_number.values(), key=lambda c: -c.metrics.val_accuracy):
+            if len(out) >= reprojections(recorder) - 1:
+                break
+            if c.plan.key() in seen or str(c.number) in measured:
+                continue
+            seen.add(c.plan.key())
+            measured[str(c.number)] = _measure(problem, c.plan)
+            recorder.study.set_user_attr(STUDY_ATTR, measured)
+            out.append({"trial": c.number, "predicted_fraction": round(predicted(problem, c), 4),
+                        "measured_fraction": round(measured[str(c.number)], 4), "val_accuracy": c.metrics.val_accuracy})
+        return out
+
     first = recorder.best
     check = LatencyCheck(budget, first, holds=False)
+    shortlisted = False  # whether the next most accurate plans were timed (once, after the first timing over)
     candidate = (best() or first) if measured else first  # a resumed search: what earlier timings allow
     loosened = bool(recorder.study.user_attrs.get(LOOSENED_ATTR))  # once per search, resumed or not
     for round_ in range(rounds):
@@ -193,6 +213,14 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
             why = f"under the budget's {budget:.3f}, and the timed plans run at {scale:.3f} of their prediction"
         else:
             why = f"over the budget's {budget:.3f}"
+            if not shortlisted:  # once: the next most accurate plans, timed as they are
+                shortlisted = True
+                timed_next = time_next(candidate)
+                if timed_next:
+                    check.rounds[-1]["shortlist"] = timed_next
+                    scale = correction()
+                    within_next = sum(t["measured_fraction"] <= held for t in timed_next)
+                    why += f" (of the next {len(timed_next)} most accurate plans, {within_next} measured within it)"
         made = project_again(candidate, scale)
         if progress:
             print(f"autocomp: the best plan (trial {candidate.number}) runs at {fraction:.3f} of the original's "
