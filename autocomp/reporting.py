@@ -172,8 +172,10 @@ def _latency_check(latency: dict[str, Any]) -> str:
         side = "a tighter" if over else "the unused"
         again = (f"; plans projected again onto {side} budget (predictions times {r.get('correction', 1.0):.3f}): "
                  f"trials {made}") if made else ""
+        shortlist = "".join(f"<li>trial {t['trial']} (next most accurate): {t['predicted_fraction']:.3f} predicted, "
+                            f"{t['measured_fraction']:.3f} measured</li>" for t in r.get("shortlist", []))
         rows.append(f"<li>trial {r['trial']}: {r['predicted_fraction']:.3f} predicted, "
-                    f"{r['measured_fraction']:.3f} measured{again}</li>")
+                    f"{r['measured_fraction']:.3f} measured{again}</li>{shortlist}")
     verdict = "holds" if check["holds"] else "was not met by any timed plan; the closest is the result"
     cost = check.get("cost")
     note = "" if cost is None else (

@@ -157,6 +157,9 @@ def test_a_next_most_accurate_plan_that_holds_the_budget_is_kept(problem, monkey
     assert check.chosen.metrics.val_accuracy >= shortlisted["val_accuracy"]
     assert check.chosen.metrics.val_accuracy == max(recorder.history[r["trial"]].metrics.val_accuracy
                                                     for r in check.rounds[1:]) >= shortlisted["val_accuracy"]
+    from autocomp.reporting import _latency_check  # report.html lists it
+
+    assert f"trial {shortlisted['trial']} (next most accurate)" in _latency_check({"check": check.to_dict()})
 
 
 @pytest.mark.slow

@@ -93,16 +93,25 @@ SURFACE_PLANS = 8
 """Random plans on the budget that a latency table is fitted on again (see :func:`budget_surface_plans`)."""
 
 
+CORNER_PLANS = 8
+"""Pruned plans on the budget with every layer asked to be int8, in the second int8 fit."""
+
+
 def budget_surface_plans(constraints: Budgets, compressor: Compressor, example: torch.Tensor, count: int = SURFACE_PLANS,
-                         seed: int = 0) -> list[tuple[nn.Module, Geometry]]:
+                         seed: int = 0, int8_action: str | None = None) -> list[tuple[nn.Module, Geometry]]:
     """Models of ``count`` random plans projected onto the budgets, with their geometry: the plans
     a search scores. Uniform plans are cheaper in a whole model than their layers' sum says
     (on ResNet-20 in onnxruntime, 0.74-0.89 of it against 0.90-0.98 for plans on the budget), so
-    a table fitted on them alone predicts searched plans 10-25% fast."""
+    a table fitted on them alone predicts searched plans 10-25% fast. With ``int8_action`` every
+    layer is asked to be int8 (the corner where searched plans of an int8 space sit)."""
     rng = np.random.default_rng(seed)
     decisions, plans = constraints.decisions, []
+    column = decisions.action_kinds.index(int8_action) if int8_action in decisions.action_kinds else None
     for _ in range(count):
-        plan = constraints.decode(rng.uniform(-1, 1, (len(decisions.steps), len(decisions.action_kinds))))
+        actions = rng.uniform(-1, 1, (len(decisions.steps), len(decisions.action_kinds)))
+        if column is not None:
+            actions[:, column] = -1.0  # the first choice: int8
+        plan = constraints.decode(actions)
         model = compressor.apply(plan)
         calibrate_int8(model, [example])
         plans.append((freeze(model), decisions.cost.geometry(decisions.cost.plan_arrays(plan))))
@@ -193,8 +202,11 @@ class CompressionProblem:
             # table and the int8 format are measured, can run slow (on ResNet-20 in onnxruntime at batch 32: 3-8%
             # slower than the second on one setup of two, which skewed every predicted fraction by as much)
             self.baseline_latency_s = min(self.baseline_latency_s, again)
-            if self.int8_format is not None:  # again, against the constant and scale fitted there
-                self.int8_fit = fit_int8()
+            if self.int8_format is not None:  # again, against the constant and scale fitted there, with pruned
+                # plans on the budget at the int8 corner in the fit (where searched plans sit)
+                corner = budget_surface_plans(self.constraints, compressor, data.val.example(8), count=CORNER_PLANS,
+                                              seed=1, int8_action=int8_action)
+                self.int8_fit = fit_int8(corner=corner)
             self.constraints = Budgets(self.decisions, budgets, latency=latency, baseline_latency_s=self.baseline_latency_s)
         self.limits = self.constraints.limits
         self.budgets = self.constraints.given

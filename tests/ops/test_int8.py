@@ -457,6 +457,47 @@ def test_the_joins_saving_is_measured_with_and_without_them(tmp_path) -> None:
     assert fit["join_ns_per_element"] == pytest.approx(-3.0) and fit["max_fit_error"] < 1e-9
 
 
+def test_pruned_int8_plans_are_timed_and_fitted_with_the_whole_models(tmp_path) -> None:
+    """``calibrate_int8(corner=...)``: pruned all-int8 plans are timed in the same turn as the whole
+    models and their gaps to the table enter the fit, which finds the costs the timings are made of."""
+    from autocomp.cost import CostModel
+    from autocomp.kinds.precision import fusions
+    from autocomp.latency import LatencyTable
+
+    net = _ResNet().eval()
+    graph = LayerGraph.build(net, (3, 10, 10))
+    cost = CostModel(graph)
+    table = LatencyTable(graph, cost, cache_dir=tmp_path)
+    table.set_joins(fusions(net, graph).joins)
+    table.layer_sum = lambda geometry: 1e-3
+    truth = np.array([40e-9, -15e-9, -3e-9])
+    ones, layers = np.ones(len(graph.layers)), len(graph.layers)
+    corner = [cost.geometry({**cost.defaults, "keep": np.maximum(1, cost.channels // k), "precision": np.full(layers, 8)})
+              for k in (2, 4)]
+    calls: list[int] = []
+
+    def timed(models: list, keys: list) -> list[float]:
+        calls.append(len(models))
+        out = []
+        for model in models:
+            built = model() if callable(model) else model
+            if isinstance(built, tuple):  # a whole model: (mask, joins)
+                mask, joins = built
+                out.append(1e-3 + float(table.int8_features(mask, ones) * [1, 1, joins] @ truth))
+            else:  # a pruned plan: its geometry
+                out.append(1e-3 + float(table.int8_terms(built) @ truth))
+        return out
+
+    table.measure_together = timed
+    fit = table.calibrate_int8(lambda mask, joins: (mask, joins), np.ones(layers, dtype=bool), key="precision",
+                               corner=[((lambda g=g: g), g) for g in corner])
+    assert len(calls) == 1  # one turn: the whole models and the pruned plans together
+    assert np.allclose(table.int8_boundary, truth, rtol=1e-6, atol=0) and fit["max_fit_error"] < 1e-9
+    assert [o[0] for o in table.observations[-2:]] == corner  # kept for later fits
+    for geometry in corner:  # the pruned plans are predicted as they were timed
+        assert table.predict(geometry) == pytest.approx(1e-3 + float(table.int8_terms(geometry) @ truth), rel=1e-9)
+
+
 def test_one_joint_fit_recovers_the_constant_scale_and_int8_terms(tmp_path) -> None:
     """``LatencyTable.refit`` fits the constant, the scale of the layers' sum and the int8 entry and
     interior terms together on whole models (pruned or not, float or int8): on timings made of
@@ -516,3 +557,20 @@ def test_a_resumed_search_keeps_the_int8_format_its_candidates_were_scored_in(tm
     result = run_search(config.replace(episodes=4), resume=True, progress=False)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert chosen == ["s8s8"] and summary["int8_format"] == "s8s8" and summary["candidates"] == 4
+
+
+@pytest.mark.slow
+def test_an_int8_space_under_a_latency_budget_fits_pruned_int8_plans(digits_model, digits_data) -> None:
+    """Set up under a latency budget, an int8 space's second int8 fit times pruned plans on the
+    budget with their layers asked to be int8 (``CORNER_PLANS``) beside the whole models."""
+    from autocomp.problem import CORNER_PLANS, CompressionProblem
+    from autocomp.space import SearchSpace
+
+    problem = CompressionProblem(model=digits_model, data=digits_data, space=SearchSpace.load("prune_int8"),
+                                 budgets={"latency": "0.8"}, latency_batch=32, progress=False)
+    assert problem.latency is not None and problem.int8_fit is not None
+    int8 = [g for g, _, what in problem.latency.observations if what == "int8"]
+    whole = 1 + 6 + bool(problem.latency.joins)  # whole models per fit: all int8, 6 subsets (and without joins)
+    assert len(int8) == 2 * whole + CORNER_PLANS  # two fits, the second with the pruned plans
+    corner = int8[-CORNER_PLANS:]  # plans on the budget (on this small model int8 mostly does not pay: float32)
+    assert all(problem.latency.predict(g) * 1e6 <= 1.1 * problem.limits["latency_us"] for g in corner)  # refitted: near it
