@@ -198,15 +198,18 @@ def _scored_by_size(problem: CompressionProblem, monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.slow
 def test_what_holding_the_budget_cost_is_said(problem, monkeypatch, capsys) -> None:
-    """The best plan alone runs 30% over its prediction: the plan that holds the budget is a tighter
-    one, less accurate by more than a point, so the check records and says what holding it cost and
-    what budget the best plan holds as measured."""
+    """The best plans (the best and the next one the check times as it is) run 30% over their
+    prediction: the plan that holds the budget is a tighter one, less accurate by more than a point,
+    so the check records and says what holding it cost and what budget the best plan holds as measured."""
     _scored_by_size(problem, monkeypatch)
     recorder = _recorder(problem, 40)
     first = recorder.best
-    slow = first.plan.key()
+    slow: set[str] = set()  # the most accurate distinct plans the check times first (40 candidates: two)
+    for c in sorted(recorder.candidates, key=lambda c: -c.metrics.val_accuracy):
+        if len(slow) < latency_check.reprojections(recorder):
+            slow.add(c.plan.key())
     monkeypatch.setattr(latency_check, "_measure", lambda problem, plan: _predicted(problem, plan) * (
-        1.3 if plan.key() == slow else 1.0))
+        1.3 if plan.key() in slow else 1.0))
     check = check_latency(problem, recorder, progress=False)
     assert check is not None and check.holds and check.chosen.number != first.number
     over = check.rounds[0]["measured_fraction"]
