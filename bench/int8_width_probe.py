@@ -85,10 +85,11 @@ def main() -> None:
                      "channels": {str(k): int(v) for k, v in zip(range(len(arrays["keep"])), arrays["keep"])},
                      "macs_ratio": problem.cost.predict(plan).macs / problem.cost.baseline.macs,
                      "predicted_fraction": table.predict(problem.cost.geometry(arrays)) / problem.baseline_latency_s,
+                     "predicted_ms": table.predict(problem.cost.geometry(arrays)) * 1e3, "measured_ms": seconds * 1e3,
                      "measured_fraction": seconds / timed[0]})
         print(rows[-1]["plan"], round(rows[-1]["predicted_fraction"], 3), round(rows[-1]["measured_fraction"], 3),
               flush=True)
-    results = {"original_ms": timed[0] * 1e3, "budget_fraction": 0.4, "rows": rows, "commit": commit(),
+    results = {"original_ms": timed[0] * 1e3, "baseline_ms": problem.baseline_latency_s * 1e3, "budget_fraction": 0.4, "rows": rows, "commit": commit(),
                "machine": machine(), "command": COMMAND}
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     report(results)
@@ -99,11 +100,15 @@ def report(results: dict) -> None:
              f"Command: `{results['command']}` (commit {results['commit']}; {results['machine']}; nothing else running; "
              "data in `bench/results/int8_width_probe.json`). The `prune_int8` search's problem at `--budget-latency "
              f"0.4 --latency-batch 32` (onnxruntime, 1 thread); each plan timed in turn with the original "
-             f"({results['original_ms']:.2f} ms).", "",
-             "| plan | int8 layers | MACs | predicted | measured |", "|---|---:|---:|---:|---:|"]
+             f"({results['original_ms']:.2f} ms; the search's own timing of it, which its predicted fractions are of: "
+             f"{results['baseline_ms']:.2f} ms). Predicted and measured: fractions of those two timings; ms: the "
+             "table's prediction and the timing in turn.", "",
+             "| plan | int8 layers | MACs | predicted | measured | predicted ms | measured ms |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for row in results["rows"]:
         lines.append(f"| {row['plan']} | {row['int8_layers']} | {row['macs_ratio']:.3f} | "
-                     f"{row['predicted_fraction']:.3f} | {row['measured_fraction']:.3f} |")
+                     f"{row['predicted_fraction']:.3f} | {row['measured_fraction']:.3f} | {row['predicted_ms']:.2f} | "
+                     f"{row['measured_ms']:.2f} |")
     write_section("int8-width-probe", "\n".join(lines))
 
 
