@@ -142,6 +142,9 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
         timed = [measured[str(n)] / table_fraction(c) for n, c in by_number.items() if str(n) in measured]
         return float(np.mean(timed)) if timed else 1.0
 
+    def ranked() -> list[Candidate]:  # every candidate, the most accurate first
+        return sorted(by_number.values(), key=lambda c: -c.metrics.val_accuracy)
+
     def best() -> Candidate | None:
         """The most accurate candidate measured within the budget, or not measured and predicted
         within :data:`AIM` of it once the timed plans' correction is applied."""
@@ -158,7 +161,7 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
             aimed = problem.constraints.with_limit(metric, math.floor(limit * AIM))
             if not aimed.reachable():
                 return []
-            sources = sorted(by_number.values(), key=lambda c: -c.metrics.val_accuracy)[:reprojections(recorder)]
+            sources = ranked()[:reprojections(recorder)]
             if candidate.number not in {c.number for c in sources}:
                 sources[-1] = candidate
             decoded = {}
@@ -176,7 +179,7 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
         :func:`reprojections` less one) that no timing has seen; their timings as round entries."""
         seen = {candidate.plan.key()}
         out: list[dict[str, Any]] = []
-        for c in sorted(by_number.values(), key=lambda c: -c.metrics.val_accuracy):
+        for c in ranked():
             if len(out) >= reprojections(recorder) - 1:
                 break
             if c.plan.key() in seen or str(c.number) in measured:
