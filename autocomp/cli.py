@@ -124,9 +124,28 @@ class SearchCommand:
             print(latency_line(s["latency"]))
         if args.finetune_epochs > 0:
             r = api.finetune(run.path, epochs=args.finetune_epochs, progress=not args.no_progress)
-            print(f"fine-tuned {r['epochs']} epochs with distillation: test acc {r['test_accuracy']:.4f}")
+            print(finetune_lines(r, s, run.path))
         print(f"run saved in {run}/ ; dashboard: autocomp dashboard {run}")
         return 0
+
+
+def finetune_lines(r: dict[str, Any], summary: dict[str, Any], run_dir: str | Path) -> str:
+    """What a fine-tune gave against the searched plan's scores (from the run's ``summary``), with
+    a note when it scored fewer validation images."""
+    best = summary["best"]
+
+    def acc(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    line = (f"fine-tuned {r['epochs']} epochs{' with distillation' if r['distillation'] else ''}: val acc "
+            f"{acc(best.get('val_accuracy'))} -> {acc(r['val_accuracy'])}, test acc {acc(best.get('test_accuracy'))} -> "
+            f"{acc(r['test_accuracy'])} (searched -> fine-tuned), written to {run_dir}/finetuned/")
+    if best.get("val_accuracy") is not None and r["val_accuracy"] < best["val_accuracy"]:
+        size = summary.get("evaluation", {}).get("val_size")
+        fewer = f"{round((best['val_accuracy'] - r['val_accuracy']) * size)} fewer of the {size}" if size else "fewer"
+        line += (f"\nnote: the fine-tuned model scored {fewer} validation images than the searched plan; the "
+                 "searched weights stay in best/, and `autocomp export` writes them unless --finetuned is given.")
+    return line
 
 
 def latency_line(lat: dict[str, Any]) -> str:
@@ -261,8 +280,7 @@ class FinetuneCommand:
         r = api.finetune(args.run_dir, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          temperature=args.temperature, alpha=args.alpha, kd=not args.no_kd, progress=not args.no_progress,
                          device=args.device)
-        print(f"fine-tuned {r['epochs']} epochs{' with distillation' if r['distillation'] else ''}: "
-              f"val acc {r['val_accuracy']:.4f}, test acc {r['test_accuracy']:.4f} -> {args.run_dir}/finetuned/")
+        print(finetune_lines(r, RunDir(args.run_dir).read_summary(), args.run_dir))
         return 0
 
 

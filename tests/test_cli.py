@@ -154,3 +154,15 @@ def test_a_latency_search_ends_with_its_predicted_and_measured_latency() -> None
                                      "(0.586 of the original timed beside it); budget 0.697 of the original's 0.439 ms")
     assert latency_line({"best_predicted_ms": 1.0, "best_measured_ms": 1.5}) == (
         "latency (torch, 1 thread, batch 1): 1.000 ms predicted, 1.500 ms measured")
+
+
+def test_the_finetune_line_compares_with_the_searched_plan_and_notes_a_drop() -> None:
+    from autocomp.cli import finetune_lines
+
+    tuned = {"epochs": 2, "distillation": True, "val_accuracy": 0.99, "test_accuracy": 0.9917}
+    summary = {"best": {"val_accuracy": 0.9933, "test_accuracy": 0.9944}, "evaluation": {"val_size": 300}}
+    line = finetune_lines(tuned, summary, "runs/r")
+    assert "val acc 0.9933 -> 0.9900, test acc 0.9944 -> 0.9917" in line
+    assert "note: the fine-tuned model scored 1 fewer of the 300 validation images" in line and "--finetuned" in line
+    better = finetune_lines(tuned, {"best": {"val_accuracy": 0.95, "test_accuracy": None}}, "runs/r")
+    assert "test acc - -> 0.9917" in better and "note" not in better
