@@ -45,9 +45,9 @@ class Cost:
     macs: int
     params: int
     size_bytes: int
-    latency_us: int = 0  # predicted batch-1 latency, filled in when a latency budget is set
+    latency_us: float = 0.0  # predicted latency (microseconds to the ns), filled in when a latency budget is set
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
     def __sub__(self, other: Cost) -> Cost:

@@ -80,6 +80,8 @@ def test_latency_budget_formats() -> None:
     assert parse_latency("3ms", baseline_us=5000) == 3000
     assert parse_latency("800us", baseline_us=5000) == 800
     assert parse_latency("0.6", baseline_us=5000) == 3000
+    # a small model's budget keeps its fraction: whole microseconds would make 0.5 of 39.4 us into 0.482 of it
+    assert parse_latency("0.5", baseline_us=39.4) == 19.7 and parse_latency("2.5us", baseline_us=39.4) == 2.5
     with pytest.raises(BudgetFormatError, match="3ms"):
         parse_latency("3 parsecs", baseline_us=5000)
 

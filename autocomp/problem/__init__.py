@@ -310,7 +310,7 @@ class CompressionProblem:
     def baseline_metrics(self) -> Metrics:
         base = self.cost.baseline
         return Metrics(base.macs, base.params, base.size_bytes, self.score(self.model, self.data.val),
-                       latency_us=round(self.baseline_latency_s * 1e6))
+                       latency_us=round(self.baseline_latency_s * 1e6, 3))
 
 
 __all__ = ["Budgets", "CompressionProblem", "DecisionSpace", "EvalSettings", "EvalStats", "EvaluationBackend",

@@ -54,7 +54,7 @@ class Budgets:
         cost = self.cost.predict_geometry(geometry)
         if self.latency is None:
             return cost
-        return dataclasses.replace(cost, latency_us=round(self.latency.predict(geometry) * 1e6))
+        return dataclasses.replace(cost, latency_us=round(self.latency.predict(geometry) * 1e6, 3))
 
     def estimate(self, state: State) -> Cost:
         return self.estimate_arrays(self.decisions.plan_arrays(state))
@@ -274,7 +274,7 @@ class Budgets:
                 hi = mid
         return lo
 
-    def with_limit(self, metric: str, limit: int) -> Budgets:
+    def with_limit(self, metric: str, limit: float) -> Budgets:
         """These budgets with ``metric``'s limit set to ``limit`` (e.g. a latency limit tightened
         after the best plan measured over it)."""
         out = copy.copy(self)
@@ -290,7 +290,7 @@ class Budgets:
         """Raise ``InfeasibleBudgetError`` naming the first budget the space's cheapest plan
         (:attr:`floor`) misses."""
         smallest = self.estimate(self.decisions.state_at(self.floor))
-        base = dataclasses.replace(self.cost.baseline, latency_us=max(1, round(self.baseline_latency_s * 1e6)))
+        base = dataclasses.replace(self.cost.baseline, latency_us=max(1e-3, round(self.baseline_latency_s * 1e6, 3)))
         for metric, limit in self.limits.items():
             if getattr(smallest, metric) > limit:
                 name = next(n for n, m in METRICS.items() if m == metric)

@@ -21,7 +21,7 @@ class Metrics:
     val_accuracy: float
     eval_seconds: float = 0.0
     forward_seconds: float = 0.0
-    latency_us: int = 0  # predicted by the latency table (0 without a latency budget)
+    latency_us: float = 0.0  # predicted by the latency table, in microseconds (0 without a latency budget)
     val_images: int = 0  # validation images scored (fewer than the split's when a staged search stopped it early)
 
     @classmethod

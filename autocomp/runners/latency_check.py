@@ -148,9 +148,9 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
     def best() -> Candidate | None:
         """The most accurate candidate measured within the budget, or not measured and predicted
         within :data:`AIM` of it once the timed plans' correction is applied."""
-        scale, aim = correction(), math.floor(limit * AIM)  # as the projection's budgets count (whole microseconds)
+        scale, aim = correction(), round(limit * AIM, 3)  # as the projection's budgets count (microseconds to the ns)
         fits = [c for n, c in by_number.items()
-                if (measured[str(n)] <= held if str(n) in measured else round(table_seconds(c) * scale * 1e6) <= aim)]
+                if (measured[str(n)] <= held if str(n) in measured else round(table_seconds(c) * scale * 1e6, 3) <= aim)]
         return max(fits, key=lambda c: c.metrics.val_accuracy, default=None)
 
     def project_again(candidate: Candidate, scale: float) -> list[Candidate]:
@@ -158,7 +158,7 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
         limit, their latency predicted times ``scale``; scored and recorded."""
         table.correction = scale
         try:
-            aimed = problem.constraints.with_limit(metric, math.floor(limit * AIM))
+            aimed = problem.constraints.with_limit(metric, round(limit * AIM, 3))
             if not aimed.reachable():
                 return []
             sources = ranked()[:reprojections(recorder)]
@@ -208,7 +208,7 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
             break
         if fraction <= held:  # it holds: is budget left that the timings say a bigger plan could use?
             ran_over = any(m > held for m in measured.values())
-            grown = round(table_seconds(candidate) * 1e6) > limit  # a plan the correction already let grow
+            grown = round(table_seconds(candidate) * 1e6, 3) > limit  # a plan the correction already let grow
             if loosened or ran_over or scale > LOOSEN or grown:
                 break
             loosened = True
