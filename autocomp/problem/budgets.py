@@ -295,9 +295,11 @@ class Budgets:
             if getattr(smallest, metric) > limit:
                 name = next(n for n, m in METRICS.items() if m == metric)
                 floor = getattr(smallest, metric) / getattr(base, metric)
+                unit = {"macs": "MACs", "size_bytes": "bytes", "latency_us": "us"}.get(metric, metric)
                 raise InfeasibleBudgetError(
-                    f"budget_{name}={self.given[name]} ({limit:,} {metric}) is infeasible: the smallest model "
-                    f"space `{self.decisions.space.name}` allows keeps {floor:.3f} of the {metric} "
-                    f"({getattr(smallest, metric):,}). Raise --budget-{name} to at least "
+                    f"budget_{name}={self.given[name]} ({limit:,} {unit}) is infeasible: the smallest model "
+                    f"space `{self.decisions.space.name}` allows keeps {floor:.3f} of the "
+                    f"{'latency' if name == 'latency' else unit} "
+                    f"({getattr(smallest, metric):,} {unit}). Raise --budget-{name} to at least "
                     f"{math.ceil(floor * 1000) / 1000}, or use a space that compresses further (e.g. --space joint)."
                 )
