@@ -5,7 +5,9 @@
   for all layers at the budget);
 - ``best_plan.png``: the best plan per layer, like AMC's and HAQ's figures: keep ratio per
   channel group, and bit-width and rank per layer when the space searches them;
-- ``best_so_far.png``: the best validation accuracy as the search went on.
+- ``best_so_far.png``: the best validation accuracy as the search went on;
+- ``accuracy_vs_latency.png`` (under a latency budget): every candidate at its predicted latency,
+  the plans timed after the search at their measured latency, and the budget.
 
 Example:
     >>> path = write_report("runs/r20-ddpg")  # doctest: +SKIP
@@ -150,6 +152,46 @@ def _plots(run: RunDir, summary: dict[str, Any], trials: list[dict[str, Any]], u
     run.save_figure(fig, "best_so_far.png")
 
 
+def _latency_plot(run: RunDir, summary: dict[str, Any], trials: list[dict[str, Any]]) -> bool:
+    """``accuracy_vs_latency.png`` for a run under a latency budget: every candidate's validation
+    accuracy at its predicted latency, the plans timed after the search at their measured latency
+    (a line from their prediction), the budget and its tolerance. False where the run has none."""
+    from matplotlib.figure import Figure
+
+    latency = summary.get("latency") or {}
+    budget = latency.get("budget_fraction")
+    if budget is None or not trials or "latency_us" not in trials[0]:
+        return False
+    original_us = latency["baseline_measured_ms"] * 1e3
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    ax = fig.subplots()
+    ax.scatter([t["latency_us"] / original_us for t in trials], [t["val_accuracy"] for t in trials], s=12, alpha=0.5,
+               label=f"candidates at their predicted latency ({len(trials)})")
+    check = latency.get("check") or {}
+    timed = [r for first in check.get("rounds", []) for r in (first, *first.get("shortlist", []))]
+    for r in timed:
+        ax.plot([r["predicted_fraction"], r["measured_fraction"]], [r["val_accuracy"]] * 2, color="C1", lw=1)
+    if timed:
+        ax.scatter([r["measured_fraction"] for r in timed], [r["val_accuracy"] for r in timed], marker="D", s=30,
+                   color="C1", label="timed beside the original (measured; line: from its prediction)", zorder=3)
+    best = summary["best"]
+    if "best_fraction_measured" in latency:
+        ax.scatter([latency["best_fraction_measured"]], [best["val_accuracy"]], marker="*", s=160, color="gold",
+                   edgecolor="k", label="result (measured)", zorder=4)
+    ax.axvline(budget, color="gray", linestyle=":", label="latency budget")
+    ax.axvspan(budget, budget * (1 + check.get("tolerance", 0.0)), color="gray", alpha=0.15,
+               label="within the timing tolerance")
+    ax.axhline(summary["baseline"]["val_accuracy"], color="gray", linestyle="--", label="original model")
+    ax.set_xlabel(f"latency at batch {latency.get('batch', 1)} in {latency.get('runtime', 'torch')} "
+                  "(fraction of the original's)")
+    ax.set_ylabel("validation accuracy (no fine-tuning)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    run.save_figure(fig, "accuracy_vs_latency.png")
+    return True
+
+
 def _latency_fractions(latency: dict[str, Any]) -> str:
     """The best plan's latency as a fraction of the original's: predicted, measured, the budget's."""
     if "best_fraction_measured" not in latency:  # runs from before the paired measurement
@@ -211,6 +253,8 @@ def write_report(run_dir: str | os.PathLike[str], *, uniform: bool = True) -> Pa
     with process_settings(threads=config.threads, seed=config.seed):
         baseline = uniform_baseline(run, config, trials) if uniform else None
     _plots(run, summary, trials, baseline)
+    latency_plot = ('<h2>Accuracy vs latency</h2><img src="accuracy_vs_latency.png" alt="accuracy vs latency">'
+                    if _latency_plot(run, summary, trials) else "")
     rows = []
     for label, m in (("original", summary["baseline"]), ("best", summary["best"])):
         rows.append(f"<tr><td>{label}</td><td>{m['flops']:,}</td><td>{m['params']:,}</td><td>{m['size_bytes']:,}</td>"
@@ -239,6 +283,7 @@ th:first-child,td:first-child{{text-align:left}}img{{max-width:100%}}</style></h
 <table><tr><th></th><th>MACs</th><th>params</th><th>bytes</th><th>val acc</th><th>test acc</th></tr>
 {''.join(rows)}</table>
 {latency_html}
+{latency_plot}
 <h2>Accuracy vs MACs</h2><img src="accuracy_vs_flops.png" alt="accuracy vs MACs">
 <h2>Accuracy vs bytes</h2><img src="accuracy_vs_size.png" alt="accuracy vs bytes">
 <h2>Best plan per layer</h2><img src="best_plan.png" alt="best plan">

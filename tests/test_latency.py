@@ -63,13 +63,13 @@ def test_latency_budget_is_enforced_and_measured(tmp_path) -> None:
 
     page = write_report(result.run_dir, uniform=False).read_text()
     assert "Best plans timed before the result was chosen" in page
+    assert 'src="accuracy_vs_latency.png"' in page and (result.run_dir / "accuracy_vs_latency.png").stat().st_size > 0
     assert f"trial {check['rounds'][0]['trial']}: {check['rounds'][0]['predicted_fraction']:.3f} predicted" in page
-    assert latency["best_predicted_ms"] * 1e3 <= limit
+    assert latency["best_predicted_ms"] * 1e3 <= limit + 0.05  # the summary's ms are rounded to 0.1 us
     assert latency["best_measured_ms"] > 0 and latency["baseline_measured_ms"] > 0
     # the end's paired measurement: the best plan over the original timed beside it, against the
     # budget's fraction and the predicted one (fractions of the original measured before the search)
-    whole_us = 2e-3 / latency["baseline_measured_ms"]  # limits are whole microseconds: 2 us as a fraction
-    assert latency["budget_fraction"] == pytest.approx(0.95, abs=whole_us)
+    assert latency["budget_fraction"] == pytest.approx(0.95, abs=1e-4)  # the limit is the fraction's (to the ns)
     assert latency["best_fraction_predicted"] <= latency["budget_fraction"] + 1e-4
     best, original = latency["best_measured_ms"], latency["original_measured_again_ms"]
     rounding = best / original * (5e-5 / best + 5e-5 / original) + 5e-5  # the times are rounded to 0.1 us
