@@ -296,10 +296,17 @@ class Budgets:
                 name = next(n for n, m in METRICS.items() if m == metric)
                 floor = getattr(smallest, metric) / getattr(base, metric)
                 unit = {"macs": "MACs", "size_bytes": "bytes", "latency_us": "us"}.get(metric, metric)
+                further = "a space that compresses further (e.g. --space joint)"
+                if name == "latency":  # bits and ranks do not make a runtime faster; int8 layers can
+                    onnx = self.latency is not None and self.latency.runtime.name == "onnxruntime"
+                    further = ("a space with int8 layers (e.g. --space prune_int8)"
+                               if onnx and not self.decisions.space.int8_action else
+                               "--latency-batch N if the model runs N inputs at a time where it is deployed (the "
+                               "cost of each call weighs less there)")
                 raise InfeasibleBudgetError(
                     f"budget_{name}={self.given[name]} ({limit:,} {unit}) is infeasible: the smallest model "
                     f"space `{self.decisions.space.name}` allows keeps {floor:.3f} of the "
                     f"{'latency' if name == 'latency' else unit} "
                     f"({getattr(smallest, metric):,} {unit}). Raise --budget-{name} to at least "
-                    f"{math.ceil(floor * 1000) / 1000}, or use a space that compresses further (e.g. --space joint)."
+                    f"{math.ceil(floor * 1000) / 1000}, or use {further}."
                 )

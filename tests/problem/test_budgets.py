@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from autocomp.budget import parse_budget
 from autocomp.errors import BudgetFormatError, InfeasibleBudgetError
 from autocomp.problem import CompressionProblem
+from autocomp.runtimes import get_runtime
 from autocomp.space import SearchSpace
 
 
@@ -25,7 +28,7 @@ def test_bad_budgets(text: str, match: str) -> None:
 
 
 def test_infeasible_budget_names_smallest_ratio(digits_model, digits_data) -> None:
-    with pytest.raises(InfeasibleBudgetError, match=r"budget_flops=0.01 .*infeasible.*keeps 0\.0\d\d of the macs"):
+    with pytest.raises(InfeasibleBudgetError, match=r"budget_flops=0.01 .*infeasible.*keeps 0\.0\d\d of the MACs"):
         CompressionProblem(model=digits_model, data=digits_data, space=SearchSpace.load("prune"), budgets={"flops": "0.01"})
 
 
@@ -124,6 +127,7 @@ class _Int8SlowOnOddLayers:
                                           for layer in graph.layers])
         self.slower = np.arange(len(graph.layers)) % 2 == 1
         self.entry = entry
+        self.runtime = get_runtime("onnxruntime")
 
     def predict(self, geometry) -> float:
         seconds = self.per_channel_pair * geometry.in_f * geometry.out_f * 1e-9
@@ -170,6 +174,27 @@ def test_int8_that_only_slows_a_layer_down_is_left_out_of_the_cheapest_plan() ->
     loose = Budgets(decisions, {"latency": "0.5"}, latency=table, baseline_latency_s=baseline)  # type: ignore[arg-type]
     uniform = loose.uniform_state(loose.largest_uniform_level())  # the plain family fits: int8 everywhere it may
     assert loose.feasible(loose.estimate(uniform)) and (uniform.values["precision"][table.slower] == 8).all()
+
+
+@pytest.mark.parametrize(("space", "hint"), [("prune", "--space prune_int8"), ("prune_int8", "--latency-batch N")])
+def test_an_infeasible_latency_budget_names_what_can_make_it_faster(space: str, hint: str) -> None:
+    """Bits and ranks make no runtime faster: a latency budget out of reach points to int8 layers,
+    or (already int8) to the batch the model is deployed at, not to --space joint."""
+    from torchvision.models import resnet18
+
+    from autocomp.cost import CostModel
+    from autocomp.graph import LayerGraph
+    from autocomp.problem import Budgets, DecisionSpace
+
+    graph = LayerGraph.build(resnet18(num_classes=10).eval(), (3, 32, 32))
+    cost = CostModel(graph)
+    decisions = DecisionSpace(cost, SearchSpace.load(space).with_runtime_step(8))
+    table = _Int8SlowOnOddLayers(graph)
+    baseline = table.predict(cost.geometry(cost.defaults))
+    b = Budgets(decisions, {"latency": "0.001"}, latency=table, baseline_latency_s=baseline)  # type: ignore[arg-type]
+    with pytest.raises(InfeasibleBudgetError, match=r"budget_latency=0\.001 \(\d[\d,.]* us\) is infeasible.*of the "
+                       r"latency \(.* us\)\. Raise --budget-latency to at least 0\.\d+, or use .*" + re.escape(hint)):
+        b.check_reachable()
 
 
 def test_the_cheapest_plan_is_not_stuck_where_int8_layers_share_their_conversions() -> None:
