@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from autocomp.cost import CostModel
 from autocomp.errors import ConfigError
@@ -53,6 +52,7 @@ from autocomp.files import cache_root, write_text
 from autocomp.graph import Layer, LayerGraph
 from autocomp.kinds import Geometry as PlanGeometry
 from autocomp.ops.int8 import FORMATS, Int8Format, Int8Layer, Join, calibrate_int8
+from autocomp.progress import bar as progress_bar
 from autocomp.runtimes import Runner, Runtime, TorchRuntime, fastest_seconds
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
@@ -265,7 +265,7 @@ class LatencyTable:
         example = torch.randn(self.batch, *self.graph.input_shape, generator=torch.Generator().manual_seed(0))
         names: Sequence[str | None] = keys if keys is not None else [None] * len(models)
         todo = sum(name is None or name not in self._runners for name in names)
-        bar = tqdm(total=todo, desc=f"whole models to time ({self.runtime.name})", unit="model",
+        bar = progress_bar(total=todo, desc=f"whole models to time ({self.runtime.name})", unit="model",
                    disable=not self.progress or not todo, leave=False)
         runs = []
         for model, name in zip(models, names):
@@ -389,7 +389,7 @@ class LatencyTable:
             todo += [(g, True) for g in {g.key(): g for g in self._whole}.values()]
         todo = [(g, q) for g, q in todo if self._key(g, q) not in self._tables]
         desc = f"latency table ({self.runtime.name}, {self.threads} thread{'s' * (self.threads > 1)}, batch {self.batch})"
-        for geometry, int8 in tqdm(todo, desc=desc, unit="layer", disable=not progress or not todo, leave=False):
+        for geometry, int8 in progress_bar(todo, desc=desc, unit="layer", disable=not progress or not todo, leave=False):
             self._table(geometry, int8)
 
 

@@ -11,11 +11,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from autocomp.data import Split
 from autocomp.device import model_device
 from autocomp.errors import ConfigError
+from autocomp.progress import bar as progress_bar
 
 
 def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size: int = 128,
@@ -50,7 +50,7 @@ def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size:
             teacher.eval()
         losses = []
         done = 0
-        bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
+        bar = progress_bar(total=steps, desc=desc, disable=not progress, leave=False)
         for _ in range(epochs):
             model.train()
             total, count, correct = 0.0, 0, 0
@@ -73,8 +73,8 @@ def train(model: nn.Module, split: Split, *, epochs: int, lr: float, batch_size:
                 total += loss.item() * len(y)
                 count += len(y)
                 correct += int((logits.argmax(1) == y).sum())
+                bar.set_postfix(loss=f"{total / count:.3f}", acc=f"{correct / count:.3f}", refresh=False)
                 bar.update()
-                bar.set_postfix(loss=f"{total / count:.3f}", acc=f"{correct / count:.3f}")
                 done += 1
                 if done >= steps:
                     break

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import optuna
 from torch import nn
-from tqdm.auto import tqdm
 
 from autocomp.budget import METRICS
 from autocomp.config import SearchConfig
@@ -29,6 +28,7 @@ from autocomp.errors import ConfigError
 from autocomp.graph import idle_modules
 from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem, EvalSettings, Metrics
+from autocomp.progress import bar as progress_bar
 from autocomp.rundir import RunDir
 from autocomp.runners.interrupt import GracefulStop
 from autocomp.runners.latency_check import LatencyCheck, check_latency, time_with_original
@@ -150,12 +150,13 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
     baseline = problem.baseline_metrics()
     _describe(study, config, settings, problem, baseline)
     base_macs = problem.cost.baseline.macs
-    bar = tqdm(total=episodes, desc=f"search {config.name}", disable=not progress, unit="cand")
+    bar = progress_bar(total=episodes, desc=f"search {config.name}", disable=not progress, unit="cand")
 
     def on_record(candidate: Candidate, best: Candidate | None) -> None:
+        if best is not None:  # shown at the bar's next redraw (a forced one would defeat its interval)
+            bar.set_postfix(best_acc=f"{best.metrics.val_accuracy:.4f}", best_flops=f"{best.metrics.macs / base_macs:.3f}",
+                            refresh=False)
         bar.update()
-        if best is not None:
-            bar.set_postfix(best_acc=f"{best.metrics.val_accuracy:.4f}", best_flops=f"{best.metrics.macs / base_macs:.3f}")
 
     recorder = TrialRecorder(study, problem, searcher=str(settings["searcher"]), reward_kind=config.reward,
                              on_record=on_record)
