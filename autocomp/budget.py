@@ -22,6 +22,11 @@ _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "KB": 10**3, "MB": 10**6, 
 _TIME = {"us": 1, "ms": 10**3, "s": 10**6}
 
 
+def to_us(seconds: float) -> float:
+    """Seconds as the microseconds latency budgets and predictions count in (to the nanosecond)."""
+    return round(seconds * 1e6, 3)
+
+
 def parse_latency(text: str | float, *, baseline_us: float, flag: str = "--budget-latency") -> float:
     """A fraction of the original model's measured latency, or a time (``3ms``, ``800us``, ``0.1s``),
     in microseconds to the nanosecond (whole microseconds took up to 5% off the budget of a model

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autocomp.budget import to_us
 from autocomp.compress import Compressor
 from autocomp.cost import Cost, CostModel
 from autocomp.data import DataBundle, Split
@@ -310,7 +311,7 @@ class CompressionProblem:
     def baseline_metrics(self) -> Metrics:
         base = self.cost.baseline
         return Metrics(base.macs, base.params, base.size_bytes, self.score(self.model, self.data.val),
-                       latency_us=round(self.baseline_latency_s * 1e6, 3))
+                       latency_us=to_us(self.baseline_latency_s))
 
 
 __all__ = ["Budgets", "CompressionProblem", "DecisionSpace", "EvalSettings", "EvalStats", "EvaluationBackend",

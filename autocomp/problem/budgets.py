@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from autocomp.budget import METRICS, parse_budget, parse_latency
+from autocomp.budget import METRICS, parse_budget, parse_latency, to_us
 from autocomp.cost import Cost
 from autocomp.errors import InfeasibleBudgetError
 from autocomp.latency import LatencyTable
@@ -54,7 +54,7 @@ class Budgets:
         cost = self.cost.predict_geometry(geometry)
         if self.latency is None:
             return cost
-        return dataclasses.replace(cost, latency_us=round(self.latency.predict(geometry) * 1e6, 3))
+        return dataclasses.replace(cost, latency_us=to_us(self.latency.predict(geometry)))
 
     def estimate(self, state: State) -> Cost:
         return self.estimate_arrays(self.decisions.plan_arrays(state))
@@ -290,7 +290,7 @@ class Budgets:
         """Raise ``InfeasibleBudgetError`` naming the first budget the space's cheapest plan
         (:attr:`floor`) misses."""
         smallest = self.estimate(self.decisions.state_at(self.floor))
-        base = dataclasses.replace(self.cost.baseline, latency_us=max(1e-3, round(self.baseline_latency_s * 1e6, 3)))
+        base = dataclasses.replace(self.cost.baseline, latency_us=max(1e-3, to_us(self.baseline_latency_s)))
         for metric, limit in self.limits.items():
             if getattr(smallest, metric) > limit:
                 name = next(n for n, m in METRICS.items() if m == metric)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from autocomp.budget import METRICS
+from autocomp.budget import METRICS, to_us
 from autocomp.ops import bake, freeze
 from autocomp.plan import Plan
 from autocomp.problem import CompressionProblem
@@ -126,6 +126,7 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
         return None
     budget = limit / 1e6 / problem.baseline_latency_s
     held = budget * (1 + TOLERANCE)  # a timing at most this high holds the budget
+    aim = round(limit * AIM, 3)  # what plans are projected onto and predicted within (microseconds)
     measured: dict[str, float] = dict(recorder.study.user_attrs.get(STUDY_ATTR, {}))
     by_number = {c.number: c for c in recorder.candidates}
     raw: dict[int, float] = {}
@@ -148,9 +149,9 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
     def best() -> Candidate | None:
         """The most accurate candidate measured within the budget, or not measured and predicted
         within :data:`AIM` of it once the timed plans' correction is applied."""
-        scale, aim = correction(), round(limit * AIM, 3)  # as the projection's budgets count (microseconds to the ns)
+        scale = correction()
         fits = [c for n, c in by_number.items()
-                if (measured[str(n)] <= held if str(n) in measured else round(table_seconds(c) * scale * 1e6, 3) <= aim)]
+                if (measured[str(n)] <= held if str(n) in measured else to_us(table_seconds(c) * scale) <= aim)]
         return max(fits, key=lambda c: c.metrics.val_accuracy, default=None)
 
     def project_again(candidate: Candidate, scale: float) -> list[Candidate]:
@@ -158,7 +159,7 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
         limit, their latency predicted times ``scale``; scored and recorded."""
         table.correction = scale
         try:
-            aimed = problem.constraints.with_limit(metric, round(limit * AIM, 3))
+            aimed = problem.constraints.with_limit(metric, aim)
             if not aimed.reachable():
                 return []
             sources = ranked()[:reprojections(recorder)]
@@ -208,7 +209,7 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
             break
         if fraction <= held:  # it holds: is budget left that the timings say a bigger plan could use?
             ran_over = any(m > held for m in measured.values())
-            grown = round(table_seconds(candidate) * 1e6, 3) > limit  # a plan the correction already let grow
+            grown = to_us(table_seconds(candidate)) > limit  # a plan the correction already let grow
             if loosened or ran_over or scale > LOOSEN or grown:
                 break
             loosened = True
