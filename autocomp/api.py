@@ -40,7 +40,7 @@ def search(*, config: SearchConfig | None = None, resume: bool = False, progress
     return run_search(config, resume=resume, progress=progress).summary
 
 
-def inspect(*, model: str = "digits_cnn", space: str = "prune", input_shape: tuple[int, ...] | None = None,
+def inspect(*, model: str = "digits_cnn", space: str = "auto", input_shape: tuple[int, ...] | None = None,
             num_classes: int | None = None, **data_settings: Any) -> Inspection:
     """What autocomp sees in ``model``: layers, channel groups, MACs, parameters, the actions of
     ``space`` per layer, and what is left out and why. The input shape comes from the data
@@ -50,15 +50,13 @@ def inspect(*, model: str = "digits_cnn", space: str = "prune", input_shape: tup
         >>> print(autocomp.inspect(model="resnet20", input_shape=(3, 32, 32), num_classes=10).table())  # doctest: +SKIP
     """
     from autocomp.inspection import inspect_model
-    from autocomp.space import SearchSpace
 
-    space_ = SearchSpace.load(space)
     if input_shape is None or num_classes is None:
         from autocomp.runners.setup import load_config_data
 
         data = load_config_data(SearchConfig.from_dict({**data_settings, "model": model}))
         input_shape, num_classes = input_shape or data.input_shape, num_classes or data.num_classes
-    return inspect_model(build_model(model, num_classes=num_classes).eval(), tuple(input_shape), space_)
+    return inspect_model(build_model(model, num_classes=num_classes).eval(), tuple(input_shape), space)
 
 
 def finetune(run_dir: str | os.PathLike[str], *, epochs: int = 5, lr: float = 0.01, batch_size: int = 128,

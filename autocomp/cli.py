@@ -67,7 +67,7 @@ class SearchCommand:
         g.add_argument("--agent", default=d.agent, help="preset from agents/ or a .yaml file (default: %(default)s)")
         g.add_argument("--agent-opt", action="append", type=_agent_option, default=[], metavar="KEY=VALUE",
                        help="override one agent setting, e.g. --agent-opt warmup_episodes=20")
-        g.add_argument("--space", default=d.space, help="preset from search_spaces/ or a .yaml file (default: %(default)s)")
+        g.add_argument("--space", default=d.space, help="preset from search_spaces/ or a .yaml file (default: auto: transformer for a model with attention blocks, else prune)")
         g.add_argument("--warm-start", choices=["sensitivity"],
                        help="first find a plan by per-layer sensitivity and dynamic programming; the agent starts from it "
                             "(its evaluations count towards --episodes)")
@@ -305,7 +305,7 @@ class InspectCommand:
     def add_arguments(p: argparse.ArgumentParser) -> None:
         d = SearchConfig()
         p.add_argument("--model", default=d.model, help="registry name, torchvision:NAME or path/file.py:factory")
-        p.add_argument("--space", default=d.space, help="preset from search_spaces/ or a .yaml file (default: %(default)s)")
+        p.add_argument("--space", default=d.space, help="preset from search_spaces/ or a .yaml file (default: auto: transformer for a model with attention blocks, else prune)")
         p.add_argument("--data", default=d.data, help="the data the model takes (for its input shape and classes)")
         p.add_argument("--data-dir", help="where cifar10 lives")
         p.add_argument("--image-size", type=int, help="resize ImageFolder images to N x N")

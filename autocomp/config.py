@@ -44,7 +44,7 @@ class SearchConfig:
     runtime: str = "onnxruntime"
     agent: str = "sensitivity"
     agent_options: dict[str, Any] = field(default_factory=dict)
-    space: str = "prune"
+    space: str = "auto"  # resolved for the model when the search starts (autocomp.space.AUTO)
     warm_start: str | None = None
     episodes: int | None = None
     reward: str = "error"

@@ -26,7 +26,7 @@ from autocomp.latency import channel_step
 from autocomp.models.attention import convertible, unfuse_attention
 from autocomp.problem.decisions import DecisionSpace
 from autocomp.runtimes import get_runtime
-from autocomp.space import SearchSpace
+from autocomp.space import SearchSpace, resolve_space_name
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,11 @@ class Inspection:
     left_out: list[LeftOut]
     totals: dict[str, int] = field(default_factory=dict)
     no_groups: str = ""  # why no channel group could be traced (channel pruning unavailable)
+    space: str = ""  # the space's name
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": [asdict(r) for r in self.layers], "left_out": [asdict(r) for r in self.left_out],
-                "totals": dict(self.totals), "no_groups": self.no_groups}
+        return {"space": self.space, "layers": [asdict(r) for r in self.layers],
+                "left_out": [asdict(r) for r in self.left_out], "totals": dict(self.totals), "no_groups": self.no_groups}
 
     def table(self) -> str:
         """The layers as a text table, then what is left out."""
@@ -69,7 +70,8 @@ class Inspection:
         widths = [max(len(str(x)) for x in column) for column in zip(head, *rows)]
         lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *rows]]
         lines.append(f"{len(self.layers)} layers, {self.totals['units']} channel groups, {self.totals['macs']:,} MACs, "
-                     f"{self.totals['params']:,} parameters ({self.totals['covered_params']:,} in the layers above)")
+                     f"{self.totals['params']:,} parameters ({self.totals['covered_params']:,} in the layers above)"
+                     + (f"; actions of space `{self.space}`" if self.space else ""))
         if self.totals.get("attention_macs") or self.totals.get("other_macs"):
             lines.append(f"MACs include {self.totals['attention_macs']:,} in attention products (QK^T, AV; they shrink "
                          f"with the heads kept and their width) and {self.totals['other_macs']:,} in other matrix "
@@ -89,14 +91,17 @@ def _values(choices: Any, kind: Any, cost: CostModel, index: int) -> str:
     return f"{low:.3g}-{high:.3g} ({len(choices)} values)"
 
 
-def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchSpace, *,
+def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchSpace | str, *,
                   runtime: str = "onnxruntime") -> Inspection:
-    """What autocomp sees in ``model`` (a copy, with its attention unfused as ``build_model`` does);
-    a space rounding channels to the runtime's step shows the step measured for ``runtime``."""
-    if space.uses_runtime_step:
-        space = space.with_runtime_step(channel_step(get_runtime(runtime)))
+    """What autocomp sees in ``model`` (a copy, with its attention unfused as ``build_model`` does)
+    under ``space`` (a space, or a preset name: ``auto`` picks the one a search would); a space
+    rounding channels to the runtime's step shows the step measured for ``runtime``."""
     model = unfuse_attention(copy.deepcopy(model)).eval()
     graph = LayerGraph.build(model, input_shape)
+    if isinstance(space, str):
+        space = SearchSpace.load(resolve_space_name(space, attention=bool(graph.attentions)))
+    if space.uses_runtime_step:
+        space = space.with_runtime_step(channel_step(get_runtime(runtime)))
     cost = CostModel(graph)
     decisions = DecisionSpace(cost, space)
     unit_of = {name: u for u in graph.units for name in u.layers}
@@ -156,4 +161,4 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...], space: SearchS
     totals = {"macs": cost.baseline.macs, "params": cost.baseline.params, "units": len(graph.units),
               "covered_params": sum(r.params for r in rows), "attention_macs": sum(a.macs for a in graph.attentions),
               "other_macs": graph.fixed_macs}
-    return Inspection(rows, left, totals, graph.no_groups)
+    return Inspection(rows, left, totals, graph.no_groups, space.name)

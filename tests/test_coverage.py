@@ -194,6 +194,18 @@ def test_torchvision_zoo_searches_in_every_space_with_exact_costs(model: str, sp
     _search_and_check(model, space, budgets, workload)
 
 
+def test_the_default_space_searches_the_heads_of_a_transformer(workload: Path, capsys: pytest.CaptureFixture) -> None:
+    summary = autocomp.search(model=_spec("vit", workload), weights=str(_weights("vit", workload)),
+                              data=f"imagefolder:{workload / 'images'}", budget_flops="0.7", agent="random", episodes=2,
+                              name="vit-default", runs_dir=str(workload / "runs"), threads=1, val_size=6, progress=False)
+    assert summary["space"] == "transformer"
+    assert "space: transformer" in (workload / "runs" / "vit-default" / "config.yaml").read_text()  # a resume keeps it
+    assert "searching space `transformer`" in capsys.readouterr().err
+    assert autocomp.inspect(model=_spec("vit", workload), input_shape=(3, 32, 32), num_classes=3).space == "transformer"
+    cnn = autocomp.inspect(model="resnet20", input_shape=(3, 32, 32), num_classes=10)
+    assert cnn.space == "prune" and "actions of space `prune`" in cnn.table()
+
+
 def test_a_model_with_nothing_to_prune_fails_in_one_line(workload: Path) -> None:
     runs = workload / "runs-shuffle"
     result = subprocess.run(

@@ -25,7 +25,7 @@ from autocomp.budget import METRICS
 from autocomp.config import SearchConfig
 from autocomp.device import bound_heap, bounds_heap, resolve_device
 from autocomp.errors import ConfigError
-from autocomp.graph import idle_modules
+from autocomp.graph import LayerGraph, idle_modules
 from autocomp.presets import load_preset
 from autocomp.problem import CompressionProblem, EvalSettings, Metrics
 from autocomp.progress import bar as progress_bar
@@ -38,7 +38,7 @@ from autocomp.runtimes import get_runtime
 from autocomp.searchers import SEARCHERS
 from autocomp.searchers.base import Searcher
 from autocomp.searchers.record import Candidate, TrialRecorder
-from autocomp.space import SearchSpace
+from autocomp.space import AUTO, SearchSpace, resolve_space_name
 
 
 @dataclass
@@ -99,14 +99,15 @@ def run_search(config: SearchConfig, *, resume: bool = False, progress: bool = T
     searcher_cls = SEARCHERS.get(str(settings["searcher"]))
     searcher_cls.resolve(settings)
     searcher_cls.validate(settings, episodes)
-    space = SearchSpace.load(config.space)
-    searcher_cls.check_space(space)
+    space = None if config.space == AUTO else SearchSpace.load(config.space)  # AUTO: once the model is built
+    if space is not None:
+        searcher_cls.check_space(space)
     with process_settings(threads=config.threads, seed=config.seed):
         return _search(config, run, settings, episodes, searcher_cls, space, start=start, progress=progress)
 
 
 def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episodes: int, searcher_cls: type[Searcher],
-            space: SearchSpace, *, start: float, progress: bool) -> SearchResult:
+            space: SearchSpace | None, *, start: float, progress: bool) -> SearchResult:
     device = resolve_device(config.device)
     if config.budget_latency is not None:
         get_runtime(config.runtime)  # installed?
@@ -116,15 +117,23 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
     if config.budget_latency is not None and config.latency_batch > len(data.val):
         raise ConfigError(f"--latency-batch {config.latency_batch} is more than the {len(data.val)} validation images: "
                           f"use a batch up to {len(data.val)} (or raise --val-size).")
-    model = prepare_model(config, data, progress=progress)
+    model = prepare_model(config, data, progress=progress).eval()
+    graph = LayerGraph.build(model, data.input_shape)
+    if space is None:
+        config = config.replace(space=resolve_space_name(config.space, attention=bool(graph.attentions)))
+        space = SearchSpace.load(config.space)
+        searcher_cls.check_space(space)
+        if graph.attentions:
+            print(f"autocomp: note: {len(graph.attentions)} attention blocks: searching space `{space.name}` (heads, "
+                  "their widths and channel widths); `--space prune` keeps every head whole.", file=sys.stderr)
     if run.exists() and space.uses_int8_format:  # resumed: int8 layers stay in the format its candidates were scored in
         stored = _stored_int8_format(run, config)
         space = space.with_int8_format(stored) if stored else space
     problem = CompressionProblem(
         model=model, data=data, space=space, budgets=config.budgets(),
         evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size),
-        latency_threads=config.latency_threads, device=device, runtime=config.runtime, latency_batch=config.latency_batch,
-        progress=progress,
+        graph=graph, latency_threads=config.latency_threads, device=device, runtime=config.runtime,
+        latency_batch=config.latency_batch, progress=progress,
     )
     problem.preflight()  # a model autocomp cannot compress fails now, before the run directory exists
     _note_idle(problem.model, data.input_shape)
