@@ -31,8 +31,9 @@ from autocomp.presets import load_preset
 
 AUTO = "auto"
 """The default ``--space``: ``transformer`` for a model with attention blocks, whose heads and head widths
-are searched too (on the shared ViT at half the latency: val 0.46 against 0.16 for ``prune``, where the
-embedding must take the whole cut), else ``prune``. See :func:`resolve_space_name`."""
+are searched too (on the shared ViT before fine-tuning: val 0.645 against 0.453 for ``prune`` at half the MACs,
+0.455 against 0.167 at half the latency; section ``vit-space`` of bench/RESULTS.md), else ``prune``. See
+:func:`resolve_space_name`."""
 
 SELECTORS = ("first", "classifier", "conv", "linear", "depthwise", "pointwise", "attention", "grouped")
 
