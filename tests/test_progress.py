@@ -18,8 +18,9 @@ def test_a_bar_redraws_rarely_where_stderr_is_a_log_file(monkeypatch) -> None:
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     with bar(total=5, file=out) as logged:
         assert logged.mininterval == LOG_INTERVAL
+        assert logged.maxinterval >= LOG_INTERVAL  # tqdm's monitor would redraw it every 10 s otherwise
     monkeypatch.setattr(sys, "stderr", _Terminal())
     with bar(total=5, file=out) as shown:
-        assert shown.mininterval < 1
+        assert shown.mininterval < 1 and shown.maxinterval == 10  # tqdm's defaults
     with bar(total=5, file=out, mininterval=2.0) as asked:  # a caller's own interval is kept
         assert asked.mininterval == 2.0
