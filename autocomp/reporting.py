@@ -88,12 +88,15 @@ def _best_plan_panels(plan: Plan, summary: dict) -> list[Panel]:
     that has something to show (each kind draws its own, see ``ActionKind.panel``)."""
     searched = set(summary.get("space_actions") or ())
     layers = summary.get("layers") or list(dict.fromkeys(n for k in plan.decisions.values() for n in k))
-    panels = [kind.panel(plan.get(kind.key), plan.channels, layers, kind.action in searched) for kind in KINDS.values()]
+    blocks = summary.get("attention") or {}  # per attention block its original heads and head width
+    panels = [kind.panel(plan.get(kind.key), {b: v[kind.key] for b, v in blocks.items()} if kind.scope == "attention"
+                         else plan.channels, layers, kind.action in searched) for kind in KINDS.values()]
     return [p for p in panels if p is not None]
 
 
 def _plots(run: RunDir, summary: dict[str, Any], trials: list[dict[str, Any]], uniform: dict[str, Any] | None) -> None:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     base = summary["baseline"]
     accs = [t["val_accuracy"] for t in trials]
@@ -131,6 +134,8 @@ def _plots(run: RunDir, summary: dict[str, Any], trials: list[dict[str, Any]], u
         ax.set_xticks(range(len(names)), names, rotation=75, fontsize=7)
         if ylim:
             ax.set_ylim(*ylim)
+        if all(float(v).is_integer() for v in values) and max(values, default=0) > 1:  # counts: whole ticks
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"Best plan: {title} (forward order)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

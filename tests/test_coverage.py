@@ -199,6 +199,7 @@ def test_the_default_space_searches_the_heads_of_a_transformer(workload: Path, c
                               data=f"imagefolder:{workload / 'images'}", budget_flops="0.7", agent="random", episodes=2,
                               name="vit-default", runs_dir=str(workload / "runs"), threads=1, val_size=6, progress=False)
     assert summary["space"] == "transformer"
+    assert len(summary["attention"]) == 2 and {v["heads"] for v in summary["attention"].values()} == {4}  # originals
     assert "space: transformer" in (workload / "runs" / "vit-default" / "config.yaml").read_text()  # a resume keeps it
     assert "searching space `transformer`" in capsys.readouterr().err
     assert autocomp.inspect(model=_spec("vit", workload), input_shape=(3, 32, 32), num_classes=3).space == "transformer"

@@ -69,10 +69,14 @@ class PerAttention(ActionKind, ABC):
 
     def panel(self, entries: Mapping[str, int], channels: Mapping[str, int], layers: list[str],
               searched: bool) -> Panel | None:
-        if not entries:
+        """Every block's count, ``channels`` holding each block's original (its bar is full height
+        where the plan left it whole); without originals (runs from before they were recorded),
+        the blocks the plan changed."""
+        if not entries and not (searched and channels):
             return None
-        names = list(entries)
-        return (self.plural, names, [float(entries[n]) for n in names], None)
+        names = list(channels) if channels else list(entries)
+        top = max(channels.values()) if channels else None
+        return (self.plural, names, [float(entries.get(n, channels.get(n, 0))) for n in names], (0, top) if top else None)
 
 
 class Heads(PerAttention):

@@ -282,6 +282,8 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
         "best": {**_metrics_dict(best.metrics, problem.score(model, problem.data.test)), "trial": best.number},
         "search_seconds": timing,
     }
+    if problem.graph.attentions:  # the original heads and head width of each block (the report's plan panels)
+        summary["attention"] = {a.name: {"heads": a.heads, "head_dim": a.head_dim} for a in problem.graph.attentions}
     if problem.channel_step is not None:  # the space rounds kept channels to the runtime's measured step
         summary["channel_step"] = {"runtime": config.runtime, "threads": config.latency_threads,
                                    "batch": config.latency_batch, "step": problem.channel_step}

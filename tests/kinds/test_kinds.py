@@ -129,3 +129,18 @@ def test_prune_coarse_plans_hold_only_multiples_of_8_or_whole_units(digits_model
         plan = problem.decode(rng.uniform(-1, 1, (len(problem.steps), problem.action_dims)))
         for name, kept in plan.get("keep").items():
             assert kept % 8 == 0 or kept == plan.channels[name], (name, kept, plan.channels[name])
+
+
+def test_the_report_shows_every_attention_block_with_what_it_kept() -> None:
+    from autocomp.plan import Plan
+    from autocomp.reporting import _best_plan_panels
+
+    blocks = {f"blocks.{i}.attn": {"heads": 4, "head_dim": 32} for i in range(3)}
+    plan = Plan({"heads": {"blocks.2.attn": 3}, "head_dim": {"blocks.0.attn": 16}})
+    summary = {"space_actions": ["heads", "head_dim"], "layers": [], "attention": blocks}
+    panels = {title: (names, values, ylim) for title, names, values, ylim in _best_plan_panels(plan, summary)}
+    assert panels["attention heads kept per block"] == (list(blocks), [4.0, 4.0, 3.0], (0, 4))  # whole blocks too
+    assert panels["width of each head kept per block"] == (list(blocks), [16.0, 32.0, 32.0], (0, 32))
+    older = _best_plan_panels(plan, {"space_actions": ["heads", "head_dim"], "layers": []})  # no originals recorded
+    assert [(names, values) for title, names, values, _ in older if "block" in title] == [
+        (["blocks.2.attn"], [3.0]), (["blocks.0.attn"], [16.0])]
