@@ -173,6 +173,7 @@ class ListCommand:
         from autocomp.data import list_datasets
         from autocomp.models import MODELS, list_models
         from autocomp.presets import list_presets, load_preset
+        from autocomp.space import AUTO
 
         if args.what == "models":
             for name in list_models(args.pattern):
@@ -186,6 +187,8 @@ class ListCommand:
 
             names = [name for name in list_presets(kind) if fnmatch.fnmatch(name, args.pattern)]
             width = max((len(name) for name in names), default=0) + 2
+            if kind == "space" and fnmatch.fnmatch(AUTO, args.pattern):
+                print(f"{AUTO:{width}s}The default: `transformer` for a model with attention blocks, else `prune`.")
             for name in names:
                 print(f"{name:{width}s}{str(load_preset(kind, name).get('description', '')).strip()}")
         return 0

@@ -82,7 +82,8 @@ def test_list(capsys) -> None:
     assert main(["list", "models"]) == 0
     assert "resnet20" in capsys.readouterr().out
     assert main(["list", "spaces"]) == 0
-    assert "prune" in capsys.readouterr().out
+    spaces = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert {"auto", "prune", "transformer"} <= set(spaces) and "attention blocks" in spaces["auto"]
 
 
 def test_model_that_cannot_take_the_data(capsys, tmp_path: Path) -> None:
