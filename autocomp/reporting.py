@@ -58,13 +58,12 @@ def uniform_baseline(run: RunDir, config: SearchConfig, trials: list[dict[str, A
         device = resolve_device(config.device)
     except ConfigError:  # a run searched on a GPU, reported where there is none
         device = torch.device("cpu")
-    budgets = config.budgets()
+    budgets, summary = config.budgets(), run.read_summary()
     if budgets.get("latency"):  # the limit the search used, not a fraction of a new measurement
-        summary = run.read_summary()
         budgets["latency"] = f"{summary['budgets']['latency']['limit']}us"
     try:
         problem = CompressionProblem(model=prepare_model(config, data, progress=False), data=data,
-                                     space=SearchSpace.load(config.space), budgets=budgets,
+                                     space=SearchSpace.load(summary["space"]), budgets=budgets,  # as resolved
                                      evaluation=EvalSettings(config.recalibrate, config.calib_batches, config.calib_batch_size),
                                      latency_threads=config.latency_threads, runtime=config.runtime,
                                      latency_batch=config.latency_batch, device=device, progress=False)

@@ -25,8 +25,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_search_writes_a_run(run: Path) -> None:
     summary = autocomp.RunDir(run).read_summary()
     assert summary["candidates"] == 4 and summary["best"]["flops"] <= summary["budgets"]["flops"]["limit"]
-    assert autocomp.RunDir(run).read_config() == autocomp.SearchConfig(
-        budget_flops="0.5", agent="random", episodes=4, name="r", runs_dir=str(run.parent))
+    assert autocomp.RunDir(run).read_config() == autocomp.SearchConfig(  # the default space resolved for the CNN
+        budget_flops="0.5", agent="random", episodes=4, name="r", runs_dir=str(run.parent), space="prune")
 
 
 @pytest.mark.parametrize(("settings", "message"), [
