@@ -237,7 +237,7 @@ def _inspection(config: SearchConfig, summary: dict[str, Any]) -> str:
     from autocomp.space import SearchSpace
 
     try:
-        space = SearchSpace.load(config.space)
+        space = SearchSpace.load(summary["space"])  # as the search resolved it
     except ConfigError as exc:  # a space file moved since the search
         return f"(not shown: {exc})"
     with torch.random.fork_rng(devices=[]):  # random weights and tracing inputs: the caller's RNG is kept
