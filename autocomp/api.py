@@ -50,13 +50,15 @@ def inspect(*, model: str = "digits_cnn", space: str = "auto", input_shape: tupl
         >>> print(autocomp.inspect(model="resnet20", input_shape=(3, 32, 32), num_classes=10).table())  # doctest: +SKIP
     """
     from autocomp.inspection import inspect_model
+    from autocomp.space import AUTO, SearchSpace
 
+    space_ = space if space == AUTO else SearchSpace.load(space)  # a bad name fails before the data is read
     if input_shape is None or num_classes is None:
         from autocomp.runners.setup import load_config_data
 
         data = load_config_data(SearchConfig.from_dict({**data_settings, "model": model}))
         input_shape, num_classes = input_shape or data.input_shape, num_classes or data.num_classes
-    return inspect_model(build_model(model, num_classes=num_classes).eval(), tuple(input_shape), space)
+    return inspect_model(build_model(model, num_classes=num_classes).eval(), tuple(input_shape), space_)
 
 
 def finetune(run_dir: str | os.PathLike[str], *, epochs: int = 5, lr: float = 0.01, batch_size: int = 128,

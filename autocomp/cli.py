@@ -186,7 +186,7 @@ class ListCommand:
             import fnmatch
 
             names = [name for name in list_presets(kind) if fnmatch.fnmatch(name, args.pattern)]
-            width = max((len(name) for name in names), default=0) + 2
+            width = max((len(name) for name in [*names, AUTO]), default=0) + 2
             if kind == "space" and fnmatch.fnmatch(AUTO, args.pattern):
                 print(f"{AUTO:{width}s}The default: `transformer` for a model with attention blocks, else `prune`.")
             for name in names:

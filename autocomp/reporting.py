@@ -88,7 +88,7 @@ def _best_plan_panels(plan: Plan, summary: dict) -> list[Panel]:
     searched = set(summary.get("space_actions") or ())
     layers = summary.get("layers") or list(dict.fromkeys(n for k in plan.decisions.values() for n in k))
     blocks = summary.get("attention") or {}  # per attention block its original heads and head width
-    panels = [kind.panel(plan.get(kind.key), {b: v[kind.key] for b, v in blocks.items()} if kind.scope == "attention"
+    panels = [kind.panel(plan.get(kind.key), {b: v[kind.key] for b, v in blocks.items() if kind.key in v} if kind.scope == "attention"
                          else plan.channels, layers, kind.action in searched) for kind in KINDS.values()]
     return [p for p in panels if p is not None]
 

@@ -168,6 +168,9 @@ class SearchSpace:
 
     @classmethod
     def load(cls, name_or_path: str) -> SearchSpace:
+        if name_or_path == AUTO:
+            raise ConfigError(f"space `{AUTO}` depends on the model: resolve it first with "
+                              "resolve_space_name(name, attention=...), or name a preset (e.g. prune).")
         return cls.from_dict(load_preset("space", name_or_path))
 
     def to_dict(self) -> dict[str, Any]:

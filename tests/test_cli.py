@@ -84,6 +84,8 @@ def test_list(capsys) -> None:
     assert main(["list", "spaces"]) == 0
     spaces = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert {"auto", "prune", "transformer"} <= set(spaces) and "attention blocks" in spaces["auto"]
+    assert main(["list", "spaces", "auto"]) == 0
+    assert capsys.readouterr().out.split()[:2] == ["auto", "The"]  # the name stands apart from its description
 
 
 def test_model_that_cannot_take_the_data(capsys, tmp_path: Path) -> None:

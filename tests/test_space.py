@@ -195,3 +195,12 @@ def test_presets_load_from_an_installed_wheel(monkeypatch) -> None:
     assert "prune" in presets.list_presets("space") and "evolution" in presets.list_presets("agent")
     assert SearchSpace.load("prune").name == "prune"
     assert presets.load_preset("agent", "sensitivity")["searcher"] == "sensitivity"
+
+
+def test_auto_is_resolved_for_a_model_before_it_is_loaded() -> None:
+    from autocomp.errors import ConfigError
+    from autocomp.space import AUTO, resolve_space_name
+
+    assert resolve_space_name(AUTO, attention=True) == "transformer" and resolve_space_name("joint", attention=True) == "joint"
+    with pytest.raises(ConfigError, match="depends on the model"):
+        SearchSpace.load(AUTO)

@@ -117,7 +117,7 @@ def _search(config: SearchConfig, run: RunDir, settings: dict[str, Any], episode
     if config.budget_latency is not None and config.latency_batch > len(data.val):
         raise ConfigError(f"--latency-batch {config.latency_batch} is more than the {len(data.val)} validation images: "
                           f"use a batch up to {len(data.val)} (or raise --val-size).")
-    model = prepare_model(config, data, progress=progress).eval()
+    model = prepare_model(config, data, progress=progress)
     graph = LayerGraph.build(model, data.input_shape)
     if space is None:
         config = config.replace(space=resolve_space_name(config.space, attention=bool(graph.attentions)))
