@@ -15,7 +15,10 @@ stored latency is that corrected prediction), and the most accurate candidate pr
 the budget by the corrected table (or measured within it) is timed next, up to :data:`ROUNDS`
 timings. When the timed plans run faster than predicted by more than the aim and the tolerance
 allow (:data:`LOOSEN`) and none ran over, the same re-projection is done once the other way: the
-plans grow into the budget the prediction left unused. The result is the most accurate timed
+plans grow into the budget the prediction left unused. Where some timed plan ran over, a plan that
+holds the budget with that much to spare by its own timing grows alone, once, by its own
+correction, and the grown plan is timed next (the table's error differs between plans: an
+int8-heavy plan can run slower than predicted where a mostly float32 one runs faster). The result is the most accurate timed
 plan that holds the budget. Each timing is stored in the study (user attribute
 ``latency_checks``: trial number -> measured fraction of the original's latency), so a resumed
 search does not pick a plan already measured over its budget.
@@ -154,15 +157,15 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
                 if (measured[str(n)] <= held if str(n) in measured else to_us(table_seconds(c) * scale) <= aim)]
         return max(fits, key=lambda c: c.metrics.val_accuracy, default=None)
 
-    def project_again(candidate: Candidate, scale: float) -> list[Candidate]:
-        """The most accurate plans (``candidate`` among them) projected onto :data:`AIM` of the
-        limit, their latency predicted times ``scale``; scored and recorded."""
+    def project_again(candidate: Candidate, scale: float, *, alone: bool = False) -> list[Candidate]:
+        """The most accurate plans (``candidate`` among them; only it when ``alone``) projected onto
+        :data:`AIM` of the limit, their latency predicted times ``scale``; scored and recorded."""
         table.correction = scale
         try:
             aimed = problem.constraints.with_limit(metric, aim)
             if not aimed.reachable():
                 return []
-            sources = ranked()[:reprojections(recorder)]
+            sources = [candidate] if alone else ranked()[:reprojections(recorder)]
             if candidate.number not in {c.number for c in sources}:
                 sources[-1] = candidate
             decoded = {}
@@ -207,14 +210,20 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
         scale = correction()
         if round_ == rounds - 1:  # no timing left for another plan
             break
+        alone = False  # whether only this plan is projected again
         if fraction <= held:  # it holds: is budget left that the timings say a bigger plan could use?
-            ran_over = any(m > held for m in measured.values())
+            # Where some timed plan ran over, the table's error differs from plan to plan: this plan
+            # grows by its own timing, alone (an int8-heavy plan may run slow where a float32 one runs fast).
+            alone = any(m > held for m in measured.values())
+            if alone:
+                scale = fraction / table_fraction(candidate)
             grown = to_us(table_seconds(candidate)) > limit  # a plan the correction already let grow
-            if loosened or ran_over or scale > LOOSEN or grown:
+            if loosened or scale > LOOSEN or grown:
                 break
             loosened = True
             recorder.study.set_user_attr(LOOSENED_ATTR, True)
-            why = f"under the budget's {budget:.3f}, and the timed plans run at {scale:.3f} of their prediction"
+            whose = "it runs" if alone else "the timed plans run"
+            why = f"under the budget's {budget:.3f}, and {whose} at {scale:.3f} of the prediction"
         else:
             why = f"over the budget's {budget:.3f}"
             if not shortlisted:  # once: the next most accurate plans, timed as they are
@@ -225,14 +234,16 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
                     scale = correction()
                     within_next = sum(t["measured_fraction"] <= held for t in timed_next)
                     why += f" (of the next {len(timed_next)} most accurate plans, {within_next} measured within it)"
-        made = project_again(candidate, scale)
+        made = project_again(candidate, scale, alone=alone)
         if progress:
+            which = "it is" if alone else f"{len(made)} of the most accurate plans are"
             print(f"autocomp: the best plan (trial {candidate.number}) runs at {fraction:.3f} of the original's "
-                  f"latency as measured, {why}: {len(made)} of the most accurate plans projected again with their "
-                  "predictions corrected by that.", file=sys.stderr)
+                  f"latency as measured, {why}: {which} projected again with the prediction corrected by that.",
+                  file=sys.stderr)
         by_number.update((c.number, c) for c in made)
         check.rounds[-1].update(projected_trials=[c.number for c in made], correction=round(scale, 4))
-        following = best()
+        # grown alone, its corrected prediction is its own: the others' mean correction would not let it fit
+        following = max(made + [candidate], key=lambda c: c.metrics.val_accuracy) if alone else best()
         if following is None or following.number == candidate.number:
             break
         candidate = following
