@@ -89,7 +89,7 @@ class SearchCommand:
         g.add_argument("--workers", type=int, default=d.workers, help="Ray workers evaluating candidates in parallel")
         g.add_argument("--address", help="Ray cluster to use: auto or HOST:PORT (default: a local Ray instance)")
         g.add_argument("--gpus-per-worker", type=float, help="GPU share of each Ray worker, e.g. 0.5 puts two on one GPU "
-                                                             "(default: 1 with --device cuda, else 0)")
+                                                             "(default with --device cuda: the cluster's GPUs split evenly, at most 1 each; else 0)")
         g.add_argument("--no-progress", action="store_true")
         g.add_argument("--finetune-epochs", type=int, default=0, help="then fine-tune the best model with distillation")
 

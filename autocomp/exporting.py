@@ -4,8 +4,8 @@ Formats:
 - ``torchscript``: ``torch.jit.trace`` -> ``model.torchscript.pt`` (``torch.jit.load`` needs only torch;
   TorchScript is deprecated upstream, ``pt2`` is its successor);
 - ``pt2``: ``torch.export`` -> ``model.pt2`` with a dynamic batch axis (``torch.export.load(path).module()``);
-- ``onnx``: ``torch.onnx.export`` -> ``model.onnx`` with a dynamic batch axis (run in onnxruntime;
-  ``pip install 'autocomp[export]'``);
+- ``onnx``: ``torch.onnx.export`` -> ``model.onnx`` with a dynamic batch axis (run in onnxruntime,
+  a core dependency);
 - ``state_dict``: ``model.state_dict.pt`` + ``plan.json`` (rebuild with ``autocomp.load_compressed``);
 - ``packed``: ``model.packed.pt``, quantised weights packed at their bit-width with their scales
   (``autocomp.ops.pack_model``; ``load_packed`` rebuilds the model). ``payload_bytes`` in its
@@ -20,7 +20,8 @@ integer kernels (``QLinearConv``, ``QGemm``); such a plan exports as ``onnx`` or
 Each export writes ``export-<format>.json`` beside the file, measured in the format's own runtime
 (torch for TorchScript, pt2, state_dict and packed; onnxruntime for ONNX) with fixed threads:
 file size, latency at batch 1 and at ``latency_batch``, the original model's latency written in
-the same format and timed the same way (and the speed-ups), the largest output difference from
+the same format and timed in turn with the export (:func:`time_in_turn`: the speed-ups hold on a
+busy machine), the largest output difference from
 the PyTorch model at batch 1 and 5, and the test accuracy of the written file in its runtime.
 An export of a run is also recorded in the run's summary.json under ``exports``.
 
@@ -48,7 +49,7 @@ from autocomp.files import atomic_path, save_torch, write_text
 from autocomp.ops import bake, freeze
 from autocomp.ops.int8 import int8_layers
 from autocomp.rundir import RunDir
-from autocomp.runtimes import OnnxRuntime, Runner, fastest_seconds, get_runtime, write_onnx
+from autocomp.runtimes import OnnxRuntime, Runner, fastest_in_turn, fastest_seconds, get_runtime, write_onnx
 
 FORMATS = ("torchscript", "pt2", "onnx", "state_dict", "packed")
 INT8_FORMATS = ("onnx", "state_dict")
@@ -95,6 +96,12 @@ def time_runner(run: Runner, x: torch.Tensor, *, threads: int, min_run_time: flo
     return fastest_seconds(run, x, threads=threads, min_run_time=min_run_time)
 
 
+def time_in_turn(runs: list[Runner], x: torch.Tensor, *, threads: int) -> list[float]:
+    """Seconds of each runner's fastest call, the runners timed in turn (5 rounds of 0.1 s windows
+    each: :func:`~autocomp.runtimes.fastest_in_turn`), so that their ratio holds on a busy machine."""
+    return fastest_in_turn(runs, x, threads=threads, rounds=5, min_run_time=0.1)
+
+
 def runtime_accuracy(run: Runner, split: Split, *, batch_size: int = 256) -> float:
     """Top-1 accuracy of a written file on ``split``, run in its own runtime."""
     correct = sum(int((run(x).argmax(1) == y).sum()) for x, y in split.batches(batch_size))
@@ -102,9 +109,12 @@ def runtime_accuracy(run: Runner, split: Split, *, batch_size: int = 256) -> flo
 
 
 def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt: str, threads: int = 1,
-                 latency_batch: int = 32) -> tuple[dict[str, Any], Runner]:
+                 latency_batch: int = 32, original: Runner | None = None) -> tuple[dict[str, Any], Runner]:
     """Write ``model`` in ``fmt`` to ``out_dir``; return its record (size, latency at batch 1 and at
-    ``latency_batch``, output check at batch 1 and 5) and a runner of the written file."""
+    ``latency_batch``, output check at batch 1 and 5) and a runner of the written file. With
+    ``original`` (a runner of the uncompressed model in the same format) the two are timed in turn
+    and the record holds the original's latencies too (``original_latency_s``,
+    ``original_latency_batch_s``)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt} is not one of {', '.join(FORMATS)}.")
     if int8_layers(model) and fmt not in INT8_FORMATS:
@@ -133,9 +143,13 @@ def export_model(model: nn.Module, example: torch.Tensor, out_dir: Path, *, fmt:
     info["max_abs_output"] = max(float(want.abs().max()) for _, want in pairs)  # what the diff is out of
     info["batch_sizes_checked"] = [len(example), len(batch)]
     big = torch.randn(latency_batch, *example.shape[1:], generator=torch.Generator().manual_seed(2))
-    info["latency_s"] = time_runner(run, example, threads=threads)
+    if original is None:
+        info["latency_s"] = time_runner(run, example, threads=threads)
+        info["latency_batch_s"] = time_runner(run, big, threads=threads)
+    else:
+        info["latency_s"], info["original_latency_s"] = time_in_turn([run, original], example, threads=threads)
+        info["latency_batch_s"], info["original_latency_batch_s"] = time_in_turn([run, original], big, threads=threads)
     info["latency_batch"] = latency_batch
-    info["latency_batch_s"] = time_runner(run, big, threads=threads)
     info["file"] = path.name
     info["size_bytes"] = path.stat().st_size
     write_text(out_dir / f"export-{fmt}.json", json.dumps(info, indent=1) + "\n")
@@ -159,7 +173,10 @@ def export_run(run_dir: str | os.PathLike[str], *, fmt: str, threads: int = 1,
     summary = run.read_summary()
     example = torch.randn(1, *summary["input_shape"], generator=torch.Generator().manual_seed(0))
     target = Path(out_dir) if out_dir else run.export_dir
-    info, runner = export_model(model, example, target, fmt=fmt, threads=threads, latency_batch=latency_batch)
+    config = run.read_config()
+    original = _original_runner(config, summary, example, fmt, threads=threads)
+    info, runner = export_model(model, example, target, fmt=fmt, threads=threads, latency_batch=latency_batch,
+                                original=original)
     if fmt in ("state_dict", "packed"):
         write_text(target / "plan.json", (run.finetuned_plan if finetuned else run.best_plan).read_text())
     if fmt == "packed":
@@ -167,8 +184,6 @@ def export_run(run_dir: str | os.PathLike[str], *, fmt: str, threads: int = 1,
         original = load_compressed(run.path, finetuned=finetuned)
         with torch.inference_mode():
             info["max_abs_diff"] = float((reloaded(example) - original(example)).abs().max())
-    config = run.read_config()
-    info.update(_original_latency(config, summary, example, fmt, threads=threads, latency_batch=latency_batch))
     info["speedup"] = round(info["original_latency_s"] / info["latency_s"], 3)
     info["speedup_batch"] = round(info["original_latency_batch_s"] / info["latency_batch_s"], 3)
     if accuracy:
@@ -181,17 +196,16 @@ def export_run(run_dir: str | os.PathLike[str], *, fmt: str, threads: int = 1,
     return info
 
 
-def _original_latency(config: SearchConfig, summary: dict[str, Any], example: torch.Tensor, fmt: str, *,
-                      threads: int, latency_batch: int) -> dict[str, float]:
-    """The uncompressed model written in the same format and timed in the same runtime."""
+def _original_runner(config: SearchConfig, summary: dict[str, Any], example: torch.Tensor, fmt: str, *,
+                     threads: int) -> Runner:
+    """The uncompressed model written in the same format (to a temporary file) and loaded in the same
+    runtime and session settings, to be timed in turn with the export."""
     from autocomp.models import build_model
 
     original = build_model(config.model, num_classes=summary["num_classes"]).eval()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # the runner holds the loaded model, not the file
         _, run = _write("state_dict" if fmt == "packed" else fmt, original, example, Path(tmp), threads=threads)
-        big = torch.randn(latency_batch, *example.shape[1:], generator=torch.Generator().manual_seed(2))
-        return {"original_latency_s": time_runner(run, example, threads=threads),
-                "original_latency_batch_s": time_runner(run, big, threads=threads)}
+    return run
 
 
 def load_packed(run_dir: str | os.PathLike[str], path: str | Path, *, finetuned: bool = False) -> nn.Module:

@@ -53,7 +53,7 @@ from autocomp.graph import Layer, LayerGraph
 from autocomp.kinds import Geometry as PlanGeometry
 from autocomp.ops.int8 import FORMATS, Int8Format, Int8Layer, Join, calibrate_int8
 from autocomp.progress import bar as progress_bar
-from autocomp.runtimes import Runner, Runtime, TorchRuntime, fastest_seconds
+from autocomp.runtimes import Runner, Runtime, TorchRuntime, fastest_in_turn, fastest_seconds
 
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)
 TABLE_FORMAT = 3  # 2: layer times net of the call cost; 3: fastest calls, not medians (older: measured again)
@@ -278,12 +278,8 @@ class LatencyTable:
                     self._runners[name] = run
             runs.append(run)
         bar.close()
-        best = [float("inf")] * len(runs)
-        for _ in range(rounds):
-            for i, run in enumerate(runs):
-                best[i] = min(best[i], fastest_seconds(run, example, threads=self.threads,
-                                                             min_run_time=min_run_time, clock=self.runtime.clock))
-        return best
+        return fastest_in_turn(runs, example, threads=self.threads, rounds=rounds, min_run_time=min_run_time,
+                               clock=self.runtime.clock)
 
     def _key(self, geometry: LayerShape, int8: bool) -> str:
         return geometry.key() + (f"-int8-{self.int8.name}" if int8 and self.int8 is not None else "")

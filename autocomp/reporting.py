@@ -216,7 +216,8 @@ def _latency_check(latency: dict[str, Any]) -> str:
         made = ", ".join(map(str, r.get("projected_trials", [])))
         over = r["measured_fraction"] > check["budget_fraction"] * (1 + check.get("tolerance", 0.0))
         side = "a tighter" if over else "the unused"
-        again = (f"; plans projected again onto {side} budget (predictions times {r.get('correction', 1.0):.3f}): "
+        which = "this plan alone" if r.get("alone") else "plans"
+        again = (f"; {which} projected again onto {side} budget (predictions times {r.get('correction', 1.0):.3f}): "
                  f"trials {made}") if made else ""
         shortlist = "".join(f"<li>trial {t['trial']} (next most accurate): {t['predicted_fraction']:.3f} predicted, "
                             f"{t['measured_fraction']:.3f} measured</li>" for t in r.get("shortlist", []))

@@ -32,8 +32,9 @@ from autocomp.presets import load_preset
 AUTO = "auto"
 """The default ``--space``: ``transformer`` for a model with attention blocks, whose heads and head widths
 are searched too (on the shared ViT before fine-tuning: val 0.645 against 0.453 for ``prune`` at half the MACs,
-0.455 against 0.167 at half the latency; section ``vit-space`` of bench/RESULTS.md), else ``prune``. See
-:func:`resolve_space_name`."""
+0.455 against 0.167 at half the latency; section ``vit-space`` of bench/RESULTS.md), else ``prune``. One
+attention block is enough: a convolutional network with an attention stage gets ``transformer`` too, whose
+widths step by 8, not by the runtime's measured step as ``prune``'s do. See :func:`resolve_space_name`."""
 
 SELECTORS = ("first", "classifier", "conv", "linear", "depthwise", "pointwise", "attention", "grouped")
 

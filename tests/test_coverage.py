@@ -202,6 +202,11 @@ def test_the_default_space_searches_the_heads_of_a_transformer(workload: Path, c
     assert len(summary["attention"]) == 2 and {v["heads"] for v in summary["attention"].values()} == {4}  # originals
     assert "space: transformer" in (workload / "runs" / "vit-default" / "config.yaml").read_text()  # a resume keeps it
     assert "searching space `transformer`" in capsys.readouterr().err
+    # resumed with the same flags (no --space): the run goes on in the space it resolved, with no note
+    resumed = autocomp.search(name="vit-default", runs_dir=str(workload / "runs"), episodes=3, resume=True,
+                              progress=False)
+    assert resumed["space"] == "transformer" and resumed["candidates"] == 3
+    assert "searching space" not in capsys.readouterr().err
     assert autocomp.inspect(model=_spec("vit", workload), input_shape=(3, 32, 32), num_classes=3).space == "transformer"
     cnn = autocomp.inspect(model="resnet20", input_shape=(3, 32, 32), num_classes=10)
     assert cnn.space == "prune" and "actions of space `prune`" in cnn.table()

@@ -112,6 +112,26 @@ def test_export_record_measures_the_runtime(run_dir: Path, tmp_path: Path) -> No
     assert stored["test_accuracy"] == info["test_accuracy"] and stored["speedup_batch"] == info["speedup_batch"]
 
 
+def test_the_export_and_the_original_are_timed_in_turn(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """The speed-ups in ``export-<format>.json`` come from the export and the original timed in turn
+    (rounds over both, at batch 1 and at the latency batch), not from windows minutes apart."""
+    from autocomp import exporting, runtimes
+
+    windows: list[tuple[int, int]] = []  # (batch, runner) of each timing window, in order
+    seconds = runtimes.fastest_seconds
+
+    def window(run, x, **kwargs):
+        windows.append((len(x), run))
+        return seconds(run, x, **kwargs)
+
+    monkeypatch.setattr(runtimes, "fastest_seconds", window)
+    info = exporting.export_run(run_dir, fmt="pt2", out_dir=tmp_path, latency_batch=4, accuracy=False)
+    assert [b for b, _ in windows] == [1] * 10 + [4] * 10  # 5 rounds over the two, at each batch
+    runs = [r for _, r in windows[:10]]
+    assert runs[0] is not runs[1] and runs == runs[:2] * 5 and [r for _, r in windows[10:]] == runs
+    assert info["speedup_batch"] == round(info["original_latency_batch_s"] / info["latency_batch_s"], 3)
+
+
 def _has_onnxruntime() -> bool:
     try:
         import onnxruntime  # noqa: F401

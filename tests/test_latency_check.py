@@ -157,6 +157,11 @@ def test_a_plan_well_under_the_budget_grows_alone_after_others_ran_over(problem,
     assert check.rounds[2]["measured_fraction"] > under["measured_fraction"]
     assert recorder.study.user_attrs[latency_check.LOOSENED_ATTR] is True
     assert problem.latency.correction == 1.0
+    assert under["alone"] and not any(r.get("alone") for r in check.rounds[:1])
+    from autocomp.reporting import _latency_check  # report.html says which plan grew
+
+    assert (f"this plan alone projected again onto the unused budget (predictions times {FASTER:.3f}): "
+            f"trials {grown_number}") in _latency_check({"check": check.to_dict()})
 
 
 @pytest.mark.slow

@@ -242,6 +242,8 @@ def check_latency(problem: CompressionProblem, recorder: TrialRecorder, *, progr
                   file=sys.stderr)
         by_number.update((c.number, c) for c in made)
         check.rounds[-1].update(projected_trials=[c.number for c in made], correction=round(scale, 4))
+        if alone:
+            check.rounds[-1]["alone"] = True
         # grown alone, its corrected prediction is its own: the others' mean correction would not let it fit
         following = max(made + [candidate], key=lambda c: c.metrics.val_accuracy) if alone else best()
         if following is None or following.number == candidate.number:

@@ -31,6 +31,7 @@ from autocomp.config import SearchConfig
 from autocomp.errors import ConfigError
 from autocomp.files import atomic_path, write_text
 from autocomp.rundir import RunDir
+from autocomp.space import AUTO
 
 GRID_KEYS = {"budget_flops", "budget_params", "budget_size", "agent", "space", "seed"}
 
@@ -123,6 +124,8 @@ def write_summary(sweep_dir: Path, points: list[dict[str, Any]]) -> list[dict[st
             row.update(status="done", candidates=s["candidates"], flops_kept=round(s["best"]["flops"] / s["baseline"]["flops"], 4),
                        val_accuracy=round(s["best"]["val_accuracy"], 4), test_accuracy=round(s["best"]["test_accuracy"], 4),
                        baseline_test_accuracy=round(s["baseline"]["test_accuracy"], 4))
+            if point.get("space") == AUTO and s.get("space"):  # the preset `auto` chose for the model
+                row["space"] = f"{AUTO} ({s['space']})"
         rows.append(row)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     table = io.StringIO(newline="")

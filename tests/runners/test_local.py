@@ -86,3 +86,18 @@ def test_sweep_summary_reads_each_run(tmp_path: Path) -> None:
     assert "| random | 0.4 |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "accuracy_vs_budget.png").read_bytes()[:4] == b"\x89PNG"
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_a_sweep_over_the_auto_space_names_the_space_searched(tmp_path: Path) -> None:
+    from autocomp.runners.sweep import grid_points, trial_name, write_summary
+
+    points = grid_points({"space": ["auto", "prune"]})
+    for point, searched in zip(points, ["transformer", "prune"]):
+        run = autocomp.RunDir(tmp_path / trial_name(point))
+        run.write_config(autocomp.SearchConfig(space=point["space"], name=run.name, runs_dir=str(tmp_path)))
+        run.write_summary({"candidates": 6, "space": searched, "baseline": {"flops": 100, "test_accuracy": 0.9},
+                           "best": {"flops": 50, "val_accuracy": 0.8, "test_accuracy": 0.7}})
+    rows = write_summary(tmp_path, points)
+    assert [r["space"] for r in rows] == ["auto (transformer)", "prune"]
+    assert [r["trial"] for r in rows] == ["auto", "prune"]  # the run directories keep the grid's names
+    assert "| auto (transformer) |" in (tmp_path / "summary.md").read_text()
