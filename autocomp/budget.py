@@ -27,6 +27,18 @@ def to_us(seconds: float) -> float:
     return round(seconds * 1e6, 3)
 
 
+DRIFT = 0.03
+"""The original's two timings in a latency search (before it, and in turn with the best plan after
+it) further apart than this are worth a note: milliseconds then differ by the machine's load."""
+
+
+def latency_drift(latency: dict) -> float | None:
+    """How much slower (> 1) or faster the original ran at the end of a search than before it
+    (``summary.json``'s ``latency.original_drift``), where more than :data:`DRIFT` apart; else ``None``."""
+    drift = latency.get("original_drift")
+    return drift if drift is not None and abs(drift - 1) > DRIFT else None
+
+
 def parse_latency(text: str | float, *, baseline_us: float, flag: str = "--budget-latency") -> float:
     """A fraction of the original model's measured latency, or a time (``3ms``, ``800us``, ``0.1s``),
     in microseconds to the nanosecond (whole microseconds took up to 5% off the budget of a model

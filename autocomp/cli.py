@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from autocomp import api
+from autocomp.budget import latency_drift
 from autocomp.config import SearchConfig
 from autocomp.errors import AutocompError, ConfigError
 from autocomp.rundir import RunDir
@@ -157,6 +158,11 @@ def latency_line(lat: dict[str, Any]) -> str:
         line += f" ({lat['best_fraction_measured']:.3f} of the original timed beside it)"
     if lat.get("budget_fraction") is not None:
         line += f"; budget {lat['budget_fraction']:.3f} of the original's {lat['baseline_measured_ms']:.3f} ms"
+    drift = latency_drift(lat)
+    if drift is not None:
+        line += (f"\nnote: the original ran at {lat['original_measured_again_ms']:.3f} ms beside it, "
+                 f"{100 * abs(drift - 1):.0f}% {'slower' if drift > 1 else 'faster'} than before the search: this "
+                 "machine's load changed, so compare the fractions of the original (timed in turn), not the ms.")
     return line
 
 

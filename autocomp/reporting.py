@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from autocomp.budget import latency_drift
 from autocomp.config import SearchConfig
 from autocomp.device import resolve_device
 from autocomp.errors import ConfigError, InfeasibleBudgetError
@@ -203,7 +204,18 @@ def _latency_fractions(latency: dict[str, Any]) -> str:
     budget = latency.get("budget_fraction")
     return (f"<p>As a fraction of the original's latency: {latency['best_fraction_predicted']:.3f} predicted, "
             f"{latency['best_fraction_measured']:.3f} measured (the best plan and the original timed in turn "
-            f"after the search){'' if budget is None else f'; budget {budget:.3f}'}.</p>{_latency_check(latency)}")
+            f"after the search){'' if budget is None else f'; budget {budget:.3f}'}.</p>{_drift(latency)}"
+            f"{_latency_check(latency)}")
+
+
+def _drift(latency: dict[str, Any]) -> str:
+    """A note where the original's two timings differ by the machine's load (``original_drift``)."""
+    drift = latency_drift(latency)
+    if drift is None:
+        return ""
+    return (f"<p>The original ran {100 * abs(drift - 1):.0f}% {'slower' if drift > 1 else 'faster'} beside the best "
+            "plan than before the search: the machine's load changed, so the milliseconds above differ by that; "
+            "the fractions, timed in turn, do not.</p>")
 
 
 def _latency_check(latency: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ CPU-minutes.
     python bench/runtime_bench.py               # 3-epoch fine-tunes: about 2 hours on 2 cores
     FT_EPOCHS=0 python bench/runtime_bench.py   # searches and exports only, into their own section
     SEEDS=0 python bench/runtime_bench.py       # one seed (a section of its own)
+    python bench/runtime_bench.py report        # the section again from its results file (same settings)
     python bench/runtime_bench.py peer          # Torch-Pruning at our seed-0 prune plan's measured latency
     SEARCH=sensitivity:300 python bench/runtime_bench.py peer   # ours from the default searcher
     RECHECK=1 SETTINGS=prune_int8:0.4:32 SEARCH=sensitivity:300 python bench/runtime_bench.py
@@ -240,7 +241,8 @@ def report(rows: dict[str, Any]) -> None:
              "Speed-ups are of the exported files, before fine-tuning (fine-tuning changes no shape); ours are "
              "the export's own (`export-onnx.json`: timed in turn with the original), the other rows' against the "
              "original's row. Predicted / "
-             "measured is at the search's latency batch.", "",
+             "measured is at the search's latency batch, as fractions of the original (the plan's measured in turn "
+             "with it: the machine's load drifts between the search's start and end; the milliseconds are below).", "",
              "| row | speed-up, batch 1 | speed-up, batch 32 | predicted / measured | fraction: budget / predicted / "
              "measured in turn | test accuracy | after fine-tune | search CPU-min |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -259,7 +261,10 @@ def report(rows: dict[str, Any]) -> None:
         # the export's own speed-ups (timed in turn with the original); runs from before: against the row above
         s1 = [r.get("speedup_b1") or o["latency_b1_s"] / r["export_b1_s"] for r in runs]
         s32 = [r.get("speedup_b32") or o["latency_b32_s"] / r["export_b32_s"] for r in runs]
-        ratio = [r["predicted_s"] / r["measured_s"] for r in runs]
+        # predicted over measured as fractions of the original (measured in turn with it): the machine's
+        # load between the search's start and end cancels (runs from before: the milliseconds)
+        ratio = [r["fraction_predicted"] / r["fraction_measured"] if r.get("fraction_measured")
+                 else r["predicted_s"] / r["measured_s"] for r in runs]
         tuned = [r.get("finetuned_test_accuracy", float("nan")) for r in runs]
         lines.append(f"| ours, `--budget-latency {budget} --latency-batch {batch} --space {space}` ({len(runs)} seed{'s' * (len(runs) > 1)}; mean, "
                      f"min-max) | {_spread(s1, '{:.2f}')}x | {_spread(s32, '{:.2f}')}x | {_spread(ratio, '{:.3f}')} | "
@@ -353,4 +358,7 @@ def peer() -> None:
 
 
 if __name__ == "__main__":
-    peer() if sys.argv[1:] == ["peer"] else main()
+    if sys.argv[1:] == ["report"]:  # the section again from the stored results (same environment settings)
+        report(json.loads(RESULTS.read_text()))
+    else:
+        peer() if sys.argv[1:] == ["peer"] else main()

@@ -157,6 +157,13 @@ def test_a_latency_search_ends_with_its_predicted_and_measured_latency() -> None
                                      "(0.586 of the original timed beside it); budget 0.697 of the original's 0.439 ms")
     assert latency_line({"best_predicted_ms": 1.0, "best_measured_ms": 1.5}) == (
         "latency (torch, 1 thread, batch 1): 1.000 ms predicted, 1.500 ms measured")
+    # the machine slowed down during the search: the ms disagree, the fractions timed in turn do not
+    drifted = {**summary, "best_measured_ms": 6.6883, "best_predicted_ms": 5.8301, "baseline_measured_ms": 14.6353,
+               "original_measured_again_ms": 16.7564, "original_drift": 1.1449, "best_fraction_measured": 0.3992}
+    assert latency_line(drifted).splitlines()[1] == (
+        "note: the original ran at 16.756 ms beside it, 14% slower than before the search: this machine's load "
+        "changed, so compare the fractions of the original (timed in turn), not the ms.")
+    assert "note" not in latency_line({**summary, "original_drift": 1.02})
 
 
 def test_the_finetune_line_compares_with_the_searched_plan_and_notes_a_drop() -> None:

@@ -74,6 +74,10 @@ def test_latency_budget_is_enforced_and_measured(tmp_path) -> None:
     best, original = latency["best_measured_ms"], latency["original_measured_again_ms"]
     rounding = best / original * (5e-5 / best + 5e-5 / original) + 5e-5  # the times are rounded to 0.1 us
     assert latency["best_fraction_measured"] == pytest.approx(best / original, abs=rounding)
+    drift = original / latency["baseline_measured_ms"]  # the machine's load then against before the search
+    assert latency["original_drift"] == pytest.approx(drift, abs=drift * (5e-5 / original + 5e-5 / latency[
+        "baseline_measured_ms"]) + 5e-5)
+    assert ("the machine's load changed" in page) == (abs(latency["original_drift"] - 1) > 0.03)
 
 
 def test_latency_budget_formats() -> None:

@@ -308,6 +308,9 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
             # the best plan and the original timed in turn at the end: their ratio against the
             # predicted one and the budget's (fractions of the original measured before the search)
             "original_measured_again_ms": round(original * 1e3, 4),
+            # how much slower (> 1) the machine ran the original at the end than before the search:
+            # load from other processes, which the fractions (timed in turn) cancel and the ms do not
+            "original_drift": round(original / problem.baseline_latency_s, 4),
             "best_fraction_measured": round(measured / original, 4),
             "best_fraction_predicted": round(predicted_s / problem.baseline_latency_s, 4),
             "budget_fraction": None if limit_us is None else round(limit_us / 1e6 / problem.baseline_latency_s, 4),
