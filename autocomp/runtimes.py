@@ -137,8 +137,8 @@ def fastest_in_turn(runs: Sequence[Runner], x: torch.Tensor, *, threads: int, ro
     """Seconds of each runner's fastest call, the runners timed in turn: ``rounds`` passes over all
     of them, each a :func:`fastest_seconds` window of ``min_run_time``. Load from other processes
     that comes and goes lands on every runner alike, so their ratios hold where separate windows
-    drift (an exported int8 ResNet-20 timed 8% slower in a window of its own than in turn with the
-    original, on a 2-core VM)."""
+    drift (on a 2-core VM a ResNet-20 plan's export timed 8% slower in a window of its own than in
+    turn with the original; in-turn ratios of one plan still moved by a few percent over an hour)."""
     best = [float("inf")] * len(runs)
     for _ in range(rounds):
         for i, run in enumerate(runs):
