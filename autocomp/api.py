@@ -18,7 +18,7 @@ from autocomp.inspection import Inspection
 from autocomp.models import build_model
 from autocomp.ops.int8 import keep_saved_joins
 from autocomp.plan import Plan
-from autocomp.rundir import RunDir
+from autocomp.rundir import RunDir, cpu_state
 
 
 def search(*, config: SearchConfig | None = None, resume: bool = False, progress: bool = True,
@@ -161,5 +161,8 @@ def load_compressed(run_dir: str | os.PathLike[str], *, finetuned: bool = False)
         compressed = Compressor(model, graph).apply(plan, copy_model=False)
     state = torch.load(run.finetuned_model if finetuned else run.best_model, weights_only=True)
     keep_saved_joins(compressed, state)  # a run saved before residual joins ran in int8 loads as it was
+    if getattr(state, "_metadata", None) is None:  # saved without module versions (runs from before): this code's
+        state = cpu_state(state)
+        state._metadata = compressed.state_dict()._metadata  # type: ignore[attr-defined]
     compressed.load_state_dict(state)
     return compressed.eval()

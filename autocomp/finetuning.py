@@ -63,7 +63,7 @@ def finetune_run(run_dir: str | os.PathLike[str], *, epochs: int, lr: float = 0.
         start = time.perf_counter()
         losses = distill(student, teacher, data.train, epochs=epochs, lr=lr, batch_size=batch_size,
                          temperature=temperature, alpha=alpha, seed=config.seed, progress=progress)
-        run.save_finetuned({k: v.detach().cpu() for k, v in student.state_dict().items()})
+        run.save_finetuned(student.state_dict())
         result = {
             "trial": trial, "epochs": epochs, "lr": lr, "batch_size": batch_size, "distillation": kd,
             "temperature": temperature if kd else None, "alpha": alpha if kd else None,

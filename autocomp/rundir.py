@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,14 @@ if TYPE_CHECKING:
 
 KEPT_SECTIONS = ("finetuned", "exports")
 """Summary sections written after the search; writing the search's summary again keeps them."""
+
+
+def cpu_state(state_dict: dict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+    """``state_dict``'s tensors detached on the CPU, with its module versions (``_metadata``): some
+    modules check them on load (torchvision's MNASNet refuses a state without them)."""
+    state = OrderedDict((k, v.detach().cpu()) for k, v in state_dict.items())
+    state._metadata = OrderedDict(getattr(state_dict, "_metadata", {}))  # type: ignore[attr-defined]
+    return state
 
 
 class RunDir:
@@ -172,15 +181,16 @@ class RunDir:
                                       f"write it with `autocomp finetune {self.path}`.")
 
     def save_best(self, plan: Plan, state_dict: dict[str, torch.Tensor]) -> None:
+        """The best plan and its model's ``state_dict`` (saved on the CPU, module versions kept)."""
         self.best_plan.parent.mkdir(parents=True, exist_ok=True)
         plan.save(self.best_plan)
-        save_torch(state_dict, self.best_model)
+        save_torch(cpu_state(state_dict), self.best_model)
 
     def save_finetuned(self, state_dict: dict[str, torch.Tensor]) -> None:
         """The fine-tuned weights, beside a copy of the plan they belong to (a resumed search may
         later find another best plan)."""
         self.finetuned_model.parent.mkdir(parents=True, exist_ok=True)
-        save_torch(state_dict, self.finetuned_model)
+        save_torch(cpu_state(state_dict), self.finetuned_model)
         write_text(self.finetuned_plan, self.best_plan.read_text())
 
     # summary.json

@@ -132,6 +132,29 @@ def test_the_export_and_the_original_are_timed_in_turn(run_dir: Path, tmp_path: 
     assert info["speedup_batch"] == round(info["original_latency_batch_s"] / info["latency_batch_s"], 3)
 
 
+def test_a_run_saved_without_module_versions_loads(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Weights saved as a plain dict (runs from before the module versions were kept) load into a
+    model whose modules check their version on load, as torchvision's MNASNet does."""
+    import shutil
+
+    x, want = reference(run_dir)
+    copy = tmp_path / "old"
+    shutil.copytree(run_dir, copy)
+    best = autocomp.RunDir(copy).best_model
+    torch.save(dict(torch.load(best, weights_only=True)), best)
+    load = torch.nn.Conv2d._load_from_state_dict
+
+    def checked(self, state_dict, prefix, local_metadata, *args):
+        if local_metadata.get("version") is None:
+            raise ValueError("version should be set instead of None")
+        return load(self, state_dict, prefix, local_metadata, *args)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "_load_from_state_dict", checked)
+    model = autocomp.load_compressed(copy)
+    with torch.inference_mode():
+        assert torch.equal(model(x), want)
+
+
 def _has_onnxruntime() -> bool:
     try:
         import onnxruntime  # noqa: F401

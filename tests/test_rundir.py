@@ -108,3 +108,33 @@ def test_resume_takes_run_fields_and_unset_settings() -> None:
         stored, source="runs/x/config.yaml")  # 0.5 given in Python is "0.5" on the command line
     assert resumed == stored.replace(runs_dir="elsewhere", episodes=20, threads=4)
     assert SearchConfig(name="x").resumed(stored, source="-") == stored
+
+
+class _Versioned(torch.nn.Module):
+    """A module that checks its saved version on load, as torchvision's MNASNet does."""
+
+    _version = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args) -> None:
+        if local_metadata.get("version") != 2:
+            raise ValueError(f"version should be 2 instead of {local_metadata.get('version')}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+
+def test_saved_weights_keep_the_module_versions(tmp_path: Path) -> None:
+    """The best and fine-tuned weights are saved with ``_metadata``, so a module that checks its
+    version on load (torchvision's MNASNet) loads them back."""
+    run = RunDir(tmp_path / "run")
+    model = _Versioned()
+    run.save_best(Plan(), model.state_dict())
+    run.save_finetuned(model.state_dict())
+    for path in (run.best_model, run.finetuned_model):
+        state = torch.load(path, weights_only=True)
+        assert state._metadata[""]["version"] == 2
+        _Versioned().load_state_dict(state)
+    with pytest.raises(ValueError, match="instead of None"):  # what a plain dict of the tensors met
+        _Versioned().load_state_dict(dict(model.state_dict()))

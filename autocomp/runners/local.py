@@ -258,7 +258,7 @@ def finish(run: RunDir, config: SearchConfig, problem: CompressionProblem, recor
     if best is None:
         raise ConfigError("the search evaluated no candidate: raise --episodes.")
     model = problem.build(best.plan)
-    run.save_best(best.plan, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    run.save_best(best.plan, model.state_dict())
     previous = run.previous_wall_seconds()
     summary: dict[str, Any] = {
         "name": config.name,
